@@ -1,1 +1,120 @@
-//! placeholder
+//! Storage for the broker on SQLite and PostgreSQL from one diesel codebase, with subject
+//! identifiers encrypted at rest and matched through keyed blind indexes.
+//!
+//! Calls here are synchronous; the HTTP layer moves them off the async runtime.
+
+pub mod db;
+pub mod notices;
+pub mod schema;
+pub mod testdb;
+pub mod tokens;
+pub mod vault;
+
+use db::{Backend, DbConnection, DbPool, PooledDb};
+pub use notices::{Change, NewNotice, Published, StoredNotice};
+pub use vault::{DataKeyFile, Vault, VaultError};
+use vpr_domain::vocab::NoticeStatus;
+
+/// Errors from the store. Internal causes stay in logs; the HTTP edge shows only the kind.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Bad storage configuration.
+    #[error("storage configuration: {0}")]
+    Config(String),
+    /// The database cannot be reached or the pool is exhausted.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Db(#[from] diesel::result::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// Stored data could not be opened or decoded.
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    /// Encryption failed.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// No such notice.
+    #[error("notice not found")]
+    NotFound,
+    /// The caller's organisation did not publish the notice.
+    #[error("only the publishing organisation may change a notice")]
+    NotPublisher,
+    /// `If-Match` named a version that is no longer current.
+    #[error("the notice is at version {current}")]
+    VersionMismatch {
+        /// The current version.
+        current: i64,
+    },
+    /// The change is not allowed in the notice's status.
+    #[error("a notice that is `{status}` cannot be {action}")]
+    NotChangeable {
+        /// The notice's status.
+        status: NoticeStatus,
+        /// What was attempted.
+        action: &'static str,
+    },
+    /// An idempotency key was reused for a different request.
+    #[error("idempotency key was already used for a different request")]
+    IdempotencyConflict,
+}
+
+/// The broker's store: a connection pool and the vault for identifiers at rest.
+#[derive(Clone)]
+pub struct Store {
+    pool: DbPool,
+    backend: Backend,
+    vault: Vault,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the database named by `url` (`sqlite://...` or `postgres://...`).
+    pub fn open(url: &str, pool_size: u32, vault: Vault) -> Result<Self, StoreError> {
+        let (backend, pool) = db::open_pool(url, pool_size)?;
+        Ok(Self { pool, backend, vault })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The vault (for computing blind indexes of look-up keys).
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// A pooled connection.
+    pub fn conn(&self) -> Result<PooledDb, StoreError> {
+        self.pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Applies pending migrations; returns their names.
+    pub fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        db::run_migrations(&mut *self.conn()?)
+    }
+
+    /// Checks the database answers and every migration is applied (for `/readyz`).
+    pub fn ready(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let pending = db::pending_migrations(&mut conn)?;
+        if pending > 0 {
+            return Err(StoreError::Migration(format!("{pending} migrations pending")));
+        }
+        Ok(())
+    }
+}
+
+/// Anything a query can run on: lets callers compose queries inside one transaction.
+pub type Conn = DbConnection;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+//! One diesel codebase for two backends: the backend is chosen by the database URL scheme.
+
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::StoreError;
+
+/// A connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    /// PostgreSQL: production, shared by several broker replicas.
+    Pg(PgConnection),
+    /// SQLite: the embedded default.
+    Sqlite(SqliteConnection),
+}
+
+/// Which database the broker runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://` or `postgresql://`
+    Postgres,
+    /// `sqlite://path`
+    Sqlite,
+}
+
+impl Backend {
+    /// Picks the backend from the URL scheme and returns the URL diesel expects.
+    pub fn from_url(url: &str) -> Result<(Self, String), StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok((Backend::Postgres, url.to_owned()))
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() || path == ":memory:" {
+                return Err(StoreError::Config("an SQLite URL needs a file path: `sqlite://path/to/vpr.db`".into()));
+            }
+            Ok((Backend::Sqlite, path.to_owned()))
+        } else {
+            Err(StoreError::Config("database URL must start with `sqlite://` or `postgres://`".into()))
+        }
+    }
+
+    /// Name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Pooled connections.
+pub type DbPool = Pool<ConnectionManager<DbConnection>>;
+/// One pooled connection.
+pub type PooledDb = PooledConnection<ConnectionManager<DbConnection>>;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+
+#[derive(Debug)]
+struct Pragmas;
+
+impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
+        let sql = match conn {
+            // Durability is part of the contract: FULL sync, WAL for concurrent readers.
+            DbConnection::Sqlite(_) => {
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 15000;"
+            }
+            DbConnection::Pg(_) => "SET synchronous_commit = on; SET TIME ZONE 'UTC';",
+        };
+        conn.batch_execute(sql).map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Opens a pool on the URL's backend.
+pub fn open_pool(url: &str, size: u32) -> Result<(Backend, DbPool), StoreError> {
+    let (backend, conn_url) = Backend::from_url(url)?;
+    if backend == Backend::Sqlite {
+        if let Some(dir) = std::path::Path::new(&conn_url).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Config(format!("cannot create `{}`: {e}", dir.display())))?;
+        }
+    }
+    let pool = Pool::builder()
+        .max_size(size)
+        .min_idle(Some(1))
+        .connection_timeout(Duration::from_secs(10))
+        .connection_customizer(Box::new(Pragmas))
+        .build(ConnectionManager::<DbConnection>::new(conn_url))
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    Ok((backend, pool))
+}
+
+fn harness_run(conn: &mut DbConnection, revert_all: bool) -> Result<Vec<String>, StoreError> {
+    let mig = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
+    let done = match conn {
+        DbConnection::Sqlite(c) => {
+            if revert_all {
+                c.revert_all_migrations(SQLITE_MIGRATIONS).map_err(mig)?
+            } else {
+                c.run_pending_migrations(SQLITE_MIGRATIONS).map_err(mig)?
+            }
+        }
+        DbConnection::Pg(c) => {
+            if revert_all {
+                c.revert_all_migrations(PG_MIGRATIONS).map_err(mig)?
+            } else {
+                c.run_pending_migrations(PG_MIGRATIONS).map_err(mig)?
+            }
+        }
+    };
+    Ok(done.iter().map(ToString::to_string).collect())
+}
+
+/// Applies pending migrations; returns the names applied.
+pub fn run_migrations(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
+    harness_run(conn, false)
+}
+
+/// Reverts every migration (used by the up-down-up test and by operators rebuilding a database).
+pub fn revert_migrations(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
+    harness_run(conn, true)
+}
+
+/// Number of migrations not yet applied.
+pub fn pending_migrations(conn: &mut DbConnection) -> Result<usize, StoreError> {
+    let mig = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
+    Ok(match conn {
+        DbConnection::Sqlite(c) => c.pending_migrations(SQLITE_MIGRATIONS).map_err(mig)?.len(),
+        DbConnection::Pg(c) => c.pending_migrations(PG_MIGRATIONS).map_err(mig)?.len(),
+    })
+}
+
+/// Runs `f` in a write transaction. On SQLite it begins `IMMEDIATE`, taking the write lock up
+/// front, so two writers never deadlock upgrading from a read; PostgreSQL uses its default.
+pub fn write_tx<T>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    type Tm = <DbConnection as Connection>::TransactionManager;
+    match conn {
+        DbConnection::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConnection::Pg(_) => Tm::begin_transaction(conn)?,
+    }
+    match f(conn) {
+        Ok(value) => {
+            Tm::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(err) => {
+            if let Err(rollback) = Tm::rollback_transaction(conn) {
+                tracing::error!(error = %rollback, "rollback failed");
+            }
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Diesel table definitions, shared by both backends (types valid on SQLite and PostgreSQL).
+
+diesel::table! {
+    notices (id) {
+        id -> Text,
+        publisher_ods -> Text,
+        status -> Text,
+        current_version -> BigInt,
+        category -> Text,
+        risk_level -> Text,
+        medical_factor_operative -> Bool,
+        review_date -> Date,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    notice_versions (notice_id, version) {
+        notice_id -> Text,
+        version -> BigInt,
+        change_kind -> Text,
+        status -> Text,
+        content -> Binary,
+        reason -> Nullable<Binary>,
+        by_system -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    notice_match_keys (blind_index, notice_id) {
+        blind_index -> Text,
+        notice_id -> Text,
+        kind -> Text,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (org_ods, idempotency_key) {
+        org_ods -> Text,
+        idempotency_key -> Text,
+        request_hash -> Text,
+        notice_id -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    assertion_jtis (client_id, jti) {
+        client_id -> Text,
+        jti -> Text,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(notice_versions -> notices (notice_id));
+diesel::joinable!(notice_match_keys -> notices (notice_id));
+diesel::allow_tables_to_appear_in_same_query!(notices, notice_versions, notice_match_keys, idempotency_keys, assertion_jtis);

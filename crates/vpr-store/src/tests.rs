@@ -1,0 +1,223 @@
+//! Database tests, each run on SQLite and on PostgreSQL.
+
+use chrono::{Duration, Utc};
+use diesel::RunQueryDsl;
+use vpr_domain::notice::{MatchKind, NoticeContent, Person, Subject, SubjectInformed};
+use vpr_domain::vocab::{Category, ChangeKind, LawfulBasis, NoticeStatus, RiskLevel};
+use vpr_domain::NhsNumber;
+
+use super::*;
+
+struct Backends {
+    stores: Vec<(&'static str, Store)>,
+    _dir: tempfile::TempDir,
+    _pg: Option<testdb::PgTestDb>,
+}
+
+fn backends() -> Backends {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::new(&DataKeyFile::generate(false)).unwrap();
+    let sqlite_url = format!("sqlite://{}/t.db", dir.path().display());
+    let mut stores = vec![("sqlite", Store::open(&sqlite_url, 4, vault.clone()).unwrap())];
+    let pg = testdb::fresh_postgres();
+    if let Some(db) = &pg {
+        stores.push(("postgres", Store::open(&db.url, 4, vault).unwrap()));
+    }
+    for (_, s) in &stores {
+        s.migrate().unwrap();
+    }
+    Backends { stores, _dir: dir, _pg: pg }
+}
+
+fn content(nhs: &str) -> NoticeContent {
+    let today = Utc::now().date_naive();
+    NoticeContent {
+        subject: Subject {
+            person: Some(Person {
+                nhs_number: Some(NhsNumber::parse(nhs).unwrap()),
+                family_name: Some("Testperson".into()),
+                given_name: None,
+                birth_date: None,
+                postcode: None,
+            }),
+            address: None,
+            telephone: None,
+        },
+        category: Category::PhysicalAssault,
+        aggravating_factors: vec![],
+        medical_factor_operative: false,
+        risk_level: RiskLevel::High,
+        safety_advice: vec![],
+        advice_text: None,
+        incident_date: today - Duration::days(3),
+        review_date: today + Duration::days(90),
+        subject_informed: SubjectInformed { informed_on: None, withheld_because: Some("risk".into()) },
+        lawful_basis: vec![LawfulBasis::Ukgdpr6_1E],
+        restricted: None,
+        contact: None,
+    }
+}
+
+fn new_notice(nhs: &str, key: Option<&str>) -> NewNotice {
+    NewNotice {
+        publisher_ods: "RX9".into(),
+        by_system: "cad".into(),
+        content: content(nhs),
+        idempotency: key.map(|k| (k.to_owned(), "hash-a".to_owned())),
+    }
+}
+
+fn created(p: Published) -> StoredNotice {
+    match p {
+        Published::Created(n) => n,
+        Published::Replayed(n) => panic!("expected a new notice, got a replay of {}", n.id),
+    }
+}
+
+#[test]
+fn migrations_run_up_down_and_up_again() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let mut conn = store.conn().unwrap();
+        let reverted = db::revert_migrations(&mut conn).unwrap();
+        assert!(!reverted.is_empty(), "{name}");
+        assert!(db::pending_migrations(&mut conn).unwrap() > 0, "{name}");
+        let applied = db::run_migrations(&mut conn).unwrap();
+        assert_eq!(applied.len(), reverted.len(), "{name}");
+        drop(conn);
+        store.ready().unwrap();
+    }
+}
+
+#[test]
+fn migrations_have_the_same_names_on_both_backends() {
+    let names = |dir: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(format!("{}/../../migrations/{dir}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("sqlite"), names("postgres"));
+}
+
+#[test]
+fn lifecycle_keeps_every_version() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let now = Utc::now();
+        let n = created(store.publish(&new_notice("9990000018", None), now).unwrap());
+        assert_eq!(n.version.version, 1);
+        let mut amended = n.content.clone();
+        amended.risk_level = RiskLevel::Moderate;
+        let v2 = store.change(n.id, "RX9", "cad", Some(1), Change::Amend(Box::new(amended)), now).unwrap();
+        assert_eq!((v2.version.version, v2.content.risk_level), (2, RiskLevel::Moderate), "{name}");
+        let stale = store.change(n.id, "RX9", "cad", Some(1), Change::Amend(Box::new(n.content.clone())), now);
+        assert!(matches!(stale, Err(StoreError::VersionMismatch { current: 2 })), "{name}: {stale:?}");
+        let other = store.change(n.id, "A81001", "gp", None, Change::Withdraw { reason: "x".into(), entered_in_error: false }, now);
+        assert!(matches!(other, Err(StoreError::NotPublisher)), "{name}");
+        let review_to = Utc::now().date_naive() + Duration::days(200);
+        let v3 = store.change(n.id, "RX9", "cad", None, Change::Review { review_date: review_to, note: "still needed".into() }, now).unwrap();
+        assert_eq!((v3.content.review_date, v3.version.reason.as_deref()), (review_to, Some("still needed")));
+        let v4 = store.change(n.id, "RX9", "cad", Some(3), Change::Withdraw { reason: "resolved".into(), entered_in_error: false }, now).unwrap();
+        assert_eq!(v4.status, NoticeStatus::Withdrawn);
+        let again = store.change(n.id, "RX9", "cad", None, Change::Withdraw { reason: "again".into(), entered_in_error: false }, now);
+        assert!(matches!(again, Err(StoreError::NotChangeable { .. })), "{name}");
+        let versions = store.versions(n.id).unwrap();
+        let kinds: Vec<ChangeKind> = versions.iter().map(|v| v.version.change).collect();
+        assert_eq!(kinds, [ChangeKind::Created, ChangeKind::Amended, ChangeKind::Reviewed, ChangeKind::Withdrawn], "{name}");
+        assert_eq!(versions[0].content.risk_level, RiskLevel::High, "history is not overwritten");
+    }
+}
+
+#[test]
+fn idempotent_publish_returns_the_first_result() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let first = created(store.publish(&new_notice("9990000018", Some("k1")), Utc::now()).unwrap());
+        let again = store.publish(&new_notice("9990000018", Some("k1")), Utc::now()).unwrap();
+        assert!(matches!(&again, Published::Replayed(n) if n.id == first.id), "{name}");
+        let mut different = new_notice("9990000026", Some("k1"));
+        different.idempotency = Some(("k1".into(), "hash-b".into()));
+        assert!(matches!(store.publish(&different, Utc::now()), Err(StoreError::IdempotencyConflict)), "{name}");
+    }
+}
+
+#[test]
+fn concurrent_amendments_from_one_version_make_exactly_one_winner() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let n = created(store.publish(&new_notice("9990000018", None), Utc::now()).unwrap());
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let c = n.content.clone();
+                    s.spawn(move || store.change(n.id, "RX9", "cad", Some(1), Change::Amend(Box::new(c)), Utc::now()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "{name}: {results:?}");
+        assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(StoreError::VersionMismatch { .. }))), "{name}");
+        assert_eq!(store.versions(n.id).unwrap().len(), 2, "{name}");
+    }
+}
+
+#[test]
+fn expiry_moves_overdue_notices_once() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let n = created(store.publish(&new_notice("9990000018", None), Utc::now()).unwrap());
+        let day_after_review = n.content.review_date + Duration::days(1);
+        assert!(store.expire_due(n.content.review_date, Utc::now()).unwrap().is_empty(), "{name}: due on the day after");
+        let expired = store.expire_due(day_after_review, Utc::now()).unwrap();
+        assert_eq!(expired.iter().map(|e| (e.id, e.status)).collect::<Vec<_>>(), vec![(n.id, NoticeStatus::Expired)]);
+        assert!(store.expire_due(day_after_review, Utc::now()).unwrap().is_empty(), "{name}");
+        assert_eq!(store.get(n.id).unwrap().unwrap().version.change, ChangeKind::Expired);
+    }
+}
+
+#[test]
+fn match_keys_follow_amendments() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let n = created(store.publish(&new_notice("9990000018", None), Utc::now()).unwrap());
+        assert_eq!(store.find_by_match_key(MatchKind::NhsNumber, "9990000018").unwrap(), vec![n.id], "{name}");
+        store.change(n.id, "RX9", "cad", Some(1), Change::Amend(Box::new(content("9990000026"))), Utc::now()).unwrap();
+        assert!(store.find_by_match_key(MatchKind::NhsNumber, "9990000018").unwrap().is_empty(), "{name}");
+        assert_eq!(store.find_by_match_key(MatchKind::NhsNumber, "9990000026").unwrap(), vec![n.id], "{name}");
+    }
+}
+
+#[test]
+fn replayed_assertion_ids_are_refused() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let now = Utc::now().naive_utc();
+        let exp = now + Duration::minutes(5);
+        assert!(store.claim_assertion_jti("c1", "j1", exp, now).unwrap(), "{name}");
+        assert!(!store.claim_assertion_jti("c1", "j1", exp, now).unwrap(), "{name}");
+        assert!(store.claim_assertion_jti("c2", "j1", exp, now).unwrap(), "{name}: per client");
+    }
+}
+
+#[test]
+fn sealed_content_is_bound_to_its_row() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let a = created(store.publish(&new_notice("9990000018", None), Utc::now()).unwrap());
+        let z = created(store.publish(&new_notice("9990000026", None), Utc::now()).unwrap());
+        // Copy one notice's ciphertext over another's: it must not open as the other notice.
+        let mut conn = store.conn().unwrap();
+        diesel::sql_query(format!(
+            "UPDATE notice_versions SET content = (SELECT content FROM notice_versions WHERE notice_id = '{}') WHERE notice_id = '{}'",
+            a.id, z.id
+        ))
+        .execute(&mut *conn)
+        .unwrap();
+        drop(conn);
+        assert!(matches!(store.get(z.id), Err(StoreError::Vault(_))), "{name}");
+    }
+}
