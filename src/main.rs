@@ -1,1 +1,226 @@
-fn main() {}
+//! vpr-broker: the binary. Reads configuration, hands each part its settings, and runs the
+//! server, the background tasks, migrations or key generation.
+
+mod config;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use vpr_auth::{BrokerKeys, Registry, SigningKeyFile, TokenService, TokenSettings};
+use vpr_http::{AppState, NoticeSettings, SystemClock};
+use vpr_store::{DataKeyFile, Store, Vault};
+
+use crate::config::Config;
+
+/// Federated broker for violence-risk notices between the partners of an Integrated Care System.
+#[derive(Parser, Debug)]
+#[command(name = "vpr-broker", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker.
+    Serve {
+        /// Configuration file.
+        #[arg(long, env = "VPR_CONFIG", default_value = "vpr-broker.toml")]
+        config: PathBuf,
+    },
+    /// Run the broker in demo mode with the fictional demo ICS on SQLite (demo keys only).
+    Demo {
+        /// Demo configuration file.
+        #[arg(long, default_value = "examples/demo-ics/broker.toml")]
+        config: PathBuf,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        /// Configuration file.
+        #[arg(long, env = "VPR_CONFIG", default_value = "vpr-broker.toml")]
+        config: PathBuf,
+    },
+    /// Generate keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// A new ES256 signing key (private JWK). Add it first in `keys.signing_keys` to rotate.
+    Signing {
+        /// Key id.
+        #[arg(long)]
+        kid: String,
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the public JWK here (for a partner registry entry).
+        #[arg(long)]
+        public_out: Option<PathBuf>,
+        /// Mark the key demo-only: refused unless the broker runs in demo mode.
+        #[arg(long)]
+        demo_only: bool,
+    },
+    /// New data keys (identifier encryption and blind index).
+    Data {
+        /// Where to write them.
+        #[arg(long)]
+        out: PathBuf,
+        /// Mark the keys demo-only.
+        #[arg(long)]
+        demo_only: bool,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VPR_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("VPR_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+fn write_new(path: &Path, text: &str) -> Result<()> {
+    if path.exists() {
+        bail!("`{}` exists: refusing to overwrite a key", path.display());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write `{}`", path.display()))
+}
+
+fn load_data_keys(path: &Path) -> Result<DataKeyFile> {
+    // Keys may come straight from the environment so they never touch the disk.
+    let text = match std::env::var("VPR_DATA_KEYS") {
+        Ok(inline) => inline,
+        Err(_) => std::fs::read_to_string(path).with_context(|| format!("cannot read data keys `{}`", path.display()))?,
+    };
+    serde_json::from_str(&text).context("data keys are not a valid key file")
+}
+
+fn open_store(cfg: &Config) -> Result<Store> {
+    let keys = load_data_keys(&cfg.keys.data_keys)?;
+    if keys.demo_only && !cfg.demo {
+        bail!("the data keys are marked demo-only: refusing to run outside demo mode");
+    }
+    let vault = Vault::new(&keys)?;
+    Ok(Store::open(&cfg.database_url, cfg.database_pool_size, vault)?)
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    if cfg.demo {
+        tracing::warn!("DEMO MODE: fictional partners and demo-only keys are accepted; never use with real data");
+    }
+    let registry_text =
+        std::fs::read_to_string(&cfg.registry).with_context(|| format!("cannot read registry `{}`", cfg.registry.display()))?;
+    let registry = Registry::from_json(&registry_text)?;
+    if registry.demo_only && !cfg.demo {
+        bail!("the partner registry is marked demo-only: refusing to run outside demo mode");
+    }
+    let key_files = cfg
+        .keys
+        .signing_keys
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read signing key `{}`", p.display()))?;
+            Ok(SigningKeyFile::from_json(&text)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let keys = BrokerKeys::new(&key_files)?;
+    if keys.any_demo_only() && !cfg.demo {
+        bail!("a signing key is marked demo-only: refusing to run outside demo mode");
+    }
+    let store = open_store(&cfg)?;
+    let applied = {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.migrate()).await??
+    };
+    for m in &applied {
+        tracing::info!(migration = %m, "migration applied");
+    }
+    let tokens = TokenService::new(
+        Arc::new(registry),
+        Arc::new(keys),
+        TokenSettings {
+            issuer: cfg.public_url.clone(),
+            access_token_ttl: Duration::from_secs(cfg.tokens.access_token_seconds),
+            max_assertion_ttl: Duration::from_secs(cfg.tokens.max_assertion_seconds),
+            leeway: Duration::from_secs(30),
+        },
+    );
+    let state = AppState {
+        store,
+        tokens,
+        notices: NoticeSettings { max_review_interval_days: cfg.notices.max_review_interval_days },
+        clock: Arc::new(SystemClock),
+        metrics: vpr_http::metrics::Metrics::new()?,
+        openapi: Arc::new(vpr_http::openapi::build()),
+    };
+    tracing::info!(database = state.store.backend().name(), public_url = %cfg.public_url, "vpr-broker starting");
+    let expiry = tokio::spawn(vpr_http::tasks::expire_notices(state.clone(), Duration::from_secs(cfg.notices.expiry_check_seconds)));
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    vpr_http::run(state, &cfg.listen, workers, Duration::from_secs(cfg.shutdown_grace_seconds)).await?;
+    expiry.abort();
+    tracing::info!("vpr-broker stopped");
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpr-broker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config } => run_server(Config::load(&config)?),
+        Command::Demo { config } => {
+            let cfg = Config::load(&config)?;
+            if !cfg.demo {
+                bail!("`{}` is not a demo configuration (`demo = true`)", config.display());
+            }
+            run_server(cfg)
+        }
+        Command::Migrate { config } => {
+            let cfg = Config::load(&config)?;
+            let applied = open_store(&cfg)?.migrate()?;
+            println!("{} migrations applied", applied.len());
+            for m in applied {
+                println!("  {m}");
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Signing { kid, out, public_out, demo_only }) => {
+            let key = SigningKeyFile::generate(&kid, demo_only)?;
+            write_new(&out, &key.to_json())?;
+            if let Some(p) = public_out {
+                let public = vpr_auth::keys::public_jwk(&key.jwk)?;
+                write_new(&p, &serde_json::to_string_pretty(public.as_ref())?)?;
+            }
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Data { out, demo_only }) => {
+            write_new(&out, &serde_json::to_string_pretty(&DataKeyFile::generate(demo_only))?)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn run_server(cfg: Config) -> Result<()> {
+    actix_web::rt::System::new().block_on(serve(cfg))
+}

@@ -5,10 +5,9 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::ids::{NhsNumber, OdsCode, Postcode, Telephone, Uprn};
-use crate::vocab::{AggravatingFactor, Category, ChangeKind, LawfulBasis, NoticeStatus, RiskLevel, SafetyAdvice};
+use crate::ids::{NhsNumber, Postcode, Telephone, Uprn};
+use crate::vocab::{AggravatingFactor, Category, ChangeKind, LawfulBasis, RiskLevel, SafetyAdvice};
 
 /// Body of `POST /v1/notices` and `PUT /v1/notices/{id}`, as received.
 #[derive(Debug, Clone, Deserialize)]
@@ -276,13 +275,6 @@ pub fn address_key(postcode: &Postcode, line1: &str) -> String {
     format!("{}|{}", postcode.as_str(), normalise_address_line(line1))
 }
 
-/// The publishing organisation as shown on a notice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Publisher {
-    pub ods_code: OdsCode,
-    pub name: String,
-}
-
 /// Why the latest version of a notice was made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {
@@ -294,19 +286,6 @@ pub struct VersionInfo {
     pub by_system: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-}
-
-/// One version of a notice, as the broker holds it (the full view).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NoticeRecord {
-    pub id: Uuid,
-    pub status: NoticeStatus,
-    pub publisher: Publisher,
-    pub created_at: DateTime<Utc>,
-    #[serde(flatten)]
-    pub version: VersionInfo,
-    #[serde(flatten)]
-    pub content: NoticeContent,
 }
 
 #[cfg(test)]

@@ -1,0 +1,297 @@
+//! The partner registry: organisations, their systems (OAuth clients) and public keys, loaded
+//! from a JSON file validated against `schemas/partner-registry.schema.json`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use josekit::jwk::Jwk;
+use josekit::jws::alg::ecdsa::EcdsaJwsAlgorithm;
+use josekit::jws::alg::rsassa::RsassaJwsAlgorithm;
+use josekit::jws::alg::rsassa_pss::RsassaPssJwsAlgorithm;
+use josekit::jws::JwsVerifier;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use vpr_domain::notice::ContactPoint;
+use vpr_domain::validate::{compile_schema, schema_errors};
+use vpr_domain::vocab::OrgType;
+use vpr_domain::{FieldError, OdsCode, Telephone};
+
+use crate::AuthError;
+
+/// The registry's JSON Schema.
+pub const REGISTRY_SCHEMA: &str = include_str!("../../../schemas/partner-registry.schema.json");
+
+/// What a system may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Scope {
+    /// Publish, amend, review and withdraw its organisation's notices.
+    #[serde(rename = "notices:write")]
+    NoticesWrite,
+    /// Read notices.
+    #[serde(rename = "notices:read")]
+    NoticesRead,
+    /// Look subjects up.
+    #[serde(rename = "lookups")]
+    Lookups,
+    /// Manage subscriptions.
+    #[serde(rename = "subscriptions")]
+    Subscriptions,
+    /// Read the audit log (IG roles).
+    #[serde(rename = "audit:read")]
+    AuditRead,
+    /// Record consents and objections (IG roles).
+    #[serde(rename = "ig:write")]
+    IgWrite,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 6] =
+        [Scope::NoticesWrite, Scope::NoticesRead, Scope::Lookups, Scope::Subscriptions, Scope::AuditRead, Scope::IgWrite];
+
+    /// The wire code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Scope::NoticesWrite => "notices:write",
+            Scope::NoticesRead => "notices:read",
+            Scope::Lookups => "lookups",
+            Scope::Subscriptions => "subscriptions",
+            Scope::AuditRead => "audit:read",
+            Scope::IgWrite => "ig:write",
+        }
+    }
+
+    /// Looks a wire code up.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Scope::ALL.into_iter().find(|s| s.code() == code)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RegistryFile {
+    #[allow(dead_code)]
+    registry_version: u32,
+    ics: IcsInfo,
+    #[serde(default)]
+    demo_only: bool,
+    partners: Vec<PartnerFile>,
+}
+
+/// The ICS the registry describes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct IcsInfo {
+    /// Its name.
+    pub name: String,
+    /// A description.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PartnerFile {
+    ods_code: String,
+    name: String,
+    #[serde(rename = "type")]
+    org_type: OrgType,
+    contact: ContactFile,
+    systems: Vec<SystemFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContactFile {
+    name: Option<String>,
+    telephone: Option<String>,
+    email: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SystemFile {
+    client_id: String,
+    name: String,
+    scopes: Vec<Scope>,
+    jwks: JwksFile,
+}
+
+#[derive(Debug, Deserialize)]
+struct JwksFile {
+    keys: Vec<serde_json::Map<String, Value>>,
+}
+
+/// A partner organisation.
+#[derive(Debug, Clone)]
+pub struct Partner {
+    /// ODS code.
+    pub ods_code: OdsCode,
+    /// Name.
+    pub name: String,
+    /// Kind of organisation.
+    pub org_type: OrgType,
+    /// Who to call about its notices.
+    pub contact: ContactPoint,
+}
+
+/// A partner's system: an OAuth client.
+pub struct PartnerSystem {
+    /// OAuth client id.
+    pub client_id: String,
+    /// Name.
+    pub name: String,
+    /// The owning organisation's ODS code.
+    pub ods_code: OdsCode,
+    /// Scopes it may be granted.
+    pub scopes: BTreeSet<Scope>,
+    verifiers: BTreeMap<String, Box<dyn JwsVerifier>>,
+}
+
+impl std::fmt::Debug for PartnerSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartnerSystem")
+            .field("client_id", &self.client_id)
+            .field("ods_code", &self.ods_code)
+            .field("keys", &self.verifiers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartnerSystem {
+    /// The verifier for one of this system's keys.
+    pub fn verifier(&self, kid: &str) -> Option<&dyn JwsVerifier> {
+        self.verifiers.get(kid).map(|v| v.as_ref())
+    }
+}
+
+/// The loaded registry.
+#[derive(Debug)]
+pub struct Registry {
+    /// The ICS.
+    pub ics: IcsInfo,
+    /// True for a fictional registry with demo keys.
+    pub demo_only: bool,
+    partners: BTreeMap<OdsCode, Partner>,
+    systems: BTreeMap<String, PartnerSystem>,
+}
+
+fn verifier_for(jwk: &Jwk) -> Result<Box<dyn JwsVerifier>, String> {
+    let alg = match (jwk.algorithm(), jwk.key_type(), jwk.curve()) {
+        (Some(a), _, _) => a.to_owned(),
+        (None, "EC", Some("P-256")) => "ES256".to_owned(),
+        (None, "EC", Some("P-384")) => "ES384".to_owned(),
+        (None, "RSA", _) => "RS256".to_owned(),
+        _ => return Err("cannot tell the key's algorithm: give `alg`".to_owned()),
+    };
+    let built: Result<Box<dyn JwsVerifier>, _> = match alg.as_str() {
+        "ES256" => EcdsaJwsAlgorithm::Es256.verifier_from_jwk(jwk).map(|v| Box::new(v) as Box<dyn JwsVerifier>),
+        "ES384" => EcdsaJwsAlgorithm::Es384.verifier_from_jwk(jwk).map(|v| Box::new(v) as Box<dyn JwsVerifier>),
+        "RS256" => RsassaJwsAlgorithm::Rs256.verifier_from_jwk(jwk).map(|v| Box::new(v) as Box<dyn JwsVerifier>),
+        "RS384" => RsassaJwsAlgorithm::Rs384.verifier_from_jwk(jwk).map(|v| Box::new(v) as Box<dyn JwsVerifier>),
+        "RS512" => RsassaJwsAlgorithm::Rs512.verifier_from_jwk(jwk).map(|v| Box::new(v) as Box<dyn JwsVerifier>),
+        "PS256" => RsassaPssJwsAlgorithm::Ps256.verifier_from_jwk(jwk).map(|v| Box::new(v) as Box<dyn JwsVerifier>),
+        other => return Err(format!("algorithm `{other}` is not accepted")),
+    };
+    built.map_err(|e| format!("key is not usable: {e}"))
+}
+
+impl Registry {
+    /// Parses and validates a registry document.
+    pub fn from_json(text: &str) -> Result<Self, AuthError> {
+        let doc: Value = serde_json::from_str(text)
+            .map_err(|e| AuthError::Registry(vec![FieldError::new("", "json", e.to_string())]))?;
+        let validator = compile_schema(REGISTRY_SCHEMA).map_err(AuthError::Config)?;
+        let errs = schema_errors(&validator, &doc);
+        if !errs.is_empty() {
+            return Err(AuthError::Registry(errs));
+        }
+        let file: RegistryFile =
+            serde_json::from_value(doc).map_err(|e| AuthError::Registry(vec![FieldError::new("", "shape", e.to_string())]))?;
+        let mut errs = Vec::new();
+        let mut partners = BTreeMap::new();
+        let mut systems = BTreeMap::new();
+        let mut kids = BTreeSet::new();
+        for (pi, p) in file.partners.into_iter().enumerate() {
+            let at = format!("/partners/{pi}");
+            let Ok(ods) = OdsCode::parse(&p.ods_code) else {
+                errs.push(FieldError::new(format!("{at}/ods_code"), "ods-code-format", "not an ODS code"));
+                continue;
+            };
+            let telephone = match p.contact.telephone.as_deref().map(Telephone::parse).transpose() {
+                Ok(t) => t,
+                Err(e) => {
+                    errs.push(FieldError::new(format!("{at}/contact/telephone"), e.rule_id(), e.to_string()));
+                    None
+                }
+            };
+            if telephone.is_none() && p.contact.email.is_none() {
+                errs.push(FieldError::new(format!("{at}/contact"), "contact-reachable", "give a telephone number or an email"));
+            }
+            let contact = ContactPoint { name: p.contact.name, telephone, email: p.contact.email };
+            for (si, s) in p.systems.into_iter().enumerate() {
+                let sat = format!("{at}/systems/{si}");
+                let mut verifiers = BTreeMap::new();
+                for (ki, key) in s.jwks.keys.into_iter().enumerate() {
+                    let kat = format!("{sat}/jwks/keys/{ki}");
+                    let jwk = match Jwk::from_map(key) {
+                        Ok(j) => j,
+                        Err(e) => {
+                            errs.push(FieldError::new(kat, "jwk", e.to_string()));
+                            continue;
+                        }
+                    };
+                    let kid = jwk.key_id().unwrap_or_default().to_owned();
+                    // Key ids are unique across the registry, so an assertion's `kid` names one client.
+                    if !kids.insert(kid.clone()) {
+                        errs.push(FieldError::new(format!("{kat}/kid"), "unique", format!("key id `{kid}` is used twice")));
+                        continue;
+                    }
+                    match verifier_for(&jwk) {
+                        Ok(v) => {
+                            verifiers.insert(kid, v);
+                        }
+                        Err(e) => errs.push(FieldError::new(kat, "jwk", e)),
+                    }
+                }
+                if systems.contains_key(&s.client_id) {
+                    errs.push(FieldError::new(format!("{sat}/client_id"), "unique", format!("client `{}` is listed twice", s.client_id)));
+                    continue;
+                }
+                systems.insert(
+                    s.client_id.clone(),
+                    PartnerSystem {
+                        client_id: s.client_id,
+                        name: s.name,
+                        ods_code: ods.clone(),
+                        scopes: s.scopes.into_iter().collect(),
+                        verifiers,
+                    },
+                );
+            }
+            if partners.contains_key(&ods) {
+                errs.push(FieldError::new(format!("{at}/ods_code"), "unique", format!("`{ods}` is listed twice")));
+                continue;
+            }
+            partners.insert(ods.clone(), Partner { ods_code: ods, name: p.name, org_type: p.org_type, contact });
+        }
+        if !errs.is_empty() {
+            return Err(AuthError::Registry(errs));
+        }
+        Ok(Self { ics: file.ics, demo_only: file.demo_only, partners, systems })
+    }
+
+    /// A partner by ODS code.
+    pub fn partner(&self, ods: &str) -> Option<&Partner> {
+        OdsCode::parse(ods).ok().and_then(|o| self.partners.get(&o))
+    }
+
+    /// A system by client id.
+    pub fn system(&self, client_id: &str) -> Option<&PartnerSystem> {
+        self.systems.get(client_id)
+    }
+
+    /// The system owning a key id.
+    pub fn system_for_kid(&self, kid: &str) -> Option<&PartnerSystem> {
+        self.systems.values().find(|s| s.verifiers.contains_key(kid))
+    }
+
+    /// Every partner.
+    pub fn partners(&self) -> impl Iterator<Item = &Partner> {
+        self.partners.values()
+    }
+}

@@ -1,0 +1,42 @@
+//! Operations: liveness, readiness, metrics and the OpenAPI document.
+
+use actix_web::{get, web, HttpResponse};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::pipeline::blocking;
+use crate::AppState;
+
+/// Liveness: the process is up.
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Alive", body = Object)))]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Readiness: the database answers and every migration is applied.
+#[utoipa::path(tag = "operations", responses(
+    (status = 200, description = "Ready", body = Object),
+    (status = 503, description = "Not ready", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+))]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let backend = store.backend().name();
+    blocking(move || store.ready().map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
+    Ok(HttpResponse::Ok().json(json!({ "status": "ready", "database": backend })))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+}
+
+/// This API's OpenAPI 3.1 document, generated from the routes that are served.
+#[utoipa::path(tag = "operations", responses((status = 200, description = "OpenAPI document", body = Object)))]
+#[get("/openapi.json")]
+pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.openapi.as_ref())
+}

@@ -1,0 +1,49 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// The broker's metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by method, route pattern and status.
+    pub http_requests: IntCounterVec,
+    /// Request latency by method and route pattern.
+    pub http_duration: HistogramVec,
+    /// Notice changes by kind (created, amended, reviewed, withdrawn, entered-in-error, expired).
+    pub notice_changes: IntCounterVec,
+    /// Token requests by outcome.
+    pub token_requests: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers the metrics.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("vpr".into()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by method, route and status"),
+            &["method", "route", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["method", "route"],
+        )?;
+        let notice_changes = IntCounterVec::new(Opts::new("notice_changes_total", "Notice versions written, by kind"), &["change"])?;
+        let token_requests = IntCounterVec::new(Opts::new("token_requests_total", "Token requests by outcome"), &["outcome"])?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(notice_changes.clone()))?;
+        registry.register(Box::new(token_requests.clone()))?;
+        Ok(Self { registry, http_requests, http_duration, notice_changes, token_requests })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

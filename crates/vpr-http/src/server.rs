@@ -1,0 +1,55 @@
+//! The HTTP server: routes, middleware and graceful shutdown.
+
+use std::time::Duration;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpRequest, HttpServer};
+use utoipa_actix_web::service_config::ServiceConfig;
+use utoipa_actix_web::AppExt;
+
+use crate::error::ApiError;
+use crate::handlers::{notices, oauth, ops};
+use crate::AppState;
+
+/// Every route the broker serves. The OpenAPI document is generated from this same function.
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(oauth::token)
+        .service(oauth::jwks)
+        .service(oauth::metadata)
+        .service(notices::publish)
+        .service(notices::versions)
+        .service(notices::read)
+        .service(notices::amend)
+        .service(notices::withdraw)
+        .service(notices::review)
+        .service(ops::healthz)
+        .service(ops::readyz)
+        .service(ops::metrics)
+        .service(ops::openapi);
+}
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("no resource at `{} {}`", req.method(), req.path())))
+}
+
+/// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish
+/// within `grace`.
+pub async fn run(state: AppState, listen: &str, workers: usize, grace: Duration) -> std::io::Result<()> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .into_utoipa_app()
+            .configure(routes)
+            .into_app()
+            .app_data(data.clone())
+            .default_service(web::to(not_found))
+            .wrap(from_fn(crate::middleware::request_context))
+    })
+    .workers(workers)
+    .shutdown_timeout(grace.as_secs())
+    .bind(listen)?;
+    for addr in server.addrs() {
+        tracing::info!(%addr, "listening");
+    }
+    server.run().await
+}

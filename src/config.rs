@@ -1,0 +1,153 @@
+//! Broker configuration: a versioned TOML file, overlaid by `VPR_*` environment variables,
+//! validated against `schemas/broker-config.schema.json`. Only the binary reads configuration;
+//! each part is handed its own settings.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The configuration's JSON Schema.
+pub const CONFIG_SCHEMA: &str = include_str!("../schemas/broker-config.schema.json");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[allow(dead_code)]
+    pub config_version: u32,
+    #[serde(default)]
+    pub demo: bool,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    pub public_url: String,
+    pub database_url: String,
+    #[serde(default = "default_pool")]
+    pub database_pool_size: u32,
+    pub registry: PathBuf,
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub notices: NoticesConfig,
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    pub signing_keys: Vec<PathBuf>,
+    pub data_keys: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticesConfig {
+    #[serde(default = "default_review")]
+    pub max_review_interval_days: i64,
+    #[serde(default = "default_expiry")]
+    pub expiry_check_seconds: u64,
+}
+
+impl Default for NoticesConfig {
+    fn default() -> Self {
+        Self { max_review_interval_days: default_review(), expiry_check_seconds: default_expiry() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    #[serde(default = "default_access")]
+    pub access_token_seconds: u64,
+    #[serde(default = "default_assertion")]
+    pub max_assertion_seconds: u64,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self { access_token_seconds: default_access(), max_assertion_seconds: default_assertion() }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_pool() -> u32 {
+    8
+}
+fn default_grace() -> u64 {
+    30
+}
+fn default_review() -> i64 {
+    365
+}
+fn default_expiry() -> u64 {
+    60
+}
+fn default_access() -> u64 {
+    300
+}
+fn default_assertion() -> u64 {
+    300
+}
+
+/// Environment variables that override the file, by the config key they set.
+const OVERLAY: &[(&str, &str)] = &[
+    ("VPR_LISTEN", "listen"),
+    ("VPR_PUBLIC_URL", "public_url"),
+    ("VPR_DATABASE_URL", "database_url"),
+    ("VPR_REGISTRY", "registry"),
+];
+
+impl Config {
+    /// Loads the file, applies the environment overlay, validates, and resolves relative paths
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config `{}`", path.display()))?;
+        let toml_value: toml::Value = toml::from_str(&text).with_context(|| format!("config `{}` is not TOML", path.display()))?;
+        let mut doc = serde_json::to_value(toml_value)?;
+        for (var, key) in OVERLAY {
+            if let Ok(v) = std::env::var(var) {
+                doc[*key] = Value::String(v);
+            }
+        }
+        if let Ok(v) = std::env::var("VPR_DEMO") {
+            doc["demo"] = Value::Bool(v == "true" || v == "1");
+        }
+        if let Ok(v) = std::env::var("VPR_DATA_KEYS_FILE") {
+            doc["keys"]["data_keys"] = Value::String(v);
+        }
+        if let Ok(v) = std::env::var("VPR_SIGNING_KEYS") {
+            doc["keys"]["signing_keys"] = Value::Array(v.split(',').map(|s| Value::String(s.trim().to_owned())).collect());
+        }
+        let validator = vpr_domain::validate::compile_schema(CONFIG_SCHEMA).map_err(anyhow::Error::msg)?;
+        let errs = vpr_domain::validate::schema_errors(&validator, &doc);
+        if !errs.is_empty() {
+            let list: Vec<String> = errs.iter().map(|e| format!("  {} ({}): {}", e.pointer, e.rule, e.detail)).collect();
+            bail!("config `{}` is invalid:\n{}", path.display(), list.join("\n"));
+        }
+        let mut cfg: Config = serde_json::from_value(doc)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.registry = base.join(&cfg.registry);
+        cfg.keys.data_keys = base.join(&cfg.keys.data_keys);
+        cfg.keys.signing_keys = cfg.keys.signing_keys.iter().map(|p| base.join(p)).collect();
+        if let Some(rel) = cfg.database_url.strip_prefix("sqlite://") {
+            if !Path::new(rel).is_absolute() {
+                cfg.database_url = format!("sqlite://{}", base.join(rel).display());
+            }
+        }
+        cfg.public_url = cfg.public_url.trim_end_matches('/').to_owned();
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<()> {
+        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
+        if !self.demo && self.public_url.starts_with("http://") && !loopback.iter().any(|p| self.public_url.starts_with(p)) {
+            bail!("`public_url` must be https outside demo mode (plain http is allowed only on loopback)");
+        }
+        Ok(())
+    }
+}
