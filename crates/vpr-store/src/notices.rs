@@ -100,6 +100,14 @@ struct VersionRow {
     created_at: NaiveDateTime,
 }
 
+/// Times as both backends store them (PostgreSQL keeps microseconds), so what a write returns
+/// equals what a later read returns.
+fn db_time(now: DateTime<Utc>) -> NaiveDateTime {
+    use chrono::{DurationRound, TimeDelta};
+    let t = now.naive_utc();
+    t.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(t)
+}
+
 fn context(id: &str, version: i64, part: &str) -> String {
     format!("notice/{id}/{version}/{part}")
 }
@@ -210,7 +218,7 @@ impl Store {
                     return Ok(Published::Replayed(first));
                 }
             }
-            let at = now.naive_utc();
+            let at = db_time(now);
             let id = Uuid::new_v4().to_string();
             let c = &new.content;
             let head = NoticeRow {
@@ -359,7 +367,7 @@ impl Store {
         by_system: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<StoredNotice, StoreError> {
-        let at = now.naive_utc();
+        let at = db_time(now);
         let next = head.current_version + 1;
         let moved = diesel::update(
             notices::table

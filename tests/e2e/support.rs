@@ -1,0 +1,348 @@
+//! Test support: a real broker process per test on a free port, on SQLite or PostgreSQL, with
+//! freshly generated (non-demo) keys and a test registry; and a partner-side HTTP client.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use josekit::jwk::Jwk;
+use josekit::jws::{JwsHeader, ES256};
+use josekit::jwt::{self, JwtPayload};
+use serde_json::{json, Value};
+use vpr_auth::SigningKeyFile;
+use vpr_store::db::{Backend as DbBackend, DbConnection};
+use vpr_store::testdb::{fresh_postgres, PgTestDb};
+
+pub use reqwest::blocking::Response;
+
+/// Which database a test broker runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a test body once on each backend: `both!(name, |b| { ... })`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn sqlite() {
+                if let Some(b) = $crate::support::TestBroker::start($crate::support::Backend::Sqlite) {
+                    ($body)(&b);
+                }
+            }
+            #[test]
+            fn postgres() {
+                if let Some(b) = $crate::support::TestBroker::start($crate::support::Backend::Postgres) {
+                    ($body)(&b);
+                }
+            }
+        }
+    };
+}
+
+/// A partner system the test registry knows.
+#[derive(Clone)]
+pub struct Client {
+    pub id: &'static str,
+    pub jwk: Jwk,
+}
+
+impl Client {
+    pub fn kid(&self) -> String {
+        self.jwk.key_id().unwrap_or_default().to_owned()
+    }
+}
+
+/// Test partners: (client id, ODS, org type, scopes).
+pub const PARTNERS: &[(&str, &str, &str, &[&str])] = &[
+    ("amb-cad", "XAM01", "ambulance-trust", &["notices:write", "notices:read", "lookups"]),
+    ("gp-green", "XGP01", "gp-practice", &["notices:write", "notices:read", "lookups"]),
+    ("police", "XPF01", "police-force", &["notices:read", "lookups"]),
+];
+
+pub struct TestBroker {
+    pub backend: Backend,
+    pub base: String,
+    pub database_url: String,
+    pub dir: tempfile::TempDir,
+    pub clients: Vec<Client>,
+    pub http: reqwest::blocking::Client,
+    child: std::sync::Mutex<Option<Child>>,
+    log_seq: std::sync::atomic::AtomicU32,
+    _pg: Option<PgTestDb>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_vpr-broker")
+}
+
+impl TestBroker {
+    /// Starts a broker with default settings, or `None` when PostgreSQL is unavailable outside CI.
+    pub fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, |_| {})
+    }
+
+    /// Starts a broker after letting the caller adjust the config document.
+    pub fn start_with(backend: Backend, adjust: impl FnOnce(&mut toml::Table)) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (database_url, pg) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}/broker.db", dir.path().display()), None),
+            Backend::Postgres => {
+                let db = fresh_postgres()?;
+                (db.url.clone(), Some(db))
+            }
+        };
+        let mut clients = Vec::new();
+        let mut partners = Vec::new();
+        for (id, ods, org_type, scopes) in PARTNERS {
+            let key = SigningKeyFile::generate(&format!("{id}-1"), false).expect("key");
+            let public = vpr_auth::keys::public_jwk(&key.jwk).expect("public");
+            partners.push(json!({
+                "ods_code": ods, "name": format!("Test {org_type} {ods}"), "type": org_type,
+                "contact": {"name": "Duty lead", "telephone": "0113 496 0999", "email": format!("duty@{}.example", ods.to_lowercase())},
+                "systems": [{"client_id": id, "name": format!("{id} system"), "scopes": scopes, "jwks": {"keys": [Value::Object(public.as_ref().clone())]}}]
+            }));
+            clients.push(Client { id, jwk: key.jwk });
+        }
+        let registry = json!({"registry_version": 1, "ics": {"name": "Test ICS"}, "partners": partners});
+        std::fs::write(dir.path().join("registry.json"), registry.to_string()).expect("registry");
+        let signing = SigningKeyFile::generate("broker-test-1", false).expect("signing key");
+        std::fs::write(dir.path().join("signing-1.jwk"), signing.to_json()).expect("write key");
+        let data = vpr_store::DataKeyFile::generate(false);
+        std::fs::write(dir.path().join("data-keys.json"), serde_json::to_string(&data).expect("json")).expect("write keys");
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut cfg: toml::Table = toml::from_str(&format!(
+            r#"
+            config_version = 1
+            listen = "127.0.0.1:{port}"
+            public_url = "{base}"
+            database_url = "{database_url}"
+            database_pool_size = 8
+            registry = "registry.json"
+            shutdown_grace_seconds = 10
+            [keys]
+            signing_keys = ["signing-1.jwk"]
+            data_keys = "data-keys.json"
+            [notices]
+            max_review_interval_days = 365
+            expiry_check_seconds = 1
+            "#
+        ))
+        .expect("config");
+        adjust(&mut cfg);
+        std::fs::write(dir.path().join("broker.toml"), toml::to_string(&cfg).expect("toml")).expect("write config");
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let b = Self {
+            backend,
+            base,
+            database_url,
+            dir,
+            clients,
+            http,
+            child: std::sync::Mutex::new(None),
+            log_seq: std::sync::atomic::AtomicU32::new(0),
+            _pg: pg,
+        };
+        b.spawn();
+        Some(b)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("broker.toml")
+    }
+
+    /// Starts the broker process and waits until it is ready.
+    pub fn spawn(&self) {
+        let seq = self.log_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("broker-{seq}.log"))).expect("log");
+        let child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env("VPR_LOG", "info")
+            .env_remove("VPR_DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn broker");
+        *self.child.lock().expect("lock") = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.lock().expect("lock").as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("broker exited with {status} during start-up:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "broker not ready in time:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The broker's log so far (the latest run).
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        let path = self.dir.path().join(format!("broker-{}.log", self.log_seq.load(std::sync::atomic::Ordering::SeqCst)));
+        let _ = std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    /// SIGKILL: no chance to flush or finish anything.
+    pub fn kill_hard(&self) {
+        let taken = self.child.lock().map(|mut c| c.take()).unwrap_or_default();
+        if let Some(mut c) = taken {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit status.
+    pub fn terminate(&self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.lock().ok()?.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        child.wait().ok()
+    }
+
+    pub fn restart(&self) {
+        self.kill_hard();
+        self.spawn();
+    }
+
+    pub fn client(&self, id: &str) -> &Client {
+        self.clients.iter().find(|c| c.id == id).expect("known client")
+    }
+
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/oauth2/token", self.base)
+    }
+
+    /// A client assertion signed by `client`'s key, with claims adjusted by `adjust`.
+    pub fn assertion(&self, client: &Client, adjust: impl FnOnce(&mut JwtPayload)) -> String {
+        let now = SystemTime::now();
+        let mut p = JwtPayload::new();
+        p.set_issuer(client.id);
+        p.set_subject(client.id);
+        p.set_audience(vec![self.token_endpoint()]);
+        p.set_issued_at(&now);
+        p.set_expires_at(&(now + Duration::from_secs(60)));
+        p.set_jwt_id(uuid::Uuid::new_v4().to_string());
+        adjust(&mut p);
+        let signer = ES256.signer_from_jwk(&client.jwk).expect("signer");
+        jwt::encode_with_signer(&p, &JwsHeader::new(), &signer).expect("sign")
+    }
+
+    pub fn request_token(&self, assertion: &str, scope: Option<&str>) -> Response {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", assertion),
+        ];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        self.http.post(self.token_endpoint()).form(&form).send().expect("token request")
+    }
+
+    /// An access token for a known client.
+    pub fn token(&self, client_id: &str) -> String {
+        let a = self.assertion(self.client(client_id), |_| {});
+        let r = self.request_token(&a, None);
+        assert_eq!(r.status(), 200, "token for {client_id}");
+        let body: Value = r.json().expect("json");
+        body["access_token"].as_str().expect("token").to_owned()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn publish(&self, token: &str, body: &Value) -> Response {
+        self.http.post(self.url("/v1/notices")).bearer_auth(token).json(body).send().expect("publish")
+    }
+
+    pub fn get(&self, token: &str, path: &str) -> Response {
+        self.http.get(self.url(path)).bearer_auth(token).send().expect("get")
+    }
+
+    /// A direct database connection, to look at what is stored as an attacker with a copy would.
+    pub fn db(&self) -> DbConnection {
+        use diesel::Connection;
+        let (_, url) = DbBackend::from_url(&self.database_url).expect("url");
+        DbConnection::establish(&url).expect("db connection")
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let rows: Vec<N> = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")).load(&mut self.db()).expect("count");
+        rows.first().map(|r| r.n).unwrap_or_default()
+    }
+
+    pub fn exec(&self, sql: &str) {
+        use diesel::RunQueryDsl;
+        diesel::sql_query(sql).execute(&mut self.db()).expect("exec");
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+/// Today in the broker's terms, and helpers for dates relative to it.
+pub fn day(offset: i64) -> String {
+    (chrono::Utc::now().date_naive() + chrono::Duration::days(offset)).to_string()
+}
+
+/// A valid notice about a person by NHS number (test-range numbers, fictional).
+pub fn person_notice(nhs: &str) -> Value {
+    json!({
+        "subject": {"person": {"nhs_number": nhs, "family_name": "Fictional", "given_name": "Alex"}},
+        "category": "physical-assault",
+        "aggravating_factors": ["racial-or-religious"],
+        "medical_factor_operative": false,
+        "risk_level": "high",
+        "safety_advice": ["attend-with-police", "two-staff-minimum"],
+        "advice_text": "Crew assaulted on attendance; approach with police.",
+        "incident_date": day(-10),
+        "review_date": day(180),
+        "subject_informed": {"withheld_because": "informing would put staff at risk"},
+        "lawful_basis": ["UKGDPR-6-1-c", "UKGDPR-9-2-h"],
+        "restricted": {"incident_reference": "DATIX-0001"}
+    })
+}
+
+pub fn json_of(r: Response) -> Value {
+    r.json().expect("json body")
+}
+
+/// Validates a value against one of the repository's JSON Schemas.
+pub fn assert_matches_schema(schema_file: &str, value: &Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(schema_file);
+    let source = std::fs::read_to_string(path).expect("schema file");
+    let validator = vpr_domain::validate::compile_schema(&source).expect("schema compiles");
+    let errors = vpr_domain::validate::schema_errors(&validator, value);
+    assert!(errors.is_empty(), "{schema_file}: {errors:?}\n{value:#}");
+}
