@@ -106,26 +106,35 @@ impl Config {
     /// against the file's directory.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config `{}`", path.display()))?;
-        let toml_value: toml::Value = toml::from_str(&text).with_context(|| format!("config `{}` is not TOML", path.display()))?;
-        let mut doc = serde_json::to_value(toml_value)?;
+        let toml_value: toml::Value =
+            toml::from_str(&text).with_context(|| format!("config `{}` is not TOML", path.display()))?;
+        let Value::Object(mut doc) = serde_json::to_value(toml_value)? else {
+            bail!("config `{}` must be a TOML table", path.display());
+        };
         for (var, key) in OVERLAY {
             if let Ok(v) = std::env::var(var) {
-                doc[*key] = Value::String(v);
+                doc.insert((*key).to_owned(), Value::String(v));
             }
         }
         if let Ok(v) = std::env::var("VPR_DEMO") {
-            doc["demo"] = Value::Bool(v == "true" || v == "1");
+            doc.insert("demo".into(), Value::Bool(v == "true" || v == "1"));
         }
-        if let Ok(v) = std::env::var("VPR_DATA_KEYS_FILE") {
-            doc["keys"]["data_keys"] = Value::String(v);
+        let keys = doc.entry("keys").or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Value::Object(keys) = keys {
+            if let Ok(v) = std::env::var("VPR_DATA_KEYS_FILE") {
+                keys.insert("data_keys".into(), Value::String(v));
+            }
+            if let Ok(v) = std::env::var("VPR_SIGNING_KEYS") {
+                let list = v.split(',').map(|s| Value::String(s.trim().to_owned())).collect();
+                keys.insert("signing_keys".into(), Value::Array(list));
+            }
         }
-        if let Ok(v) = std::env::var("VPR_SIGNING_KEYS") {
-            doc["keys"]["signing_keys"] = Value::Array(v.split(',').map(|s| Value::String(s.trim().to_owned())).collect());
-        }
+        let doc = Value::Object(doc);
         let validator = vpr_domain::validate::compile_schema(CONFIG_SCHEMA).map_err(anyhow::Error::msg)?;
         let errs = vpr_domain::validate::schema_errors(&validator, &doc);
         if !errs.is_empty() {
-            let list: Vec<String> = errs.iter().map(|e| format!("  {} ({}): {}", e.pointer, e.rule, e.detail)).collect();
+            let list: Vec<String> =
+                errs.iter().map(|e| format!("  {} ({}): {}", e.pointer, e.rule, e.detail)).collect();
             bail!("config `{}` is invalid:\n{}", path.display(), list.join("\n"));
         }
         let mut cfg: Config = serde_json::from_value(doc)?;
@@ -145,7 +154,10 @@ impl Config {
 
     fn check(&self) -> Result<()> {
         let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
-        if !self.demo && self.public_url.starts_with("http://") && !loopback.iter().any(|p| self.public_url.starts_with(p)) {
+        if !self.demo
+            && self.public_url.starts_with("http://")
+            && !loopback.iter().any(|p| self.public_url.starts_with(p))
+        {
             bail!("`public_url` must be https outside demo mode (plain http is allowed only on loopback)");
         }
         Ok(())

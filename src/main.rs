@@ -100,7 +100,9 @@ fn load_data_keys(path: &Path) -> Result<DataKeyFile> {
     // Keys may come straight from the environment so they never touch the disk.
     let text = match std::env::var("VPR_DATA_KEYS") {
         Ok(inline) => inline,
-        Err(_) => std::fs::read_to_string(path).with_context(|| format!("cannot read data keys `{}`", path.display()))?,
+        Err(_) => {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read data keys `{}`", path.display()))?
+        }
     };
     serde_json::from_str(&text).context("data keys are not a valid key file")
 }
@@ -118,8 +120,8 @@ async fn serve(cfg: Config) -> Result<()> {
     if cfg.demo {
         tracing::warn!("DEMO MODE: fictional partners and demo-only keys are accepted; never use with real data");
     }
-    let registry_text =
-        std::fs::read_to_string(&cfg.registry).with_context(|| format!("cannot read registry `{}`", cfg.registry.display()))?;
+    let registry_text = std::fs::read_to_string(&cfg.registry)
+        .with_context(|| format!("cannot read registry `{}`", cfg.registry.display()))?;
     let registry = Registry::from_json(&registry_text)?;
     if registry.demo_only && !cfg.demo {
         bail!("the partner registry is marked demo-only: refusing to run outside demo mode");
@@ -129,7 +131,8 @@ async fn serve(cfg: Config) -> Result<()> {
         .signing_keys
         .iter()
         .map(|p| {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read signing key `{}`", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("cannot read signing key `{}`", p.display()))?;
             Ok(SigningKeyFile::from_json(&text)?)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -164,7 +167,10 @@ async fn serve(cfg: Config) -> Result<()> {
         openapi: Arc::new(vpr_http::openapi::build()),
     };
     tracing::info!(database = state.store.backend().name(), public_url = %cfg.public_url, "vpr-broker starting");
-    let expiry = tokio::spawn(vpr_http::tasks::expire_notices(state.clone(), Duration::from_secs(cfg.notices.expiry_check_seconds)));
+    let expiry = tokio::spawn(vpr_http::tasks::expire_notices(
+        state.clone(),
+        Duration::from_secs(cfg.notices.expiry_check_seconds),
+    ));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     vpr_http::run(state, &cfg.listen, workers, Duration::from_secs(cfg.shutdown_grace_seconds)).await?;
     expiry.abort();

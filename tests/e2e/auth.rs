@@ -82,7 +82,8 @@ both!(issuer_must_be_the_key_owner, |b: &TestBroker| {
 both!(grant_and_scope_rules, |b: &TestBroker| {
     let r = b.http.post(b.token_endpoint()).form(&[("grant_type", "password")]).send().unwrap();
     refused(r, 400, "unsupported_grant_type");
-    let r = b.http.post(b.token_endpoint()).json(&serde_json::json!({"grant_type": "client_credentials"})).send().unwrap();
+    let r =
+        b.http.post(b.token_endpoint()).json(&serde_json::json!({"grant_type": "client_credentials"})).send().unwrap();
     refused(r, 400, "invalid_request");
     let a = b.assertion(b.client("police"), |_| {});
     refused(b.request_token(&a, Some("notices:write")), 400, "invalid_scope");
@@ -118,7 +119,8 @@ both!(key_rotation_keeps_issued_tokens_valid, |b: &TestBroker| {
     let new_key = SigningKeyFile::generate("broker-test-2", false).unwrap();
     std::fs::write(b.dir.path().join("signing-2.jwk"), new_key.to_json()).unwrap();
     let cfg = std::fs::read_to_string(b.config_path()).unwrap();
-    let cfg = cfg.replace(r#"signing_keys = ["signing-1.jwk"]"#, r#"signing_keys = ["signing-2.jwk", "signing-1.jwk"]"#);
+    let cfg =
+        cfg.replace(r#"signing_keys = ["signing-1.jwk"]"#, r#"signing_keys = ["signing-2.jwk", "signing-1.jwk"]"#);
     std::fs::write(b.config_path(), cfg).unwrap();
     b.restart();
     let jwks = json_of(b.http.get(b.url("/.well-known/jwks.json")).send().unwrap());

@@ -102,13 +102,17 @@ fn stored_bytes(b: &TestBroker) -> Vec<u8> {
             .unwrap();
             let mut all = Vec::new();
             for table in tables {
-                let rows: Vec<Row> = diesel::sql_query(format!("SELECT row_to_json(x)::text AS t FROM {} x", table.t)).load(&mut conn).unwrap();
+                let rows: Vec<Row> = diesel::sql_query(format!("SELECT row_to_json(x)::text AS t FROM {} x", table.t))
+                    .load(&mut conn)
+                    .unwrap();
                 for row in rows {
                     all.extend(row.t.as_bytes());
                     // bytea columns appear as \x-prefixed hex: decode them too.
                     for part in row.t.split("\\\\x").skip(1) {
                         let hex: String = part.chars().take_while(char::is_ascii_hexdigit).collect();
-                        let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
+                        let bytes: Vec<u8> = (0..hex.len() / 2)
+                            .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                            .collect();
                         all.extend(bytes);
                     }
                 }
@@ -133,8 +137,18 @@ both!(a_database_copy_reveals_no_identifier, |b: &TestBroker| {
     assert!(!stored.is_empty());
     let haystack = String::from_utf8_lossy(&stored).to_uppercase();
     for needle in [
-        "9990000026", "999 000 0026", "QUILLERFEATHER", "ZEBEDEE", "1971-04-05", "ZZ99 3WZ", "ZZ993WZ", "987654321098",
-        "MARROWBONE", "447700900456", "07700 900456", "7700900456",
+        "9990000026",
+        "999 000 0026",
+        "QUILLERFEATHER",
+        "ZEBEDEE",
+        "1971-04-05",
+        "ZZ99 3WZ",
+        "ZZ993WZ",
+        "987654321098",
+        "MARROWBONE",
+        "447700900456",
+        "07700 900456",
+        "7700900456",
     ] {
         assert!(!haystack.contains(needle), "{needle} found in plaintext in the {:?} database", b.backend);
     }

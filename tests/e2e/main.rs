@@ -1,6 +1,9 @@
 //! End-to-end tests: a real broker process driven over HTTP as a partner system would, each on
 //! SQLite and on PostgreSQL. Modules mirror the routes.
 
+// Test code: a failed expectation should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 mod support;
 
 mod auth;

@@ -69,7 +69,9 @@ both!(publish_read_amend_review_withdraw_versions, |b: &TestBroker| {
     assert_eq!(v3["last_change"]["reason"], "reviewed with the VPR lead: still needed");
 
     // Withdraw: a reason is required.
-    let withdraw = |body: Value| b.http.post(b.url(&format!("/v1/notices/{id}/withdraw"))).bearer_auth(&t).json(&body).send().unwrap();
+    let withdraw = |body: Value| {
+        b.http.post(b.url(&format!("/v1/notices/{id}/withdraw"))).bearer_auth(&t).json(&body).send().unwrap()
+    };
     let r = withdraw(json!({}));
     assert_eq!(r.status(), 422);
     assert_eq!(json_of(r)["errors"][0]["pointer"], "/reason");
@@ -122,7 +124,14 @@ both!(idempotent_retry_returns_the_first_result, |b: &TestBroker| {
     assert_eq!(b.count("notices"), 2);
     // Keys belong to an organisation: another partner's identical key is its own.
     let gp = b.token("gp-green");
-    let r = b.http.post(b.url("/v1/notices")).bearer_auth(&gp).header("Idempotency-Key", "retry-1").json(&body).send().unwrap();
+    let r = b
+        .http
+        .post(b.url("/v1/notices"))
+        .bearer_auth(&gp)
+        .header("Idempotency-Key", "retry-1")
+        .json(&body)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 201);
 });
 
@@ -132,14 +141,39 @@ both!(only_the_publisher_changes_or_reads_its_notice, |b: &TestBroker| {
     let police = b.token("police");
     let n = publish_ok(b, &amb, &person_notice("9990000018"));
     let id = n["id"].as_str().unwrap();
-    let r = b.http.put(b.url(&format!("/v1/notices/{id}"))).bearer_auth(&gp).header("If-Match", "\"1\"").json(&person_notice("9990000018")).send().unwrap();
+    let r = b
+        .http
+        .put(b.url(&format!("/v1/notices/{id}")))
+        .bearer_auth(&gp)
+        .header("If-Match", "\"1\"")
+        .json(&person_notice("9990000018"))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = b.http.post(b.url(&format!("/v1/notices/{id}/withdraw"))).bearer_auth(&gp).json(&json!({"reason": "not mine"})).send().unwrap();
+    let r = b
+        .http
+        .post(b.url(&format!("/v1/notices/{id}/withdraw")))
+        .bearer_auth(&gp)
+        .json(&json!({"reason": "not mine"}))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = b.http.post(b.url(&format!("/v1/notices/{id}/review"))).bearer_auth(&gp).json(&json!({"review_date": day(30), "note": "x"})).send().unwrap();
+    let r = b
+        .http
+        .post(b.url(&format!("/v1/notices/{id}/review")))
+        .bearer_auth(&gp)
+        .json(&json!({"review_date": day(30), "note": "x"}))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 403);
     // Police hold no write scope at all.
-    let r = b.http.post(b.url(&format!("/v1/notices/{id}/withdraw"))).bearer_auth(&police).json(&json!({"reason": "x"})).send().unwrap();
+    let r = b
+        .http
+        .post(b.url(&format!("/v1/notices/{id}/withdraw")))
+        .bearer_auth(&police)
+        .json(&json!({"reason": "x"}))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 403);
     // Reads by others wait for the policy decision: nothing is disclosed ungoverned.
     let r = b.get(&gp, &format!("/v1/notices/{id}"));
@@ -155,7 +189,11 @@ both!(only_the_publisher_changes_or_reads_its_notice, |b: &TestBroker| {
 
 both!(unknown_notices_are_not_found, |b: &TestBroker| {
     let t = b.token("amb-cad");
-    for path in ["/v1/notices/6f1c2a56-8f7e-4a53-9d8e-2a4c7a0f0b11", "/v1/notices/not-a-uuid", "/v1/notices/6f1c2a56-8f7e-4a53-9d8e-2a4c7a0f0b11/versions"] {
+    for path in [
+        "/v1/notices/6f1c2a56-8f7e-4a53-9d8e-2a4c7a0f0b11",
+        "/v1/notices/not-a-uuid",
+        "/v1/notices/6f1c2a56-8f7e-4a53-9d8e-2a4c7a0f0b11/versions",
+    ] {
         let r = b.get(&t, path);
         assert_eq!(r.status(), 404, "{path}");
         assert_matches_schema("problem.schema.json", &json_of(r));

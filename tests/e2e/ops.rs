@@ -56,7 +56,9 @@ both!(openapi_describes_exactly_what_is_served, |b: &TestBroker| {
 
 #[test]
 fn graceful_shutdown_finishes_in_flight_requests() {
-    let Some(b) = TestBroker::start(Backend::Sqlite) else { return };
+    let Some(b) = TestBroker::start(Backend::Sqlite) else {
+        return;
+    };
     let t = b.token("amb-cad");
     let stop = AtomicBool::new(false);
     let broken = AtomicUsize::new(0);

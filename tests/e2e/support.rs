@@ -120,7 +120,8 @@ impl TestBroker {
         let signing = SigningKeyFile::generate("broker-test-1", false).expect("signing key");
         std::fs::write(dir.path().join("signing-1.jwk"), signing.to_json()).expect("write key");
         let data = vpr_store::DataKeyFile::generate(false);
-        std::fs::write(dir.path().join("data-keys.json"), serde_json::to_string(&data).expect("json")).expect("write keys");
+        std::fs::write(dir.path().join("data-keys.json"), serde_json::to_string(&data).expect("json"))
+            .expect("write keys");
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
         let mut cfg: toml::Table = toml::from_str(&format!(
@@ -199,7 +200,8 @@ impl TestBroker {
     /// The broker's log so far (the latest run).
     pub fn log(&self) -> String {
         let mut s = String::new();
-        let path = self.dir.path().join(format!("broker-{}.log", self.log_seq.load(std::sync::atomic::Ordering::SeqCst)));
+        let path =
+            self.dir.path().join(format!("broker-{}.log", self.log_seq.load(std::sync::atomic::Ordering::SeqCst)));
         let _ = std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut s));
         s
     }
@@ -295,7 +297,8 @@ impl TestBroker {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let rows: Vec<N> = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")).load(&mut self.db()).expect("count");
+        let rows: Vec<N> =
+            diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")).load(&mut self.db()).expect("count");
         rows.first().map(|r| r.n).unwrap_or_default()
     }
 

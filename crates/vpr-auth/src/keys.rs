@@ -21,8 +21,8 @@ pub struct SigningKeyFile {
 impl SigningKeyFile {
     /// Parses a key file: a JWK object with an optional `"demo_only": true` member.
     pub fn from_json(text: &str) -> Result<Self, AuthError> {
-        let mut map: Map<String, Value> =
-            serde_json::from_str(text).map_err(|e| AuthError::Config(format!("signing key is not a JSON object: {e}")))?;
+        let mut map: Map<String, Value> = serde_json::from_str(text)
+            .map_err(|e| AuthError::Config(format!("signing key is not a JSON object: {e}")))?;
         let demo_only = map.remove("demo_only").and_then(|v| v.as_bool()).unwrap_or(false);
         let jwk = Jwk::from_map(map).map_err(|e| AuthError::Config(format!("signing key is not a JWK: {e}")))?;
         Ok(Self { jwk, demo_only })
@@ -83,7 +83,8 @@ impl BrokerKeys {
         let mut verifiers = Vec::new();
         let mut public = Vec::new();
         for f in files {
-            let kid = f.jwk.key_id().ok_or_else(|| AuthError::Config("every signing key needs a `kid`".into()))?.to_owned();
+            let kid =
+                f.jwk.key_id().ok_or_else(|| AuthError::Config("every signing key needs a `kid`".into()))?.to_owned();
             if f.jwk.parameter("d").is_none() {
                 return Err(AuthError::Config(format!("signing key `{kid}` has no private part")));
             }

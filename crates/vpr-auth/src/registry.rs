@@ -45,8 +45,14 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 6] =
-        [Scope::NoticesWrite, Scope::NoticesRead, Scope::Lookups, Scope::Subscriptions, Scope::AuditRead, Scope::IgWrite];
+    pub const ALL: [Scope; 6] = [
+        Scope::NoticesWrite,
+        Scope::NoticesRead,
+        Scope::Lookups,
+        Scope::Subscriptions,
+        Scope::AuditRead,
+        Scope::IgWrite,
+    ];
 
     /// The wire code.
     pub fn code(self) -> &'static str {
@@ -200,8 +206,8 @@ impl Registry {
         if !errs.is_empty() {
             return Err(AuthError::Registry(errs));
         }
-        let file: RegistryFile =
-            serde_json::from_value(doc).map_err(|e| AuthError::Registry(vec![FieldError::new("", "shape", e.to_string())]))?;
+        let file: RegistryFile = serde_json::from_value(doc)
+            .map_err(|e| AuthError::Registry(vec![FieldError::new("", "shape", e.to_string())]))?;
         let mut errs = Vec::new();
         let mut partners = BTreeMap::new();
         let mut systems = BTreeMap::new();
@@ -220,7 +226,11 @@ impl Registry {
                 }
             };
             if telephone.is_none() && p.contact.email.is_none() {
-                errs.push(FieldError::new(format!("{at}/contact"), "contact-reachable", "give a telephone number or an email"));
+                errs.push(FieldError::new(
+                    format!("{at}/contact"),
+                    "contact-reachable",
+                    "give a telephone number or an email",
+                ));
             }
             let contact = ContactPoint { name: p.contact.name, telephone, email: p.contact.email };
             for (si, s) in p.systems.into_iter().enumerate() {
@@ -238,7 +248,11 @@ impl Registry {
                     let kid = jwk.key_id().unwrap_or_default().to_owned();
                     // Key ids are unique across the registry, so an assertion's `kid` names one client.
                     if !kids.insert(kid.clone()) {
-                        errs.push(FieldError::new(format!("{kat}/kid"), "unique", format!("key id `{kid}` is used twice")));
+                        errs.push(FieldError::new(
+                            format!("{kat}/kid"),
+                            "unique",
+                            format!("key id `{kid}` is used twice"),
+                        ));
                         continue;
                     }
                     match verifier_for(&jwk) {
@@ -249,7 +263,11 @@ impl Registry {
                     }
                 }
                 if systems.contains_key(&s.client_id) {
-                    errs.push(FieldError::new(format!("{sat}/client_id"), "unique", format!("client `{}` is listed twice", s.client_id)));
+                    errs.push(FieldError::new(
+                        format!("{sat}/client_id"),
+                        "unique",
+                        format!("client `{}` is listed twice", s.client_id),
+                    ));
                     continue;
                 }
                 systems.insert(

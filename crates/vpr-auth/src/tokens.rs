@@ -154,7 +154,9 @@ impl TokenService {
         let selected = std::cell::Cell::new(None::<String>);
         let decoded = jwt::decode_with_verifier_selector(assertion, |header: &JwsHeader| {
             let kid = header.key_id().unwrap_or_default();
-            let Some(system) = registry.system_for_kid(kid) else { return Ok(None) };
+            let Some(system) = registry.system_for_kid(kid) else {
+                return Ok(None);
+            };
             let verifier: Option<&dyn JwsVerifier> = system.verifier(kid);
             if let Some(v) = verifier {
                 if header.algorithm() != Some(v.algorithm().name()) {
@@ -171,9 +173,13 @@ impl TokenService {
             };
             AuthError::InvalidClient(format!("client assertion rejected: {why}"))
         })?;
-        let client_id = selected.take().ok_or_else(|| AuthError::InvalidClient("no registered key verifies this assertion".into()))?;
+        let client_id = selected
+            .take()
+            .ok_or_else(|| AuthError::InvalidClient("no registered key verifies this assertion".into()))?;
         if payload.issuer() != Some(&client_id) || payload.subject() != Some(&client_id) {
-            return Err(AuthError::InvalidClient("`iss` and `sub` must both be the client id that owns the signing key".into()));
+            return Err(AuthError::InvalidClient(
+                "`iss` and `sub` must both be the client id that owns the signing key".into(),
+            ));
         }
         if client_id_param.is_some_and(|c| c != client_id) {
             return Err(AuthError::InvalidClient("`client_id` does not match the assertion".into()));
@@ -213,13 +219,15 @@ impl TokenService {
     /// Issues an access token for an authenticated client. `scope` narrows the grant; by default
     /// the token carries every scope the registry gives the system.
     pub fn issue(&self, client_id: &str, scope: Option<&str>, now: DateTime<Utc>) -> Result<IssuedToken, AuthError> {
-        let system = self.registry.system(client_id).ok_or_else(|| AuthError::InvalidClient("unknown client".into()))?;
+        let system =
+            self.registry.system(client_id).ok_or_else(|| AuthError::InvalidClient("unknown client".into()))?;
         let scopes: BTreeSet<Scope> = match scope.map(str::trim).filter(|s| !s.is_empty()) {
             None => system.scopes.clone(),
             Some(s) => {
                 let mut out = BTreeSet::new();
                 for code in s.split_whitespace() {
-                    let sc = Scope::from_code(code).ok_or_else(|| AuthError::InvalidScope(format!("unknown scope `{code}`")))?;
+                    let sc = Scope::from_code(code)
+                        .ok_or_else(|| AuthError::InvalidScope(format!("unknown scope `{code}`")))?;
                     if !system.scopes.contains(&sc) {
                         return Err(AuthError::InvalidScope(format!("scope `{code}` is not granted to this client")));
                     }
@@ -236,7 +244,8 @@ impl TokenService {
         payload.set_issued_at(&system_time(now));
         payload.set_expires_at(&system_time(now + chrono::Duration::seconds(secs(self.settings.access_token_ttl))));
         payload.set_jwt_id(uuid::Uuid::new_v4().to_string());
-        let claim = |p: &mut JwtPayload, k: &str, v: &str| p.set_claim(k, Some(serde_json::Value::String(v.to_owned())));
+        let claim =
+            |p: &mut JwtPayload, k: &str, v: &str| p.set_claim(k, Some(serde_json::Value::String(v.to_owned())));
         claim(&mut payload, "client_id", client_id).map_err(|e| AuthError::Config(e.to_string()))?;
         claim(&mut payload, "org", system.ods_code.as_str()).map_err(|e| AuthError::Config(e.to_string()))?;
         claim(&mut payload, "scope", &scope_str).map_err(|e| AuthError::Config(e.to_string()))?;
@@ -244,7 +253,12 @@ impl TokenService {
         header.set_token_type("at+jwt");
         let token = jwt::encode_with_signer(&payload, &header, self.keys.signer())
             .map_err(|e| AuthError::Config(format!("cannot sign access token: {e}")))?;
-        Ok(IssuedToken { access_token: token, token_type: "Bearer", expires_in: self.settings.access_token_ttl.as_secs(), scope: scope_str })
+        Ok(IssuedToken {
+            access_token: token,
+            token_type: "Bearer",
+            expires_in: self.settings.access_token_ttl.as_secs(),
+            scope: scope_str,
+        })
     }
 
     /// Verifies a bearer access token and resolves who is calling against the current registry
@@ -274,7 +288,10 @@ impl TokenService {
         if str_claim("org") != system.ods_code.as_str() {
             return Err(bad("the client's organisation has changed"));
         }
-        let partner = self.registry.partner(system.ods_code.as_str()).ok_or_else(|| bad("the organisation is no longer registered"))?;
+        let partner = self
+            .registry
+            .partner(system.ods_code.as_str())
+            .ok_or_else(|| bad("the organisation is no longer registered"))?;
         let scopes = str_claim("scope")
             .split_whitespace()
             .filter_map(Scope::from_code)

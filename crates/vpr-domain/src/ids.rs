@@ -84,19 +84,10 @@ impl NhsNumber {
     pub fn parse(raw: &str) -> Result<Self, IdError> {
         let digits: String = raw.chars().filter(|c| *c != ' ').collect();
         if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(IdError::Format {
-                what: "NHS number",
-                rule: "ten digits",
-                rule_id: "nhs-number-format",
-            });
+            return Err(IdError::Format { what: "NHS number", rule: "ten digits", rule_id: "nhs-number-format" });
         }
         let values: Vec<u32> = digits.bytes().map(|b| u32::from(b - b'0')).collect();
-        let sum: u32 = values
-            .iter()
-            .take(9)
-            .zip((2..=10).rev())
-            .map(|(d, w)| d * w)
-            .sum();
+        let sum: u32 = values.iter().take(9).zip((2..=10).rev()).map(|(d, w)| d * w).sum();
         let check = match 11 - (sum % 11) {
             11 => 0,
             10 => {
@@ -134,11 +125,7 @@ impl OdsCode {
         if (3..=10).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric()) {
             Ok(Self(code))
         } else {
-            Err(IdError::Format {
-                what: "ODS code",
-                rule: "3 to 10 letters and digits",
-                rule_id: "ods-code-format",
-            })
+            Err(IdError::Format { what: "ODS code", rule: "3 to 10 letters and digits", rule_id: "ods-code-format" })
         }
     }
 }
@@ -161,11 +148,7 @@ impl Uprn {
         let valid = !raw.is_empty() && raw.len() <= 12 && raw.bytes().all(|b| b.is_ascii_digit());
         let trimmed = raw.trim_start_matches('0');
         if !valid || trimmed.is_empty() {
-            return Err(IdError::Format {
-                what: "UPRN",
-                rule: "1 to 12 digits, not zero",
-                rule_id: "uprn-format",
-            });
+            return Err(IdError::Format { what: "UPRN", rule: "1 to 12 digits, not zero", rule_id: "uprn-format" });
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -185,16 +168,9 @@ impl fmt::Debug for Postcode {
 impl Postcode {
     /// Parses a UK postcode in any spacing or case.
     pub fn parse(raw: &str) -> Result<Self, IdError> {
-        let compact: String = raw
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect::<String>()
-            .to_ascii_uppercase();
-        let err = IdError::Format {
-            what: "postcode",
-            rule: "a UK postcode such as `LS1 4AP`",
-            rule_id: "postcode-format",
-        };
+        let compact: String = raw.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
+        let err =
+            IdError::Format { what: "postcode", rule: "a UK postcode such as `LS1 4AP`", rule_id: "postcode-format" };
         if compact == "GIR0AA" {
             return Ok(Self("GIR 0AA".to_owned()));
         }
@@ -307,7 +283,13 @@ mod tests {
 
     #[test]
     fn postcodes_normalise_and_refuse_bad_shapes() {
-        for (raw, want) in [("ls14ap", "LS1 4AP"), ("M1 1AE", "M1 1AE"), (" sw1a 1aa ", "SW1A 1AA"), ("B33 8TH", "B33 8TH"), ("W1A0AX", "W1A 0AX")] {
+        for (raw, want) in [
+            ("ls14ap", "LS1 4AP"),
+            ("M1 1AE", "M1 1AE"),
+            (" sw1a 1aa ", "SW1A 1AA"),
+            ("B33 8TH", "B33 8TH"),
+            ("W1A0AX", "W1A 0AX"),
+        ] {
             assert_eq!(Postcode::parse(raw).map(|p| p.0), Ok(want.to_owned()), "{raw}");
         }
         for raw in ["", "LS1", "LS1 4A", "1S1 4AP", "LS1 AAP", "LSSS1 4AP", "LS1-4AP"] {

@@ -119,10 +119,8 @@ fn escape_pointer(segment: &str) -> String {
 
 /// Validates a body against one of the broker's schemas and deserialises it.
 pub fn parse_body<T: DeserializeOwned>(schema: BodySchema, body: &Value) -> Result<T, Vec<FieldError>> {
-    let validator = schema
-        .validator()
-        .as_ref()
-        .map_err(|e| vec![FieldError::new("", "schema-unavailable", e.clone())])?;
+    let validator =
+        schema.validator().as_ref().map_err(|e| vec![FieldError::new("", "schema-unavailable", e.clone())])?;
     let errors = schema_errors(validator, body);
     if !errors.is_empty() {
         return Err(errors);
@@ -277,12 +275,20 @@ fn person(p: &PersonInput, errs: &mut Vec<FieldError>) -> Person {
     }
     for (field, value) in [("family_name", &p.family_name), ("given_name", &p.given_name)] {
         if value.as_deref().is_some_and(|v| crate::notice::normalise_name(v).is_empty()) {
-            errs.push(FieldError::new(format!("/subject/person/{field}"), "name-letters", "a name must contain letters"));
+            errs.push(FieldError::new(
+                format!("/subject/person/{field}"),
+                "name-letters",
+                "a name must contain letters",
+            ));
         }
     }
     if let Some(d) = p.birth_date {
         if d > chrono::Utc::now().date_naive() {
-            errs.push(FieldError::new("/subject/person/birth_date", "date-in-future", "the date of birth cannot be in the future"));
+            errs.push(FieldError::new(
+                "/subject/person/birth_date",
+                "date-in-future",
+                "the date of birth cannot be in the future",
+            ));
         }
     }
     Person {
@@ -305,14 +311,22 @@ fn address(a: &AddressInput, errs: &mut Vec<FieldError>) -> Address {
         ));
     }
     if a.line1.as_deref().is_some_and(|l| crate::notice::normalise_address_line(l).is_empty()) {
-        errs.push(FieldError::new("/subject/address/line1", "not-blank", "the first line must contain letters or digits"));
+        errs.push(FieldError::new(
+            "/subject/address/line1",
+            "not-blank",
+            "the first line must contain letters or digits",
+        ));
     }
     Address { uprn, postcode, line1: a.line1.as_ref().map(|v| v.trim().to_owned()) }
 }
 
 fn contact(c: &ContactInput, errs: &mut Vec<FieldError>) -> Option<ContactPoint> {
     if c.telephone.is_none() && c.email.is_none() {
-        errs.push(FieldError::new("/contact", "contact-reachable", "a contact point needs a telephone number or an email"));
+        errs.push(FieldError::new(
+            "/contact",
+            "contact-reachable",
+            "a contact point needs a telephone number or an email",
+        ));
         return None;
     }
     let telephone = parse_into(c.telephone.as_deref(), "/contact/telephone", Telephone::parse, errs);
@@ -328,10 +342,8 @@ fn lawful_basis(input: &NoticeInput, errs: &mut Vec<FieldError>) {
         ));
     }
     let crime_data = input.restricted.as_ref().is_some_and(|r| r.crime_reference.is_some());
-    let criminal_basis = input
-        .lawful_basis
-        .iter()
-        .any(|b| matches!(b, LawfulBasis::Ukgdpr10 | LawfulBasis::Dpa18Part3));
+    let criminal_basis =
+        input.lawful_basis.iter().any(|b| matches!(b, LawfulBasis::Ukgdpr10 | LawfulBasis::Dpa18Part3));
     if crime_data && !criminal_basis {
         errs.push(FieldError::new(
             "/restricted/crime_reference",
@@ -407,7 +419,10 @@ mod tests {
             v.as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect()).unwrap_or_default()
         };
         let p = &schema["properties"];
-        assert_eq!(codes(&p["category"]["enum"]), Category::ALL.iter().map(|c| c.code().to_owned()).collect::<Vec<_>>());
+        assert_eq!(
+            codes(&p["category"]["enum"]),
+            Category::ALL.iter().map(|c| c.code().to_owned()).collect::<Vec<_>>()
+        );
         assert_eq!(
             codes(&p["aggravating_factors"]["items"]["enum"]),
             AggravatingFactor::ALL.iter().map(|c| c.code().to_owned()).collect::<Vec<_>>()

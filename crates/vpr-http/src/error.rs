@@ -163,7 +163,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::NotFound("no notice has this id".into()),
-            StoreError::NotPublisher => ApiError::Forbidden("only the publishing organisation may change this notice".into()),
+            StoreError::NotPublisher => {
+                ApiError::Forbidden("only the publishing organisation may change this notice".into())
+            }
             StoreError::VersionMismatch { current } => ApiError::PreconditionFailed { current },
             e @ StoreError::NotChangeable { .. } => ApiError::Conflict(e.to_string()),
             StoreError::IdempotencyConflict => ApiError::IdempotencyKeyReused,
@@ -202,8 +204,12 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         match self {
-            ApiError::Internal(cause) | ApiError::Unavailable(cause) => tracing::error!(%status, cause, "request failed"),
-            ApiError::OAuth(e) if status.is_server_error() => tracing::error!(%status, cause = %e, "token request failed"),
+            ApiError::Internal(cause) | ApiError::Unavailable(cause) => {
+                tracing::error!(%status, cause, "request failed")
+            }
+            ApiError::OAuth(e) if status.is_server_error() => {
+                tracing::error!(%status, cause = %e, "token request failed")
+            }
             other => tracing::info!(%status, problem = %other, "request refused"),
         }
         let mut resp = HttpResponse::build(status);
@@ -215,7 +221,10 @@ impl ResponseError for ApiError {
             }
             ApiError::InsufficientScope(scope) => {
                 let v = format!("Bearer realm=\"vpr-broker\", error=\"insufficient_scope\", scope=\"{scope}\"");
-                resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Bearer"))));
+                resp.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Bearer")),
+                ));
             }
             ApiError::OAuth(AuthError::InvalidClient(_)) => {
                 resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"vpr-broker\"")));
@@ -234,7 +243,8 @@ impl ResponseError for ApiError {
 
 fn bearer_challenge(code: &str, description: &str) -> HeaderValue {
     // Header values cannot carry quotes or control characters from the description.
-    let safe: String = description.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ').collect();
+    let safe: String =
+        description.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ').collect();
     HeaderValue::from_str(&format!("Bearer realm=\"vpr-broker\", error=\"{code}\", error_description=\"{safe}\""))
         .unwrap_or(HeaderValue::from_static("Bearer realm=\"vpr-broker\""))
 }
@@ -248,7 +258,10 @@ mod tests {
         let resp = e.error_response();
         let status = resp.status().as_u16();
         let www = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        assert_eq!(resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("application/problem+json"));
+        assert_eq!(
+            resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+            Some("application/problem+json")
+        );
         let body = resp.into_body().try_into_bytes().unwrap_or_default();
         (status, serde_json::from_slice(&body).unwrap_or_default(), www)
     }

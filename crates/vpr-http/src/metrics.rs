@@ -29,8 +29,10 @@ impl Metrics {
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             &["method", "route"],
         )?;
-        let notice_changes = IntCounterVec::new(Opts::new("notice_changes_total", "Notice versions written, by kind"), &["change"])?;
-        let token_requests = IntCounterVec::new(Opts::new("token_requests_total", "Token requests by outcome"), &["outcome"])?;
+        let notice_changes =
+            IntCounterVec::new(Opts::new("notice_changes_total", "Notice versions written, by kind"), &["change"])?;
+        let token_requests =
+            IntCounterVec::new(Opts::new("token_requests_total", "Token requests by outcome"), &["outcome"])?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(notice_changes.clone()))?;

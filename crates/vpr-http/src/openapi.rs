@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use actix_web::App;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use utoipa::openapi::schema::{ObjectBuilder, Schema};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
@@ -64,35 +64,49 @@ fn contract(source: &str) -> Value {
 /// Builds the OpenAPI document from the same route configuration the server uses.
 pub fn build() -> Value {
     let (_, api) = App::new().into_utoipa_app().configure(crate::server::routes).split_for_parts();
-    let mut doc = serde_json::to_value(&api).unwrap_or_else(|_| json!({}));
-    doc["info"] = json!({
-        "title": "vpr-broker",
-        "version": env!("CARGO_PKG_VERSION"),
-        "description": "Federated broker for violence-risk notices between the partners of an Integrated Care System. \
-            Errors are RFC 9457 problem details. Authenticate with OAuth2 client credentials and a signed JWT assertion (private_key_jwt).",
-    });
-    let schemas = &mut doc["components"]["schemas"];
-    schemas["NoticeInput"] = contract(vpr_domain::validate::BodySchema::Notice.source());
-    schemas["WithdrawInput"] = contract(vpr_domain::validate::BodySchema::Withdraw.source());
-    schemas["ReviewInput"] = contract(vpr_domain::validate::BodySchema::Review.source());
-    schemas["NoticeResource"] = contract(NOTICE_RESOURCE_SCHEMA);
-    schemas["Problem"] = contract(PROBLEM_SCHEMA);
-    schemas["NoticeVersions"] = json!({
-        "type": "object", "required": ["notice_id", "versions"],
-        "properties": {
-            "notice_id": {"type": "string", "format": "uuid"},
-            "versions": {"type": "array", "items": {"$ref": "#/components/schemas/NoticeResource"}}
-        }
-    });
-    schemas["TokenResponse"] = json!({
-        "type": "object", "required": ["access_token", "token_type", "expires_in", "scope"],
-        "properties": {
-            "access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
-            "expires_in": {"type": "integer"}, "scope": {"type": "string"}
-        }
-    });
-    schemas["JwkSet"] = json!({"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array", "items": {"type": "object"}}}});
-    doc["components"]["securitySchemes"] = json!({
+    let Ok(Value::Object(mut root)) = serde_json::to_value(&api) else {
+        return json!({});
+    };
+    root.insert(
+        "info".into(),
+        json!({
+            "title": "vpr-broker",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Federated broker for violence-risk notices between the partners of an Integrated Care System. \
+                Errors are RFC 9457 problem details. Authenticate with OAuth2 client credentials and a signed JWT assertion (private_key_jwt).",
+        }),
+    );
+    let mut schemas = Map::new();
+    schemas.insert("NoticeInput".into(), contract(vpr_domain::validate::BodySchema::Notice.source()));
+    schemas.insert("WithdrawInput".into(), contract(vpr_domain::validate::BodySchema::Withdraw.source()));
+    schemas.insert("ReviewInput".into(), contract(vpr_domain::validate::BodySchema::Review.source()));
+    schemas.insert("NoticeResource".into(), contract(NOTICE_RESOURCE_SCHEMA));
+    schemas.insert("Problem".into(), contract(PROBLEM_SCHEMA));
+    schemas.insert(
+        "NoticeVersions".into(),
+        json!({
+            "type": "object", "required": ["notice_id", "versions"],
+            "properties": {
+                "notice_id": {"type": "string", "format": "uuid"},
+                "versions": {"type": "array", "items": {"$ref": "#/components/schemas/NoticeResource"}}
+            }
+        }),
+    );
+    schemas.insert(
+        "TokenResponse".into(),
+        json!({
+            "type": "object", "required": ["access_token", "token_type", "expires_in", "scope"],
+            "properties": {
+                "access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
+                "expires_in": {"type": "integer"}, "scope": {"type": "string"}
+            }
+        }),
+    );
+    schemas.insert(
+        "JwkSet".into(),
+        json!({"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array", "items": {"type": "object"}}}}),
+    );
+    let security = json!({
         "bearer": {
             "type": "oauth2",
             "description": "Access tokens from the client credentials grant with a private_key_jwt client assertion (RFC 7523).",
@@ -106,7 +120,9 @@ pub fn build() -> Value {
             }}}
         }
     });
-    doc
+    // Every placeholder utoipa registered is replaced by its contract document.
+    root.insert("components".into(), json!({ "schemas": schemas, "securitySchemes": security }));
+    Value::Object(root)
 }
 
 #[cfg(test)]
@@ -117,7 +133,16 @@ mod tests {
     fn every_referenced_schema_is_defined() {
         let doc = build();
         let text = doc.to_string();
-        for name in ["NoticeInput", "NoticeResource", "Problem", "WithdrawInput", "ReviewInput", "NoticeVersions", "TokenResponse", "JwkSet"] {
+        for name in [
+            "NoticeInput",
+            "NoticeResource",
+            "Problem",
+            "WithdrawInput",
+            "ReviewInput",
+            "NoticeVersions",
+            "TokenResponse",
+            "JwkSet",
+        ] {
             assert!(doc["components"]["schemas"][name].is_object(), "{name} missing");
         }
         let mut rest = text.as_str();

@@ -82,7 +82,8 @@ pub fn open_pool(url: &str, size: u32) -> Result<(Backend, DbPool), StoreError> 
     let (backend, conn_url) = Backend::from_url(url)?;
     if backend == Backend::Sqlite {
         if let Some(dir) = std::path::Path::new(&conn_url).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Config(format!("cannot create `{}`: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Config(format!("cannot create `{}`: {e}", dir.display())))?;
         }
     }
     let pool = Pool::builder()

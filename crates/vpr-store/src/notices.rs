@@ -108,6 +108,15 @@ fn db_time(now: DateTime<Utc>) -> NaiveDateTime {
     t.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(t)
 }
 
+/// What one new version records.
+struct Step<'a> {
+    kind: ChangeKind,
+    status: NoticeStatus,
+    content: &'a NoticeContent,
+    reason: Option<&'a str>,
+    by_system: Option<&'a str>,
+}
+
 fn context(id: &str, version: i64, part: &str) -> String {
     format!("notice/{id}/{version}/{part}")
 }
@@ -121,23 +130,20 @@ impl Store {
         &self,
         id: &str,
         version: i64,
-        change: ChangeKind,
-        status: NoticeStatus,
-        content: &NoticeContent,
-        reason: Option<&str>,
-        by_system: Option<&str>,
+        step: &Step<'_>,
         at: NaiveDateTime,
     ) -> Result<VersionRow, StoreError> {
-        let plain = serde_json::to_vec(content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let sealed_reason = reason.map(|r| self.vault.seal(r.as_bytes(), &context(id, version, "reason"))).transpose()?;
+        let plain = serde_json::to_vec(step.content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sealed_reason =
+            step.reason.map(|r| self.vault.seal(r.as_bytes(), &context(id, version, "reason"))).transpose()?;
         Ok(VersionRow {
             notice_id: id.to_owned(),
             version,
-            change_kind: change.code().to_owned(),
-            status: status.code().to_owned(),
+            change_kind: step.kind.code().to_owned(),
+            status: step.status.code().to_owned(),
             content: self.vault.seal(&plain, &context(id, version, "content"))?,
             reason: sealed_reason,
-            by_system: by_system.map(str::to_owned),
+            by_system: step.by_system.map(str::to_owned),
             created_at: at,
         })
     }
@@ -201,7 +207,12 @@ impl Store {
         }
     }
 
-    fn publish_once(&self, conn: &mut DbConnection, new: &NewNotice, now: DateTime<Utc>) -> Result<Published, StoreError> {
+    fn publish_once(
+        &self,
+        conn: &mut DbConnection,
+        new: &NewNotice,
+        now: DateTime<Utc>,
+    ) -> Result<Published, StoreError> {
         write_tx(conn, |conn| {
             if let Some((key, hash)) = &new.idempotency {
                 let earlier: Option<(String, String)> = idempotency_keys::table
@@ -234,7 +245,14 @@ impl Store {
                 updated_at: at,
             };
             diesel::insert_into(notices::table).values(&head).execute(conn)?;
-            let row = self.seal_version(&id, 1, ChangeKind::Created, NoticeStatus::Active, c, None, Some(&new.by_system), at)?;
+            let step = Step {
+                kind: ChangeKind::Created,
+                status: NoticeStatus::Active,
+                content: c,
+                reason: None,
+                by_system: Some(&new.by_system),
+            };
+            let row = self.seal_version(&id, 1, &step, at)?;
             diesel::insert_into(notice_versions::table).values(&row).execute(conn)?;
             self.write_match_keys(conn, &id, c)?;
             if let Some((key, hash)) = &new.idempotency {
@@ -257,12 +275,11 @@ impl Store {
     }
 
     fn version_in(&self, conn: &mut DbConnection, id: &str, version: i64) -> Result<Option<StoredNotice>, StoreError> {
-        let Some(head) = self.head_in(conn, id)? else { return Ok(None) };
-        let row: Option<VersionRow> = notice_versions::table
-            .find((id, version))
-            .select(VersionRow::as_select())
-            .first(conn)
-            .optional()?;
+        let Some(head) = self.head_in(conn, id)? else {
+            return Ok(None);
+        };
+        let row: Option<VersionRow> =
+            notice_versions::table.find((id, version)).select(VersionRow::as_select()).first(conn).optional()?;
         row.map(|r| self.open_version(r, &head)).transpose()
     }
 
@@ -270,7 +287,9 @@ impl Store {
     pub fn get(&self, id: Uuid) -> Result<Option<StoredNotice>, StoreError> {
         let mut conn = self.conn()?;
         let id = id.to_string();
-        let Some(head) = self.head_in(&mut conn, &id)? else { return Ok(None) };
+        let Some(head) = self.head_in(&mut conn, &id)? else {
+            return Ok(None);
+        };
         self.version_in(&mut conn, &id, head.current_version)
     }
 
@@ -278,7 +297,9 @@ impl Store {
     pub fn versions(&self, id: Uuid) -> Result<Vec<StoredNotice>, StoreError> {
         let mut conn = self.conn()?;
         let id = id.to_string();
-        let Some(head) = self.head_in(&mut conn, &id)? else { return Err(StoreError::NotFound) };
+        let Some(head) = self.head_in(&mut conn, &id)? else {
+            return Err(StoreError::NotFound);
+        };
         let rows: Vec<VersionRow> = notice_versions::table
             .filter(notice_versions::notice_id.eq(&id))
             .order(notice_versions::version.asc())
@@ -349,34 +370,35 @@ impl Store {
                     (kind, st, current.content.clone(), Some(reason))
                 }
             };
-            self.advance(conn, &head, kind, new_status, &content, reason.as_deref(), Some(actor_system), now)
+            let step = Step {
+                kind,
+                status: new_status,
+                content: &content,
+                reason: reason.as_deref(),
+                by_system: Some(actor_system),
+            };
+            self.advance(conn, &head, &step, now)
         })
     }
 
     /// Moves a notice to its next version, only from the version read (optimistic concurrency:
     /// a concurrent writer on another replica makes this fail rather than overwrite).
-    #[allow(clippy::too_many_arguments)]
     fn advance(
         &self,
         conn: &mut DbConnection,
         head: &NoticeRow,
-        kind: ChangeKind,
-        status: NoticeStatus,
-        content: &NoticeContent,
-        reason: Option<&str>,
-        by_system: Option<&str>,
+        step: &Step<'_>,
         now: DateTime<Utc>,
     ) -> Result<StoredNotice, StoreError> {
         let at = db_time(now);
         let next = head.current_version + 1;
+        let content = step.content;
         let moved = diesel::update(
-            notices::table
-                .filter(notices::id.eq(&head.id))
-                .filter(notices::current_version.eq(head.current_version)),
+            notices::table.filter(notices::id.eq(&head.id)).filter(notices::current_version.eq(head.current_version)),
         )
         .set((
             notices::current_version.eq(next),
-            notices::status.eq(status.code()),
+            notices::status.eq(step.status.code()),
             notices::category.eq(content.category.code()),
             notices::risk_level.eq(content.risk_level.code()),
             notices::medical_factor_operative.eq(content.medical_factor_operative),
@@ -387,9 +409,9 @@ impl Store {
         if moved != 1 {
             return Err(StoreError::VersionMismatch { current: head.current_version + 1 });
         }
-        let row = self.seal_version(&head.id, next, kind, status, content, reason, by_system, at)?;
+        let row = self.seal_version(&head.id, next, step, at)?;
         diesel::insert_into(notice_versions::table).values(&row).execute(conn)?;
-        if kind == ChangeKind::Amended {
+        if step.kind == ChangeKind::Amended {
             self.write_match_keys(conn, &head.id, content)?;
         }
         let mut new_head = head.clone();
@@ -410,14 +432,22 @@ impl Store {
         let mut expired = Vec::new();
         for id in due {
             let result = write_tx(&mut conn, |conn| {
-                let Some(head) = self.head_in(conn, &id)? else { return Ok(None) };
+                let Some(head) = self.head_in(conn, &id)? else {
+                    return Ok(None);
+                };
                 if head.status != NoticeStatus::Active.code() || head.review_date >= today {
                     return Ok(None);
                 }
                 let current = self.version_in(conn, &id, head.current_version)?.ok_or(StoreError::NotFound)?;
                 let reason = format!("review date {} passed without review", current.content.review_date);
-                self.advance(conn, &head, ChangeKind::Expired, NoticeStatus::Expired, &current.content, Some(&reason), None, now)
-                    .map(Some)
+                let step = Step {
+                    kind: ChangeKind::Expired,
+                    status: NoticeStatus::Expired,
+                    content: &current.content,
+                    reason: Some(&reason),
+                    by_system: None,
+                };
+                self.advance(conn, &head, &step, now).map(Some)
             });
             match result {
                 Ok(Some(n)) => expired.push(n),

@@ -56,4 +56,10 @@ diesel::table! {
 
 diesel::joinable!(notice_versions -> notices (notice_id));
 diesel::joinable!(notice_match_keys -> notices (notice_id));
-diesel::allow_tables_to_appear_in_same_query!(notices, notice_versions, notice_match_keys, idempotency_keys, assertion_jtis);
+diesel::allow_tables_to_appear_in_same_query!(
+    notices,
+    notice_versions,
+    notice_match_keys,
+    idempotency_keys,
+    assertion_jtis
+);

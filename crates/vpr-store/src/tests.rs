@@ -115,18 +115,54 @@ fn lifecycle_keeps_every_version() {
         assert_eq!((v2.version.version, v2.content.risk_level), (2, RiskLevel::Moderate), "{name}");
         let stale = store.change(n.id, "RX9", "cad", Some(1), Change::Amend(Box::new(n.content.clone())), now);
         assert!(matches!(stale, Err(StoreError::VersionMismatch { current: 2 })), "{name}: {stale:?}");
-        let other = store.change(n.id, "A81001", "gp", None, Change::Withdraw { reason: "x".into(), entered_in_error: false }, now);
+        let other = store.change(
+            n.id,
+            "A81001",
+            "gp",
+            None,
+            Change::Withdraw { reason: "x".into(), entered_in_error: false },
+            now,
+        );
         assert!(matches!(other, Err(StoreError::NotPublisher)), "{name}");
         let review_to = Utc::now().date_naive() + Duration::days(200);
-        let v3 = store.change(n.id, "RX9", "cad", None, Change::Review { review_date: review_to, note: "still needed".into() }, now).unwrap();
+        let v3 = store
+            .change(
+                n.id,
+                "RX9",
+                "cad",
+                None,
+                Change::Review { review_date: review_to, note: "still needed".into() },
+                now,
+            )
+            .unwrap();
         assert_eq!((v3.content.review_date, v3.version.reason.as_deref()), (review_to, Some("still needed")));
-        let v4 = store.change(n.id, "RX9", "cad", Some(3), Change::Withdraw { reason: "resolved".into(), entered_in_error: false }, now).unwrap();
+        let v4 = store
+            .change(
+                n.id,
+                "RX9",
+                "cad",
+                Some(3),
+                Change::Withdraw { reason: "resolved".into(), entered_in_error: false },
+                now,
+            )
+            .unwrap();
         assert_eq!(v4.status, NoticeStatus::Withdrawn);
-        let again = store.change(n.id, "RX9", "cad", None, Change::Withdraw { reason: "again".into(), entered_in_error: false }, now);
+        let again = store.change(
+            n.id,
+            "RX9",
+            "cad",
+            None,
+            Change::Withdraw { reason: "again".into(), entered_in_error: false },
+            now,
+        );
         assert!(matches!(again, Err(StoreError::NotChangeable { .. })), "{name}");
         let versions = store.versions(n.id).unwrap();
         let kinds: Vec<ChangeKind> = versions.iter().map(|v| v.version.change).collect();
-        assert_eq!(kinds, [ChangeKind::Created, ChangeKind::Amended, ChangeKind::Reviewed, ChangeKind::Withdrawn], "{name}");
+        assert_eq!(
+            kinds,
+            [ChangeKind::Created, ChangeKind::Amended, ChangeKind::Reviewed, ChangeKind::Withdrawn],
+            "{name}"
+        );
         assert_eq!(versions[0].content.risk_level, RiskLevel::High, "history is not overwritten");
     }
 }
@@ -171,7 +207,10 @@ fn expiry_moves_overdue_notices_once() {
     for (name, store) in &b.stores {
         let n = created(store.publish(&new_notice("9990000018", None), Utc::now()).unwrap());
         let day_after_review = n.content.review_date + Duration::days(1);
-        assert!(store.expire_due(n.content.review_date, Utc::now()).unwrap().is_empty(), "{name}: due on the day after");
+        assert!(
+            store.expire_due(n.content.review_date, Utc::now()).unwrap().is_empty(),
+            "{name}: due on the day after"
+        );
         let expired = store.expire_due(day_after_review, Utc::now()).unwrap();
         assert_eq!(expired.iter().map(|e| (e.id, e.status)).collect::<Vec<_>>(), vec![(n.id, NoticeStatus::Expired)]);
         assert!(store.expire_due(day_after_review, Utc::now()).unwrap().is_empty(), "{name}");

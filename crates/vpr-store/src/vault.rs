@@ -179,7 +179,10 @@ mod tests {
         keys.active = "k-new".into();
         let new = Vault::new(&keys)?;
         assert_eq!(new.open(&sealed, "c")?, b"x");
-        assert_eq!(new.blind_index(MatchKind::Telephone, "+447700900123"), old.blind_index(MatchKind::Telephone, "+447700900123"));
+        assert_eq!(
+            new.blind_index(MatchKind::Telephone, "+447700900123"),
+            old.blind_index(MatchKind::Telephone, "+447700900123")
+        );
         Ok(())
     }
 
@@ -187,7 +190,10 @@ mod tests {
     fn blind_indexes_are_keyed() -> Result<(), VaultError> {
         let a = Vault::new(&DataKeyFile::generate(false))?;
         let b = Vault::new(&DataKeyFile::generate(false))?;
-        assert_ne!(a.blind_index(MatchKind::NhsNumber, "9990000018"), b.blind_index(MatchKind::NhsNumber, "9990000018"));
+        assert_ne!(
+            a.blind_index(MatchKind::NhsNumber, "9990000018"),
+            b.blind_index(MatchKind::NhsNumber, "9990000018")
+        );
         assert_ne!(a.blind_index(MatchKind::NhsNumber, "1"), a.blind_index(MatchKind::Uprn, "1"));
         Ok(())
     }

@@ -16,11 +16,18 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub async fn read_body(mut payload: web::Payload) -> Result<web::Bytes, ApiError> {
     let mut buf = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::BadRequest { detail: "the request body could not be read".into(), errors: vec![] })?;
+        let chunk = chunk.map_err(|_| ApiError::BadRequest {
+            detail: "the request body could not be read".into(),
+            errors: vec![],
+        })?;
         if buf.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(ApiError::BadRequest {
                 detail: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-                errors: vec![vpr_domain::FieldError::new("", "max-body-size", format!("at most {MAX_BODY_BYTES} bytes"))],
+                errors: vec![vpr_domain::FieldError::new(
+                    "",
+                    "max-body-size",
+                    format!("at most {MAX_BODY_BYTES} bytes"),
+                )],
             });
         }
         buf.extend_from_slice(&chunk);

@@ -15,7 +15,9 @@ use vpr_store::{Change, NewNotice, Published, StoredNotice};
 
 use crate::error::ApiError;
 use crate::handlers::read_body;
-use crate::openapi::{NoticeInputDoc, NoticeResourceDoc, NoticeVersionsDoc, ProblemDoc, ReviewInputDoc, WithdrawInputDoc};
+use crate::openapi::{
+    NoticeInputDoc, NoticeResourceDoc, NoticeVersionsDoc, ProblemDoc, ReviewInputDoc, WithdrawInputDoc,
+};
 use crate::pipeline::{authenticate, blocking, json_body};
 use crate::AppState;
 
@@ -36,7 +38,9 @@ fn rules(state: &AppState) -> NoticeRules {
 }
 
 fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
-    let Some(v) = req.headers().get(header::IF_MATCH) else { return Ok(None) };
+    let Some(v) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
     let parsed = v
         .to_str()
         .ok()
@@ -88,7 +92,9 @@ fn count(state: &AppState, n: &StoredNotice) {
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
     let key = v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 255);
     key.map(|k| Some(k.to_owned())).ok_or_else(|| ApiError::BadRequest {
         detail: "`Idempotency-Key` must be 1 to 255 visible characters".into(),
@@ -112,7 +118,11 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     security(("bearer" = ["notices:write"]))
 )]
 #[post("/v1/notices")]
-pub async fn publish(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn publish(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&state, &req, Scope::NoticesWrite)?;
     let key = idempotency_key(&req)?;
     let body = json_body(&req, &read_body(payload).await?)?;
@@ -138,7 +148,9 @@ pub async fn publish(state: web::Data<AppState>, req: HttpRequest, payload: web:
             let location = format!("/v1/notices/{}", n.id);
             Ok(respond(
                 &state,
-                HttpResponse::Ok().insert_header((header::LOCATION, location)).insert_header(("Idempotent-Replayed", "true")),
+                HttpResponse::Ok()
+                    .insert_header((header::LOCATION, location))
+                    .insert_header(("Idempotent-Replayed", "true")),
                 &n,
             ))
         }
@@ -167,8 +179,13 @@ fn publisher_only(principal: &Principal, n: &StoredNotice) -> Result<(), ApiErro
     security(("bearer" = ["notices:read"]), ("bearer" = ["notices:write"]))
 )]
 #[get("/v1/notices/{id}")]
-pub async fn read(state: web::Data<AppState>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::NoticesWrite).or_else(|_| authenticate(&state, &req, Scope::NoticesRead))?;
+pub async fn read(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let principal =
+        authenticate(&state, &req, Scope::NoticesWrite).or_else(|_| authenticate(&state, &req, Scope::NoticesRead))?;
     let id = parse_id(&id)?;
     let store = state.store.clone();
     let n = blocking(move || store.get(id).map_err(ApiError::from)).await?.ok_or(vpr_store::StoreError::NotFound)?;
@@ -188,7 +205,11 @@ pub async fn read(state: web::Data<AppState>, req: HttpRequest, id: web::Path<St
     security(("bearer" = ["notices:write"]))
 )]
 #[get("/v1/notices/{id}/versions")]
-pub async fn versions(state: web::Data<AppState>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn versions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&state, &req, Scope::NoticesWrite)?;
     let id = parse_id(&id)?;
     let store = state.store.clone();
@@ -197,7 +218,9 @@ pub async fn versions(state: web::Data<AppState>, req: HttpRequest, id: web::Pat
         publisher_only(&principal, first)?;
     }
     let items: Vec<Value> = all.iter().map(|n| resource(&state, n)).collect();
-    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({ "notice_id": id, "versions": items })))
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "notice_id": id, "versions": items })))
 }
 
 async fn change(
@@ -275,7 +298,8 @@ pub async fn withdraw(
     let body = json_body(&req, &read_body(payload).await?)?;
     let input = rules(&state).withdraw(&body).map_err(ApiError::Validation)?;
     let reason = input.reason.trim().to_owned();
-    change(&state, &principal, id, expected, Change::Withdraw { reason, entered_in_error: input.entered_in_error }).await
+    change(&state, &principal, id, expected, Change::Withdraw { reason, entered_in_error: input.entered_in_error })
+        .await
 }
 
 /// Reviews a notice: re-applies it with a new review date and a note (also revives an expired one).

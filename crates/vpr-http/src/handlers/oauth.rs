@@ -42,7 +42,11 @@ fn single<'a>(params: &'a [(String, String)], name: &str) -> Result<Option<&'a s
     )
 )]
 #[post("/oauth2/token")]
-pub async fn token(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let result = issue(&state, &req, payload).await;
     let outcome = match &result {
         Ok(_) => "issued",
@@ -57,7 +61,11 @@ pub async fn token(state: web::Data<AppState>, req: HttpRequest, payload: web::P
         .json(issued))
 }
 
-async fn issue(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<vpr_auth::tokens::IssuedToken, ApiError> {
+async fn issue(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<vpr_auth::tokens::IssuedToken, ApiError> {
     let body = read_body(payload).await?;
     let params = form(req, &body)?;
     match single(&params, "grant_type")? {
@@ -84,7 +92,9 @@ async fn issue(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Re
     })
     .await?;
     if !fresh {
-        return Err(ApiError::OAuth(AuthError::InvalidClient("this client assertion was already used (`jti` replayed)".into())));
+        return Err(ApiError::OAuth(AuthError::InvalidClient(
+            "this client assertion was already used (`jti` replayed)".into(),
+        )));
     }
     let scope = single(&params, "scope")?;
     let issued = state.tokens.issue(&verified.client_id, scope, now).map_err(ApiError::OAuth)?;
@@ -96,9 +106,7 @@ async fn issue(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Re
 #[utoipa::path(tag = "oauth", responses((status = 200, description = "JWK Set", body = JwksDoc)))]
 #[get("/.well-known/jwks.json")]
 pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .json(state.tokens.keys().jwks())
+    HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "public, max-age=300")).json(state.tokens.keys().jwks())
 }
 
 /// OAuth 2.0 authorization server metadata (RFC 8414).
