@@ -69,8 +69,8 @@ fn main() -> Result<()> {
         bail!("token refused: {}", resp.text()?);
     }
     let token: Value = resp.json()?;
-    let access = token["access_token"].as_str().context("no access token")?;
-    println!("authenticated as {} with scopes: {}", args.client_id, token["scope"]);
+    let access = token.get("access_token").and_then(Value::as_str).context("no access token")?;
+    println!("authenticated as {} with scopes: {}", args.client_id, token.get("scope").unwrap_or(&Value::Null));
 
     let today = chrono::Utc::now().date_naive();
     let notice = json!({
@@ -96,7 +96,7 @@ fn main() -> Result<()> {
     if status.as_u16() != 201 {
         bail!("publish refused ({status}): {body:#}");
     }
-    println!("published {location} (version {})", body["version"]);
+    println!("published {location} (version {})", body.get("version").unwrap_or(&Value::Null));
     let read: Value = http.get(format!("{}{location}", args.broker)).bearer_auth(access).send()?.json()?;
     println!("{}", serde_json::to_string_pretty(&read)?);
     Ok(())

@@ -313,3 +313,66 @@ impl Registry {
         self.partners.values()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{public_jwk, SigningKeyFile};
+    use serde_json::json;
+
+    fn registry_with(keys: Vec<Value>, second_kid_dup: bool) -> String {
+        let mut systems =
+            vec![json!({"client_id": "cad", "name": "CAD", "scopes": ["notices:write"], "jwks": {"keys": keys}})];
+        if second_kid_dup {
+            let k = SigningKeyFile::generate("cad-1", false).unwrap();
+            let p = Value::Object(public_jwk(&k.jwk).unwrap().as_ref().clone());
+            systems
+                .push(json!({"client_id": "cad2", "name": "CAD 2", "scopes": ["notices:read"], "jwks": {"keys": [p]}}));
+        }
+        json!({
+            "registry_version": 1, "ics": {"name": "Test"},
+            "partners": [{"ods_code": "XAM01", "name": "Ambulance", "type": "ambulance-trust",
+                "contact": {"telephone": "0113 496 0000"}, "systems": systems}]
+        })
+        .to_string()
+    }
+
+    fn public(kid: &str) -> Value {
+        let k = SigningKeyFile::generate(kid, false).unwrap();
+        Value::Object(public_jwk(&k.jwk).unwrap().as_ref().clone())
+    }
+
+    #[test]
+    fn a_valid_registry_loads() {
+        let r = Registry::from_json(&registry_with(vec![public("cad-1")], false)).unwrap();
+        assert_eq!(r.system("cad").map(|s| s.ods_code.as_str()), Some("XAM01"));
+        assert!(r.system_for_kid("cad-1").is_some());
+        assert_eq!(r.partner("xam01").map(|p| p.org_type), Some(OrgType::AmbulanceTrust));
+    }
+
+    #[test]
+    fn private_key_material_is_refused() {
+        let k = SigningKeyFile::generate("cad-1", false).unwrap();
+        let private = Value::Object(k.jwk.as_ref().clone());
+        let err = Registry::from_json(&registry_with(vec![private], false)).unwrap_err();
+        let AuthError::Registry(errs) = err else { panic!("{err}") };
+        assert!(errs.iter().any(|e| e.pointer == "/partners/0/systems/0/jwks/keys/0/d"), "{errs:?}");
+    }
+
+    #[test]
+    fn key_ids_are_unique_across_the_registry() {
+        let err = Registry::from_json(&registry_with(vec![public("cad-1")], true)).unwrap_err();
+        assert!(err.to_string().contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn schema_errors_name_the_field() {
+        let mut doc: Value = serde_json::from_str(&registry_with(vec![public("cad-1")], false)).unwrap();
+        doc["partners"][0]["type"] = json!("hospital");
+        doc["partners"][0]["systems"][0]["scopes"] = json!(["everything"]);
+        let AuthError::Registry(errs) = Registry::from_json(&doc.to_string()).unwrap_err() else { panic!() };
+        let pointers: Vec<&str> = errs.iter().map(|e| e.pointer.as_str()).collect();
+        assert!(pointers.contains(&"/partners/0/type"), "{pointers:?}");
+        assert!(pointers.contains(&"/partners/0/systems/0/scopes/0"), "{pointers:?}");
+    }
+}

@@ -146,8 +146,9 @@ mod tests {
             assert!(doc["components"]["schemas"][name].is_object(), "{name} missing");
         }
         let mut rest = text.as_str();
-        while let Some(at) = rest.find("#/components/schemas/") {
-            rest = &rest[at + 22..];
+        let prefix = "#/components/schemas/";
+        while let Some(at) = rest.find(prefix) {
+            rest = &rest[at + prefix.len()..];
             let name: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
             assert!(doc["components"]["schemas"][&name].is_object(), "{name} referenced but not defined");
         }
