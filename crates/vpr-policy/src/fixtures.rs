@@ -1,0 +1,183 @@
+//! ALLOW/DENY fixtures (`policies/tests/`), replayed against the agreement in CI and by
+//! `vpr-broker policy check`.
+
+use serde::Deserialize;
+use vpr_domain::vocab::OrgType;
+
+use crate::{AccessContext, Agreement, NoticeFacts, PolicyError, Requester, View};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fixture {
+    name: String,
+    #[allow(dead_code)]
+    seed: String,
+    principal: FixturePrincipal,
+    purpose: String,
+    context: FixtureContext,
+    notice: FixtureNotice,
+    expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixturePrincipal {
+    org_type: OrgType,
+    org: String,
+    role: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureContext {
+    break_glass: bool,
+    objection_upheld: bool,
+    consent_given: bool,
+    has_context_reference: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureNotice {
+    category: String,
+    risk_level: String,
+    medical_factor_operative: bool,
+    lawful_basis: Vec<String>,
+    subject_kinds: Vec<String>,
+    has_crime_reference: bool,
+    active: bool,
+    publisher_type: OrgType,
+    publisher: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    decision: String,
+    view: Option<View>,
+    restricted: bool,
+    lawful_basis: Vec<String>,
+    clauses: Vec<String>,
+}
+
+/// Replays every fixture; returns how many passed, or every failure.
+pub fn replay(agreement: &Agreement, fixtures_json: &str) -> Result<usize, PolicyError> {
+    let fixtures: Vec<Fixture> = serde_json::from_str(fixtures_json)
+        .map_err(|e| PolicyError::Fixtures { total: 0, failures: vec![format!("fixtures are not valid: {e}")] })?;
+    let mut failures = Vec::new();
+    for (i, f) in fixtures.iter().enumerate() {
+        let who = Requester {
+            org: f.principal.org.clone(),
+            org_type: f.principal.org_type,
+            role: f.principal.role.clone(),
+            system: "fixture".into(),
+        };
+        let n = &f.notice;
+        let notice = NoticeFacts {
+            id: format!("fixture-{i}"),
+            publisher: n.publisher.clone(),
+            publisher_type: n.publisher_type,
+            category: n.category.clone(),
+            risk_level: n.risk_level.clone(),
+            medical_factor_operative: n.medical_factor_operative,
+            lawful_basis: n.lawful_basis.clone(),
+            subject_kinds: n.subject_kinds.clone(),
+            has_crime_reference: n.has_crime_reference,
+            active: n.active,
+        };
+        let ctx = AccessContext {
+            purpose: f.purpose.clone(),
+            break_glass: f.context.break_glass,
+            objection_upheld: f.context.objection_upheld,
+            consent_given: f.context.consent_given,
+            has_context_reference: f.context.has_context_reference,
+        };
+        let d = agreement.decide(&who, &notice, &ctx);
+        let mut basis = f.expect.lawful_basis.clone();
+        basis.sort();
+        let mut clauses = f.expect.clauses.clone();
+        clauses.sort();
+        let decision = if d.permit { "permit" } else { "deny" };
+        if decision != f.expect.decision
+            || d.view != f.expect.view
+            || d.restricted != f.expect.restricted
+            || d.lawful_basis != basis
+            || d.clauses != clauses
+        {
+            failures.push(format!(
+                "  #{i} {}: expected {} {:?} restricted={} basis={:?} clauses={:?}; got {decision} {:?} restricted={} basis={:?} clauses={:?}",
+                f.name, f.expect.decision, f.expect.view, f.expect.restricted, basis, clauses, d.view, d.restricted, d.lawful_basis, d.clauses
+            ));
+        }
+    }
+    if failures.is_empty() {
+        Ok(fixtures.len())
+    } else {
+        Err(PolicyError::Fixtures { total: fixtures.len(), failures })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn demo() -> Agreement {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/agreement.json");
+        match Agreement::load(&path) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_demo_agreement_passes_its_fixtures() {
+        let a = demo();
+        let text = std::fs::read_to_string(a.fixtures_path.clone().unwrap_or_default()).unwrap_or_default();
+        match replay(&a, &text) {
+            Ok(n) => assert!(n >= 40, "only {n} fixtures"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_fixture_that_expects_the_wrong_view_fails() {
+        let a = demo();
+        let text = std::fs::read_to_string(a.fixtures_path.clone().unwrap_or_default()).unwrap_or_default();
+        let mut fixtures: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        fixtures[0]["expect"]["view"] = serde_json::json!("full");
+        let err = replay(&a, &fixtures.to_string()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("1 of"), "{err}");
+    }
+
+    #[test]
+    fn invalid_policies_are_refused() {
+        let dir = std::env::temp_dir().join(format!("vpr-policy-test-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+        let _ = std::fs::copy(root.join("agreement.json"), dir.join("agreement.json"));
+        let _ = std::fs::copy(root.join("vpr.cedarschema"), dir.join("vpr.cedarschema"));
+        // A typo in an attribute name fails strict validation against the Cedar schema.
+        let _ = std::fs::write(
+            dir.join("agreement.cedar"),
+            "@clause(\"X-1\") @title(\"t\") @basis(\"UKGDPR-6-1-e\")\npermit (principal, action, resource) when { principal.rolle == \"x\" };",
+        );
+        let err = Agreement::load(&dir.join("agreement.json")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("policies are invalid"), "{err}");
+        // A clause without a lawful basis is refused.
+        let _ = std::fs::write(
+            dir.join("agreement.cedar"),
+            "@clause(\"X-1\") @title(\"t\")\npermit (principal, action, resource) when { principal.role == \"x\" };",
+        );
+        let err = Agreement::load(&dir.join("agreement.json")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("@basis"), "{err}");
+        let _ = std::fs::write(
+            dir.join("agreement.cedar"),
+            "@clause(\"X-1\") @title(\"t\") @basis(\"GDPR-MADE-UP\")\npermit (principal, action, resource) when { principal.role == \"x\" };",
+        );
+        let err = Agreement::load(&dir.join("agreement.json")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("GDPR-MADE-UP"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
