@@ -25,6 +25,7 @@ pub struct Config {
     #[serde(default = "default_pool")]
     pub database_pool_size: u32,
     pub registry: PathBuf,
+    pub agreement: PathBuf,
     pub keys: KeysConfig,
     #[serde(default)]
     pub notices: NoticesConfig,
@@ -44,15 +45,13 @@ pub struct KeysConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoticesConfig {
-    #[serde(default = "default_review")]
-    pub max_review_interval_days: i64,
     #[serde(default = "default_expiry")]
     pub expiry_check_seconds: u64,
 }
 
 impl Default for NoticesConfig {
     fn default() -> Self {
-        Self { max_review_interval_days: default_review(), expiry_check_seconds: default_expiry() }
+        Self { expiry_check_seconds: default_expiry() }
     }
 }
 
@@ -80,9 +79,6 @@ fn default_pool() -> u32 {
 fn default_grace() -> u64 {
     30
 }
-fn default_review() -> i64 {
-    365
-}
 fn default_expiry() -> u64 {
     60
 }
@@ -99,6 +95,7 @@ const OVERLAY: &[(&str, &str)] = &[
     ("VPR_PUBLIC_URL", "public_url"),
     ("VPR_DATABASE_URL", "database_url"),
     ("VPR_REGISTRY", "registry"),
+    ("VPR_AGREEMENT", "agreement"),
 ];
 
 impl Config {
@@ -140,6 +137,7 @@ impl Config {
         let mut cfg: Config = serde_json::from_value(doc)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.registry = base.join(&cfg.registry);
+        cfg.agreement = base.join(&cfg.agreement);
         cfg.keys.data_keys = base.join(&cfg.keys.data_keys);
         cfg.keys.signing_keys = cfg.keys.signing_keys.iter().map(|p| base.join(p)).collect();
         if let Some(rel) = cfg.database_url.strip_prefix("sqlite://") {

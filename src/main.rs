@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use vpr_auth::{BrokerKeys, Registry, SigningKeyFile, TokenService, TokenSettings};
 use vpr_http::{AppState, NoticeSettings, SystemClock};
+use vpr_policy::Agreement;
 use vpr_store::{DataKeyFile, Store, Vault};
 
 use crate::config::Config;
@@ -46,6 +47,22 @@ enum Command {
     /// Generate keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check the data-sharing agreement.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Validate the agreement and its Cedar policies, and replay the ALLOW/DENY fixtures.
+    Check {
+        /// The agreement file.
+        #[arg(long, default_value = "policies/agreement.json")]
+        agreement: PathBuf,
+        /// Also check a partner registry against the agreement.
+        #[arg(long)]
+        registry: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +124,43 @@ fn load_data_keys(path: &Path) -> Result<DataKeyFile> {
     serde_json::from_str(&text).context("data keys are not a valid key file")
 }
 
+/// Every partner must be a party of the agreement, with the same type, and every role a system
+/// may assert must be one the agreement gives that type of organisation.
+fn check_registry_against_agreement(registry: &Registry, agreement: &Agreement) -> Result<()> {
+    let mut problems = Vec::new();
+    for p in registry.partners() {
+        match agreement.parties.get(p.ods_code.as_str()) {
+            None => problems.push(format!("partner `{}` is not a party to the agreement", p.ods_code)),
+            Some(party) if party.org_type != p.org_type => {
+                problems.push(format!("partner `{}` is a {} in the registry but a {} in the agreement", p.ods_code, p.org_type, party.org_type))
+            }
+            Some(_) => {}
+        }
+    }
+    for s in registry.systems() {
+        let Some(p) = registry.partner(s.ods_code.as_str()) else { continue };
+        for role in &s.roles {
+            if !agreement.role_allowed(role, p.org_type) {
+                problems.push(format!("system `{}` lists role `{role}`, which the agreement does not give a {}", s.client_id, p.org_type));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("the registry does not fit the agreement:\n  {}", problems.join("\n  "))
+    }
+}
+
+fn load_agreement(path: &Path) -> Result<Agreement> {
+    let agreement = Agreement::load(path)?;
+    if let Some(fixtures) = &agreement.fixtures_path {
+        let text = std::fs::read_to_string(fixtures).with_context(|| format!("cannot read fixtures `{}`", fixtures.display()))?;
+        vpr_policy::fixtures::replay(&agreement, &text)?;
+    }
+    Ok(agreement)
+}
+
 fn open_store(cfg: &Config) -> Result<Store> {
     let keys = load_data_keys(&cfg.keys.data_keys)?;
     if keys.demo_only && !cfg.demo {
@@ -136,6 +190,9 @@ async fn serve(cfg: Config) -> Result<()> {
             Ok(SigningKeyFile::from_json(&text)?)
         })
         .collect::<Result<Vec<_>>>()?;
+    let agreement = load_agreement(&cfg.agreement)?;
+    check_registry_against_agreement(&registry, &agreement)?;
+    tracing::info!(version = %agreement.version, clauses = agreement.clause_count(), "data-sharing agreement loaded");
     let keys = BrokerKeys::new(&key_files)?;
     if keys.any_demo_only() && !cfg.demo {
         bail!("a signing key is marked demo-only: refusing to run outside demo mode");
@@ -161,7 +218,8 @@ async fn serve(cfg: Config) -> Result<()> {
     let state = AppState {
         store,
         tokens,
-        notices: NoticeSettings { max_review_interval_days: cfg.notices.max_review_interval_days },
+        notices: NoticeSettings { max_review_interval_days: agreement.max_review_interval_days },
+        agreement: Arc::new(agreement),
         clock: Arc::new(SystemClock),
         metrics: vpr_http::metrics::Metrics::new()?,
         openapi: Arc::new(vpr_http::openapi::build()),
@@ -217,6 +275,24 @@ fn dispatch(cli: Cli) -> Result<()> {
                 write_new(&p, &serde_json::to_string_pretty(public.as_ref())?)?;
             }
             println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Check { agreement, registry }) => {
+            let a = Agreement::load(&agreement)?;
+            println!("agreement {} ({}): {} clauses valid against the Cedar schema", a.version, a.title, a.clause_count());
+            match &a.fixtures_path {
+                Some(f) => {
+                    let text = std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
+                    let n = vpr_policy::fixtures::replay(&a, &text)?;
+                    println!("{n} ALLOW/DENY fixtures pass");
+                }
+                None => println!("no fixtures named"),
+            }
+            if let Some(r) = registry {
+                let text = std::fs::read_to_string(&r).with_context(|| format!("cannot read `{}`", r.display()))?;
+                check_registry_against_agreement(&Registry::from_json(&text)?, &a)?;
+                println!("registry {} fits the agreement", r.display());
+            }
             Ok(())
         }
         Command::Keys(KeysCommand::Data { out, demo_only }) => {

@@ -175,11 +175,25 @@ both!(only_the_publisher_changes_or_reads_its_notice, |b: &TestBroker| {
         .send()
         .unwrap();
     assert_eq!(r.status(), 403);
-    // Reads by others wait for the policy decision: nothing is disclosed ungoverned.
+    // Reads by others need a purpose and role, and are decided by the agreement.
     let r = b.get(&gp, &format!("/v1/notices/{id}"));
-    assert_eq!(r.status(), 403);
-    let body = r.text().unwrap();
-    assert!(!body.contains("9990000018") && !body.contains("Fictional"), "{body}");
+    assert_eq!(r.status(), 422);
+    assert_eq!(json_of(r)["errors"][0]["rule"], "purpose-required");
+    let r = b
+        .http
+        .get(b.url(&format!("/v1/notices/{id}")))
+        .bearer_auth(&gp)
+        .header("VPR-Purpose", "staff-safety")
+        .header("VPR-User-Id", "gp-user-1")
+        .header("VPR-User-Role", "gp-receptionist")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = json_of(r);
+    assert_matches_schema("disclosed-notice.schema.json", &body);
+    assert_eq!(body["decision"]["view"], "existence");
+    let text = body.to_string();
+    assert!(!text.contains("9990000018") && !text.contains("Fictional") && !text.contains("category"), "{text}");
     assert_eq!(b.get(&gp, &format!("/v1/notices/{id}/versions")).status(), 403);
     // Nothing changed.
     let r = b.get(&amb, &format!("/v1/notices/{id}"));

@@ -60,11 +60,14 @@ impl Client {
     }
 }
 
-/// Test partners: (client id, ODS, org type, scopes).
-pub const PARTNERS: &[(&str, &str, &str, &[&str])] = &[
-    ("amb-cad", "XAM01", "ambulance-trust", &["notices:write", "notices:read", "lookups"]),
-    ("gp-green", "XGP01", "gp-practice", &["notices:write", "notices:read", "lookups"]),
-    ("police", "XPF01", "police-force", &["notices:read", "lookups"]),
+/// Test partners: (client id, ODS, org type, scopes, roles). ODS codes are the demo agreement's parties.
+pub const PARTNERS: &[(&str, &str, &str, &[&str], &[&str])] = &[
+    ("amb-cad", "XAM01", "ambulance-trust", &["notices:write", "notices:read", "lookups"], &["ambulance-dispatcher", "ambulance-clinician"]),
+    ("gp-green", "XGP01", "gp-practice", &["notices:write", "notices:read", "lookups"], &["gp-receptionist", "gp-clinician"]),
+    ("police", "XPF01", "police-force", &["notices:read", "lookups"], &["police-officer", "police-call-handler"]),
+    ("acute-ed", "XAC01", "acute-trust", &["notices:write", "notices:read", "lookups"], &["ed-clinician", "ed-receptionist", "security-management-specialist"]),
+    ("council", "XLA01", "local-authority", &["notices:read", "lookups"], &["social-worker"]),
+    ("icb-ig", "XIC01", "icb", &["notices:read", "lookups", "ig:write"], &["ig-lead", "dpo"]),
 ];
 
 pub struct TestBroker {
@@ -105,13 +108,13 @@ impl TestBroker {
         };
         let mut clients = Vec::new();
         let mut partners = Vec::new();
-        for (id, ods, org_type, scopes) in PARTNERS {
+        for (id, ods, org_type, scopes, roles) in PARTNERS {
             let key = SigningKeyFile::generate(&format!("{id}-1"), false).expect("key");
             let public = vpr_auth::keys::public_jwk(&key.jwk).expect("public");
             partners.push(json!({
                 "ods_code": ods, "name": format!("Test {org_type} {ods}"), "type": org_type,
                 "contact": {"name": "Duty lead", "telephone": "0113 496 0999", "email": format!("duty@{}.example", ods.to_lowercase())},
-                "systems": [{"client_id": id, "name": format!("{id} system"), "scopes": scopes, "jwks": {"keys": [Value::Object(public.as_ref().clone())]}}]
+                "systems": [{"client_id": id, "name": format!("{id} system"), "scopes": scopes, "roles": roles, "jwks": {"keys": [Value::Object(public.as_ref().clone())]}}]
             }));
             clients.push(Client { id, jwk: key.jwk });
         }
@@ -132,14 +135,15 @@ impl TestBroker {
             database_url = "{database_url}"
             database_pool_size = 8
             registry = "registry.json"
+            agreement = "{agreement}"
             shutdown_grace_seconds = 10
             [keys]
             signing_keys = ["signing-1.jwk"]
             data_keys = "data-keys.json"
             [notices]
-            max_review_interval_days = 365
             expiry_check_seconds = 1
-            "#
+            "#,
+            agreement = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/agreement.json").display()
         ))
         .expect("config");
         adjust(&mut cfg);
@@ -300,6 +304,49 @@ impl TestBroker {
         let rows: Vec<N> =
             diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")).load(&mut self.db()).expect("count");
         rows.first().map(|r| r.n).unwrap_or_default()
+    }
+
+    /// The newest audit entry, as stored.
+    pub fn last_audit(&self) -> Value {
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            action: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            decision: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            lawful_basis: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            clauses: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            notices: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            subject_refs: String,
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            actor_role: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            purpose: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            ig_review: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            outcome: i32,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            agreement_version: String,
+        }
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT action, decision, lawful_basis, clauses, notices, subject_refs, actor_role, purpose, ig_review, outcome, agreement_version \
+             FROM audit_entries ORDER BY seq DESC LIMIT 1",
+        )
+        .load(&mut self.db())
+        .expect("audit");
+        let r = rows.into_iter().next().expect("an audit entry");
+        let parse = |s: &str| serde_json::from_str::<Value>(s).expect("json column");
+        json!({
+            "action": r.action, "decision": r.decision, "lawful_basis": parse(&r.lawful_basis), "clauses": parse(&r.clauses),
+            "notices": parse(&r.notices), "subject_refs": parse(&r.subject_refs), "actor_role": r.actor_role,
+            "purpose": r.purpose, "ig_review": r.ig_review, "outcome": r.outcome, "agreement_version": r.agreement_version,
+        })
     }
 
     pub fn exec(&self, sql: &str) {

@@ -114,6 +114,8 @@ struct SystemFile {
     client_id: String,
     name: String,
     scopes: Vec<Scope>,
+    #[serde(default)]
+    roles: Vec<String>,
     jwks: JwksFile,
 }
 
@@ -145,6 +147,8 @@ pub struct PartnerSystem {
     pub ods_code: OdsCode,
     /// Scopes it may be granted.
     pub scopes: BTreeSet<Scope>,
+    /// Roles its users may act in.
+    pub roles: BTreeSet<String>,
     verifiers: BTreeMap<String, Box<dyn JwsVerifier>>,
 }
 
@@ -277,6 +281,7 @@ impl Registry {
                         name: s.name,
                         ods_code: ods.clone(),
                         scopes: s.scopes.into_iter().collect(),
+                        roles: s.roles.into_iter().collect(),
                         verifiers,
                     },
                 );
@@ -311,6 +316,11 @@ impl Registry {
     /// Every partner.
     pub fn partners(&self) -> impl Iterator<Item = &Partner> {
         self.partners.values()
+    }
+
+    /// Every system.
+    pub fn systems(&self) -> impl Iterator<Item = &PartnerSystem> {
+        self.systems.values()
     }
 }
 

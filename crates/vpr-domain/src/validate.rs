@@ -48,6 +48,12 @@ pub enum BodySchema {
     Withdraw,
     /// `schemas/review.schema.json`
     Review,
+    /// `schemas/lookup.schema.json`
+    Lookup,
+    /// `schemas/consent.schema.json`
+    Consent,
+    /// `schemas/objection.schema.json`
+    Objection,
 }
 
 impl BodySchema {
@@ -57,6 +63,9 @@ impl BodySchema {
             BodySchema::Notice => include_str!("../../../schemas/notice.schema.json"),
             BodySchema::Withdraw => include_str!("../../../schemas/withdraw.schema.json"),
             BodySchema::Review => include_str!("../../../schemas/review.schema.json"),
+            BodySchema::Lookup => include_str!("../../../schemas/lookup.schema.json"),
+            BodySchema::Consent => include_str!("../../../schemas/consent.schema.json"),
+            BodySchema::Objection => include_str!("../../../schemas/objection.schema.json"),
         }
     }
 
@@ -64,10 +73,16 @@ impl BodySchema {
         static NOTICE: OnceLock<Result<Validator, String>> = OnceLock::new();
         static WITHDRAW: OnceLock<Result<Validator, String>> = OnceLock::new();
         static REVIEW: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static LOOKUP: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static CONSENT: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static OBJECTION: OnceLock<Result<Validator, String>> = OnceLock::new();
         let cell = match self {
             BodySchema::Notice => &NOTICE,
             BodySchema::Withdraw => &WITHDRAW,
             BodySchema::Review => &REVIEW,
+            BodySchema::Lookup => &LOOKUP,
+            BodySchema::Consent => &CONSENT,
+            BodySchema::Objection => &OBJECTION,
         };
         cell.get_or_init(|| compile_schema(self.source()))
     }
@@ -238,7 +253,11 @@ impl NoticeRules {
 }
 
 fn subject(input: &NoticeInput, errs: &mut Vec<FieldError>) -> Option<Subject> {
-    let s = &input.subject;
+    subject_of(&input.subject, errs)
+}
+
+/// Validates a subject (person, address, telephone) into normalised identifiers.
+pub fn subject_of(s: &crate::notice::SubjectInput, errs: &mut Vec<FieldError>) -> Option<Subject> {
     if s.person.is_none() && s.address.is_none() && s.telephone.is_none() {
         errs.push(FieldError::new("/subject", "subject-required", "give a person, an address or a telephone number"));
         return None;
@@ -350,6 +369,123 @@ fn lawful_basis(input: &NoticeInput, errs: &mut Vec<FieldError>) {
             "criminal-offence-basis",
             "a crime reference is criminal offence data: name UKGDPR-10 or DPA18-PART3",
         ));
+    }
+}
+
+/// Who the calling system acts for.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequesterInput {
+    /// The end user (e.g. an SDS user id).
+    pub user_id: String,
+    /// The role the user acts in.
+    pub role: String,
+}
+
+/// A case or incident reference.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextInput {
+    /// The reference.
+    pub reference: Option<String>,
+}
+
+/// An emergency assertion.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassInput {
+    /// Why.
+    pub justification: String,
+}
+
+/// Body of `POST /v1/lookups`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupInput {
+    /// Purpose of use.
+    pub purpose: String,
+    /// Who the system acts for.
+    pub requester: RequesterInput,
+    /// Case or incident reference.
+    pub context: Option<ContextInput>,
+    /// Emergency assertion.
+    pub break_glass: Option<BreakGlassInput>,
+    /// The subject to look up.
+    pub subject: crate::notice::SubjectInput,
+}
+
+/// Body of `POST /v1/consents` and `POST /v1/objections`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectiveInput {
+    /// The subject.
+    pub subject: crate::notice::SubjectInput,
+    /// Purpose of use.
+    pub purpose: String,
+    /// `given`/`withdrawn`, or `upheld`/`overridden`.
+    pub status: String,
+    /// Evidence reference.
+    pub evidence_reference: String,
+    /// Why (required to override an objection).
+    pub reason: Option<String>,
+    /// From when (default today).
+    pub effective_from: Option<NaiveDate>,
+    /// Until when.
+    pub expires_on: Option<NaiveDate>,
+    /// Who records it.
+    pub requester: RequesterInput,
+}
+
+/// A validated look-up.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// The body as sent.
+    pub input: LookupInput,
+    /// The subject, normalised.
+    pub subject: Subject,
+}
+
+/// Validates a look-up body.
+pub fn lookup(body: &Value) -> Result<Lookup, Vec<FieldError>> {
+    let input: LookupInput = parse_body(BodySchema::Lookup, body)?;
+    let mut errs = Vec::new();
+    let subject = subject_of(&input.subject, &mut errs);
+    if let Some(bg) = &input.break_glass {
+        if bg.justification.trim().is_empty() {
+            errs.push(FieldError::new("/break_glass/justification", "not-blank", "a break-glass justification is required"));
+        }
+    }
+    match subject {
+        Some(subject) if errs.is_empty() => Ok(Lookup { input, subject }),
+        _ => Err(errs),
+    }
+}
+
+/// A validated consent or objection.
+#[derive(Debug, Clone)]
+pub struct Directive {
+    /// The body as sent.
+    pub input: DirectiveInput,
+    /// The subject, normalised.
+    pub subject: Subject,
+}
+
+/// Validates a consent (`objection = false`) or objection body.
+pub fn directive(body: &Value, objection: bool, today: NaiveDate) -> Result<Directive, Vec<FieldError>> {
+    let schema = if objection { BodySchema::Objection } else { BodySchema::Consent };
+    let input: DirectiveInput = parse_body(schema, body)?;
+    let mut errs = Vec::new();
+    let subject = subject_of(&input.subject, &mut errs);
+    if objection && input.status == "overridden" && input.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        errs.push(FieldError::new("/reason", "override-reason", "overriding an objection needs a recorded reason"));
+    }
+    let from = input.effective_from.unwrap_or(today);
+    if input.expires_on.is_some_and(|e| e < from) {
+        errs.push(FieldError::new("/expires_on", "expires-after-start", "must not be before `effective_from`"));
+    }
+    match subject {
+        Some(subject) if errs.is_empty() => Ok(Directive { input, subject }),
+        _ => Err(errs),
     }
 }
 

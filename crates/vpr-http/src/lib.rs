@@ -1,6 +1,7 @@
 //! The broker's HTTP interface: the request pipeline, handlers, problem+json errors, OpenAPI,
 //! metrics and the background tasks that run beside the server.
 
+pub mod disclose;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Metrics.
     pub metrics: metrics::Metrics,
+    /// The data-sharing agreement: decides every read.
+    pub agreement: Arc<vpr_policy::Agreement>,
     /// The OpenAPI document served at `/openapi.json`.
     pub openapi: Arc<serde_json::Value>,
 }

@@ -46,9 +46,19 @@ contract_schema!(/// OAuth2 token response.
     TokenResponseDoc, "TokenResponse");
 contract_schema!(/// JWK Set.
     JwksDoc, "JwkSet");
+contract_schema!(/// `schemas/lookup.schema.json`
+    LookupInputDoc, "LookupInput");
+contract_schema!(/// Look-up results.
+    LookupResultDoc, "LookupResult");
+contract_schema!(/// `schemas/consent.schema.json`
+    ConsentInputDoc, "ConsentInput");
+contract_schema!(/// `schemas/objection.schema.json`
+    ObjectionInputDoc, "ObjectionInput");
 
 /// The response-body contract for notices.
 pub const NOTICE_RESOURCE_SCHEMA: &str = include_str!("../../../schemas/notice-resource.schema.json");
+/// A notice as disclosed to someone other than its publisher, minimised to a view.
+pub const DISCLOSED_NOTICE_SCHEMA: &str = include_str!("../../../schemas/disclosed-notice.schema.json");
 /// The problem details contract.
 pub const PROBLEM_SCHEMA: &str = include_str!("../../../schemas/problem.schema.json");
 
@@ -81,6 +91,21 @@ pub fn build() -> Value {
     schemas.insert("WithdrawInput".into(), contract(vpr_domain::validate::BodySchema::Withdraw.source()));
     schemas.insert("ReviewInput".into(), contract(vpr_domain::validate::BodySchema::Review.source()));
     schemas.insert("NoticeResource".into(), contract(NOTICE_RESOURCE_SCHEMA));
+    schemas.insert("LookupInput".into(), contract(vpr_domain::validate::BodySchema::Lookup.source()));
+    schemas.insert("ConsentInput".into(), contract(vpr_domain::validate::BodySchema::Consent.source()));
+    schemas.insert("ObjectionInput".into(), contract(vpr_domain::validate::BodySchema::Objection.source()));
+    schemas.insert(
+        "LookupResult".into(),
+        json!({
+            "type": "object", "required": ["lookup_id", "purpose", "agreement_version", "results"],
+            "properties": {
+                "lookup_id": {"type": "string", "format": "uuid", "description": "The audit entry recording this look-up"},
+                "purpose": {"type": "string"}, "agreement_version": {"type": "string"},
+                "results": {"type": "array", "items": {"$ref": "#/components/schemas/DisclosedNotice"}}
+            }
+        }),
+    );
+    schemas.insert("DisclosedNotice".into(), contract(DISCLOSED_NOTICE_SCHEMA));
     schemas.insert("Problem".into(), contract(PROBLEM_SCHEMA));
     schemas.insert(
         "NoticeVersions".into(),

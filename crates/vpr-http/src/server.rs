@@ -8,7 +8,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
 use crate::error::ApiError;
-use crate::handlers::{notices, oauth, ops};
+use crate::handlers::{directives, lookups, notices, oauth, ops};
 use crate::AppState;
 
 /// Every route the broker serves. The OpenAPI document is generated from this same function.
@@ -22,6 +22,9 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(notices::amend)
         .service(notices::withdraw)
         .service(notices::review)
+        .service(lookups::lookup)
+        .service(directives::consent)
+        .service(directives::objection)
         .service(ops::healthz)
         .service(ops::readyz)
         .service(ops::metrics)

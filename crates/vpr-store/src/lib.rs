@@ -3,7 +3,9 @@
 //!
 //! Calls here are synchronous; the HTTP layer moves them off the async runtime.
 
+pub mod audit;
 pub mod db;
+pub mod directives;
 pub mod notices;
 pub mod schema;
 pub mod testdb;

@@ -320,6 +320,38 @@ impl Store {
         ids.iter().map(|i| Uuid::parse_str(i).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
     }
 
+    /// Ids of the notices whose current subject has any of these blind indexes, with the
+    /// match kinds that matched.
+    pub fn find_by_blind_indexes(&self, blind: &[String]) -> Result<Vec<(Uuid, Vec<String>)>, StoreError> {
+        if blind.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, String)> = notice_match_keys::table
+            .filter(notice_match_keys::blind_index.eq_any(blind))
+            .select((notice_match_keys::notice_id, notice_match_keys::kind))
+            .order(notice_match_keys::notice_id.asc())
+            .load(&mut conn)?;
+        let mut out: Vec<(Uuid, Vec<String>)> = Vec::new();
+        for (id, kind) in rows {
+            let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            match out.last_mut() {
+                Some((last, kinds)) if *last == id => kinds.push(kind),
+                _ => out.push((id, vec![kind])),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The blind indexes of a notice's current subject (to match consents and objections).
+    pub fn blind_indexes_of(&self, id: Uuid) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn()?;
+        Ok(notice_match_keys::table
+            .filter(notice_match_keys::notice_id.eq(id.to_string()))
+            .select(notice_match_keys::blind_index)
+            .load(&mut conn)?)
+    }
+
     /// Applies a publisher's change, making a new version. `expected_version` (from `If-Match`)
     /// must be current when given.
     pub fn change(

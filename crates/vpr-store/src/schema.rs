@@ -63,3 +63,47 @@ diesel::allow_tables_to_appear_in_same_query!(
     idempotency_keys,
     assertion_jtis
 );
+
+diesel::table! {
+    subject_directives (record_id, blind_index) {
+        record_id -> Text,
+        blind_index -> Text,
+        kind -> Text,
+        purpose -> Text,
+        status -> Text,
+        evidence_reference -> Text,
+        reason -> Nullable<Binary>,
+        effective_from -> Date,
+        expires_on -> Nullable<Date>,
+        recorded_at -> Timestamp,
+        recorded_by_org -> Text,
+        recorded_by_user -> Text,
+    }
+}
+
+diesel::table! {
+    audit_entries (seq) {
+        seq -> BigInt,
+        id -> Text,
+        at -> Timestamp,
+        request_id -> Text,
+        action -> Text,
+        actor_org -> Text,
+        actor_org_type -> Text,
+        actor_system -> Text,
+        actor_user -> Nullable<Text>,
+        actor_role -> Nullable<Text>,
+        purpose -> Nullable<Text>,
+        context_ref -> Nullable<Text>,
+        break_glass -> Bool,
+        justification -> Nullable<Binary>,
+        subject_refs -> Text,
+        decision -> Text,
+        notices -> Text,
+        lawful_basis -> Text,
+        clauses -> Text,
+        agreement_version -> Text,
+        outcome -> Integer,
+        ig_review -> Nullable<Text>,
+    }
+}

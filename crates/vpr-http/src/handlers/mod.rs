@@ -1,5 +1,7 @@
 //! Handlers, one module per resource.
 
+pub mod directives;
+pub mod lookups;
 pub mod notices;
 pub mod oauth;
 pub mod ops;

@@ -1,8 +1,7 @@
 //! The notice lifecycle: publish, read, amend, withdraw, review, versions.
 //!
 //! Only the publishing organisation changes a notice, and every change makes a new version.
-//! Reads by other organisations go through the policy decision (the agreement-as-code issue);
-//! until that lands they are refused rather than disclosed ungoverned.
+//! Reads by other organisations go through the agreement's decision and are audited.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
@@ -13,6 +12,7 @@ use vpr_auth::{Principal, Scope};
 use vpr_domain::NoticeRules;
 use vpr_store::{Change, NewNotice, Published, StoredNotice};
 
+use crate::disclose::{govern, AccessRequest, Read};
 use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::openapi::{
@@ -167,30 +167,81 @@ fn publisher_only(principal: &Principal, n: &StoredNotice) -> Result<(), ApiErro
     }
 }
 
-/// Reads the current version of a notice (its publisher sees the full view).
+fn header(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(|s| Some(s.trim().to_owned()).filter(|s| !s.is_empty())).map_err(|_| ApiError::BadRequest {
+            detail: format!("`{name}` must be visible ASCII"),
+            errors: vec![vpr_domain::FieldError::new("", "header-format", format!("`{name}` must be visible ASCII"))],
+        }),
+    }
+}
+
+/// The access context of a read by another organisation, from `VPR-*` headers.
+fn access_from_headers(req: &HttpRequest) -> Result<AccessRequest, ApiError> {
+    let required = |name: &str, rule: &str| -> Result<String, ApiError> {
+        header(req, name)?.ok_or_else(|| {
+            ApiError::Validation(vec![vpr_domain::FieldError::new("", rule, format!("the `{name}` header is required"))])
+        })
+    };
+    Ok(AccessRequest {
+        purpose: required("VPR-Purpose", "purpose-required")?,
+        user_id: required("VPR-User-Id", "user-required")?,
+        role: required("VPR-User-Role", "role-required")?,
+        context_ref: header(req, "VPR-Context-Ref")?,
+        justification: header(req, "VPR-Break-Glass")?,
+    })
+}
+
+/// Reads the current version of a notice. Its publisher sees the full view; anyone else is
+/// decided by the agreement for the purpose and role in the `VPR-*` headers, and audited.
 #[utoipa::path(
     tag = "notices",
-    params(("id" = Uuid, Path, description = "Notice id")),
+    params(
+        ("id" = Uuid, Path, description = "Notice id"),
+        ("VPR-Purpose" = Option<String>, Header, description = "Purpose of use (required unless you are the publisher)"),
+        ("VPR-User-Id" = Option<String>, Header, description = "The end user (required unless you are the publisher)"),
+        ("VPR-User-Role" = Option<String>, Header, description = "The user's role (required unless you are the publisher)"),
+        ("VPR-Context-Ref" = Option<String>, Header, description = "Incident, encounter or case reference"),
+        ("VPR-Break-Glass" = Option<String>, Header, description = "Emergency justification; the read is marked for IG review"),
+    ),
     responses(
-        (status = 200, description = "The notice; `ETag` is its version", body = NoticeResourceDoc),
-        (status = 403, description = "Not the publisher", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 200, description = "The publisher's full view (`NoticeResource`, with `ETag`), or another organisation's decided view (`DisclosedNotice`)", body = NoticeResourceDoc),
+        (status = 403, description = "Refused by the agreement (audited)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such notice", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "A `VPR-*` header is missing", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The audit entry could not be written: nothing is disclosed", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["notices:read"]), ("bearer" = ["notices:write"]))
 )]
 #[get("/v1/notices/{id}")]
-pub async fn read(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let principal =
-        authenticate(&state, &req, Scope::NoticesWrite).or_else(|_| authenticate(&state, &req, Scope::NoticesRead))?;
+pub async fn read(state: web::Data<AppState>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let principal = authenticate(&state, &req, Scope::NoticesWrite).or_else(|_| authenticate(&state, &req, Scope::NoticesRead))?;
     let id = parse_id(&id)?;
     let store = state.store.clone();
     let n = blocking(move || store.get(id).map_err(ApiError::from)).await?.ok_or(vpr_store::StoreError::NotFound)?;
-    publisher_only(&principal, &n)?;
-    Ok(respond(&state, &mut HttpResponse::Ok(), &n))
+    if principal.org.as_str() == n.publisher_ods {
+        return Ok(respond(&state, &mut HttpResponse::Ok(), &n));
+    }
+    if !principal.has(Scope::NoticesRead) {
+        return Err(ApiError::InsufficientScope(Scope::NoticesRead.code()));
+    }
+    let access = access_from_headers(&req)?;
+    let st = state.clone();
+    let now = state.clock.now();
+    let disclosure = blocking(move || {
+        let subject_refs = st.store.blind_indexes_of(n.id)?.into_iter().map(|b| format!("notice-subject:{b}")).collect();
+        let read = Read { action: "read", subject_refs, candidates: vec![(n, vec![])], refusal_status: 403 };
+        govern(&st, &principal, &access, read, now)
+    })
+    .await?;
+    if let Some(why) = disclosure.refused {
+        return Err(ApiError::Forbidden(why));
+    }
+    match disclosure.results.into_iter().next() {
+        Some(view) => Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(view)),
+        None => Err(ApiError::Forbidden("the data-sharing agreement does not permit this read for this purpose and role".into())),
+    }
 }
 
 /// Lists every version of a notice, oldest first (publisher only).

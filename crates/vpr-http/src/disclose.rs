@@ -1,0 +1,259 @@
+//! Disclosure: the policy decision, minimisation and audit steps of the pipeline, shared by
+//! every read of notice data by anyone but its publisher.
+//!
+//! Order, for each read: check the requester (role held, purpose in the agreement, break-glass
+//! justified) -> decide per notice (with the subject's consents and objections) -> minimise to
+//! the decided view -> append the audit entry durably -> only then respond. If the audit entry
+//! cannot be written the read fails with 503 and nothing is disclosed.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+use vpr_auth::Principal;
+use vpr_policy::{AccessContext, Decision, NoticeFacts, Requester, View};
+use vpr_store::audit::{AuditEntry, AuditedNotice};
+use vpr_store::StoredNotice;
+
+use crate::error::{current_request_id, ApiError};
+use crate::AppState;
+
+/// The circumstances a caller asserts for a read.
+#[derive(Debug, Clone)]
+pub struct AccessRequest {
+    /// Purpose of use.
+    pub purpose: String,
+    /// End user.
+    pub user_id: String,
+    /// Role.
+    pub role: String,
+    /// Incident, encounter or case reference.
+    pub context_ref: Option<String>,
+    /// Break-glass justification.
+    pub justification: Option<String>,
+}
+
+/// Why a requester was refused before any notice was considered.
+fn requester_refusal(state: &AppState, principal: &Principal, access: &AccessRequest) -> Option<String> {
+    let agreement = &state.agreement;
+    if !agreement.purposes.contains_key(&access.purpose) {
+        return Some(format!("purpose `{}` is not a purpose of the agreement", access.purpose));
+    }
+    let holds = state.tokens.registry().system(&principal.client_id).is_some_and(|s| s.roles.contains(&access.role));
+    if !holds {
+        return Some(format!("this system may not act in the role `{}`", access.role));
+    }
+    if !agreement.role_allowed(&access.role, principal.org_type) {
+        return Some(format!("the agreement gives no `{}` role to a {}", access.role, principal.org_type));
+    }
+    if let Some(j) = &access.justification {
+        let min = agreement.break_glass.min_justification_chars;
+        if j.trim().chars().count() < min {
+            return Some(format!("a break-glass justification needs at least {min} characters"));
+        }
+    }
+    None
+}
+
+/// What the policies may know about a notice.
+pub fn facts(state: &AppState, n: &StoredNotice) -> NoticeFacts {
+    let publisher_type = state
+        .tokens
+        .registry()
+        .partner(&n.publisher_ods)
+        .map(|p| p.org_type)
+        .unwrap_or(vpr_domain::vocab::OrgType::Icb);
+    let s = &n.content.subject;
+    let kinds = [("person", s.person.is_some()), ("address", s.address.is_some()), ("telephone", s.telephone.is_some())];
+    NoticeFacts {
+        id: n.id.to_string(),
+        publisher: n.publisher_ods.clone(),
+        publisher_type,
+        category: n.content.category.code().to_owned(),
+        risk_level: n.content.risk_level.code().to_owned(),
+        medical_factor_operative: n.content.medical_factor_operative,
+        lawful_basis: n.content.lawful_basis.iter().map(|b| b.code().to_owned()).collect(),
+        subject_kinds: kinds.iter().filter(|(_, present)| *present).map(|(k, _)| (*k).to_owned()).collect(),
+        has_crime_reference: n.content.restricted.as_ref().is_some_and(|r| r.crime_reference.is_some()),
+        active: n.status == vpr_domain::vocab::NoticeStatus::Active,
+    }
+}
+
+/// One notice considered for disclosure.
+#[derive(Debug)]
+pub struct Considered {
+    /// The notice.
+    pub notice: StoredNotice,
+    /// How the caller's query matched it (look-ups).
+    pub matched: Vec<String>,
+    /// The decision.
+    pub decision: Decision,
+}
+
+/// The result of a governed read, ready to send.
+#[derive(Debug)]
+pub struct Disclosure {
+    /// The audit entry's id.
+    pub audit_id: Uuid,
+    /// The permitted notices, minimised.
+    pub results: Vec<Value>,
+    /// Whether anything was refused at the requester level.
+    pub refused: Option<String>,
+}
+
+/// A read to govern.
+#[derive(Debug)]
+pub struct Read {
+    /// `lookup` or `read`.
+    pub action: &'static str,
+    /// Subject references for the audit (`kind:blind-index`).
+    pub subject_refs: Vec<String>,
+    /// The notices found, with how the query matched each.
+    pub candidates: Vec<(StoredNotice, Vec<String>)>,
+    /// The status a refusal is answered with.
+    pub refusal_status: u16,
+}
+
+/// Decides, minimises and audits a read. Runs on the blocking pool.
+pub fn govern(
+    state: &AppState,
+    principal: &Principal,
+    access: &AccessRequest,
+    read: Read,
+    now: DateTime<Utc>,
+) -> Result<Disclosure, ApiError> {
+    let Read { action, subject_refs, candidates, refusal_status } = read;
+    let refused = requester_refusal(state, principal, access);
+    let mut considered = Vec::new();
+    if refused.is_none() {
+        let requester = Requester {
+            org: principal.org.as_str().to_owned(),
+            org_type: principal.org_type,
+            role: access.role.clone(),
+            system: principal.client_id.clone(),
+        };
+        for (notice, matched) in candidates {
+            let blind = state.store.blind_indexes_of(notice.id)?;
+            let directives = state.store.directive_state(&blind, &access.purpose, now.date_naive())?;
+            let ctx = AccessContext {
+                purpose: access.purpose.clone(),
+                break_glass: access.justification.is_some(),
+                objection_upheld: directives.objection_upheld,
+                consent_given: directives.consent_given,
+                has_context_reference: access.context_ref.is_some(),
+            };
+            let decision = state.agreement.decide(&requester, &facts(state, &notice), &ctx);
+            considered.push(Considered { notice, matched, decision });
+        }
+    }
+    let permitted = considered.iter().filter(|c| c.decision.permit).count();
+    let decision = match (&refused, considered.len(), permitted) {
+        (Some(_), _, _) => "refused",
+        (None, 0, _) => "no-match",
+        (None, n, p) if p == n => "permit",
+        (None, _, 0) => "deny",
+        _ => "partial",
+    };
+    let outcome = if refused.is_some() || (action == "read" && permitted == 0) { refusal_status } else { 200 };
+    let mut basis = BTreeSet::new();
+    let mut clauses = BTreeSet::new();
+    for c in &considered {
+        basis.extend(c.decision.lawful_basis.iter().cloned());
+        clauses.extend(c.decision.clauses.iter().cloned());
+    }
+    let entry = AuditEntry {
+        id: Uuid::new_v4(),
+        at: now,
+        request_id: current_request_id().unwrap_or_default(),
+        action: action.to_owned(),
+        actor_org: principal.org.as_str().to_owned(),
+        actor_org_type: principal.org_type.code().to_owned(),
+        actor_system: principal.client_id.clone(),
+        actor_user: Some(access.user_id.clone()),
+        actor_role: Some(access.role.clone()),
+        purpose: Some(access.purpose.clone()),
+        context_ref: access.context_ref.clone(),
+        break_glass: access.justification.is_some(),
+        justification: access.justification.clone(),
+        subject_refs,
+        decision: decision.to_owned(),
+        notices: considered
+            .iter()
+            .map(|c| AuditedNotice {
+                id: c.notice.id.to_string(),
+                version: c.notice.version.version,
+                decision: if c.decision.permit { "permit" } else { "deny" }.to_owned(),
+                view: c.decision.view.map(|v| v.code().to_owned()),
+                restricted: c.decision.restricted,
+                lawful_basis: c.decision.lawful_basis.clone(),
+                clauses: c.decision.clauses.clone(),
+            })
+            .collect(),
+        lawful_basis: basis.into_iter().collect(),
+        clauses: clauses.into_iter().collect(),
+        agreement_version: state.agreement.version.clone(),
+        outcome,
+        ig_review: (access.justification.is_some() && refused.is_none()).then(|| "pending".to_owned()),
+    };
+    // Minimise first, so nothing but the minimised form exists past this point.
+    let results: Vec<Value> = considered
+        .iter()
+        .filter_map(|c| c.decision.view.map(|v| minimise(state, &c.notice, &c.matched, v, &c.decision)))
+        .collect();
+    // Guarantee 1: no disclosure without a committed audit entry.
+    state.store.append_audit(&entry).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+    Ok(Disclosure { audit_id: entry.id, results, refused })
+}
+
+/// Shapes a notice to a view: fields outside the view are absent, not blank.
+pub fn minimise(state: &AppState, n: &StoredNotice, matched: &[String], view: View, d: &Decision) -> Value {
+    let partner = state.tokens.registry().partner(&n.publisher_ods);
+    let contact = n.content.contact.clone().or_else(|| partner.map(|p| p.contact.clone()));
+    let mut m = Map::new();
+    m.insert("id".into(), json!(n.id));
+    m.insert("status".into(), json!(n.status));
+    m.insert("publisher".into(), json!({"ods_code": n.publisher_ods, "name": partner.map(|p| p.name.as_str()).unwrap_or_default()}));
+    m.insert("contact".into(), json!(contact));
+    if !matched.is_empty() {
+        m.insert("matched_on".into(), json!(matched));
+    }
+    m.insert(
+        "decision".into(),
+        json!({"view": view.code(), "restricted": d.restricted, "lawful_basis": d.lawful_basis, "clauses": d.clauses, "agreement_version": state.agreement.version}),
+    );
+    let c = &n.content;
+    if view >= View::Summary {
+        let s = &c.subject;
+        let kinds: Vec<&str> = [("person", s.person.is_some()), ("address", s.address.is_some()), ("telephone", s.telephone.is_some())]
+            .iter()
+            .filter(|(_, p)| *p)
+            .map(|(k, _)| *k)
+            .collect();
+        m.insert("subject_kinds".into(), json!(kinds));
+        m.insert("category".into(), json!(c.category));
+        m.insert("risk_level".into(), json!(c.risk_level));
+        m.insert("aggravating_factors".into(), json!(c.aggravating_factors));
+        m.insert("medical_factor_operative".into(), json!(c.medical_factor_operative));
+        m.insert("safety_advice".into(), json!(c.safety_advice));
+        if let Some(t) = &c.advice_text {
+            m.insert("advice_text".into(), json!(t));
+        }
+        m.insert("review_date".into(), json!(c.review_date));
+    }
+    if view >= View::Full {
+        m.insert("version".into(), json!(n.version.version));
+        m.insert("subject".into(), json!(c.subject));
+        m.insert("incident_date".into(), json!(c.incident_date));
+        m.insert("subject_informed".into(), json!(c.subject_informed));
+        m.insert("lawful_basis".into(), json!(c.lawful_basis));
+        m.insert("created_at".into(), json!(n.created_at));
+        m.insert("updated_at".into(), json!(n.version.at));
+    }
+    if d.restricted && view >= View::Summary {
+        if let Some(r) = &c.restricted {
+            m.insert("restricted".into(), json!(r));
+        }
+    }
+    Value::Object(m)
+}

@@ -1,0 +1,204 @@
+//! The disclosure audit log: one entry per decision, permits and refusals alike, committed
+//! before the response leaves the broker.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::db::write_tx;
+use crate::schema::audit_entries as ae;
+use crate::{Store, StoreError};
+
+/// The decision on one notice, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditedNotice {
+    /// Notice id.
+    pub id: String,
+    /// Version decided on.
+    pub version: i64,
+    /// `permit` or `deny`.
+    pub decision: String,
+    /// View disclosed, if any.
+    pub view: Option<String>,
+    /// Whether restricted fields were disclosed.
+    pub restricted: bool,
+    /// Lawful bases.
+    pub lawful_basis: Vec<String>,
+    /// Deciding clauses.
+    pub clauses: Vec<String>,
+}
+
+/// An audit entry to append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Entry id.
+    pub id: Uuid,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The request id (as in `X-Request-Id` and the logs).
+    pub request_id: String,
+    /// `lookup`, `read`, `consent`, `objection`.
+    pub action: String,
+    /// Actor organisation (ODS).
+    pub actor_org: String,
+    /// Actor organisation type.
+    pub actor_org_type: String,
+    /// Actor system (client id).
+    pub actor_system: String,
+    /// Actor user, as asserted by the system.
+    pub actor_user: Option<String>,
+    /// Actor role.
+    pub actor_role: Option<String>,
+    /// Purpose of use.
+    pub purpose: Option<String>,
+    /// Incident, encounter or case reference.
+    pub context_ref: Option<String>,
+    /// Break-glass asserted.
+    pub break_glass: bool,
+    /// Break-glass justification (sealed at rest).
+    pub justification: Option<String>,
+    /// Subject references: `kind:blind-index`, never a plain identifier.
+    pub subject_refs: Vec<String>,
+    /// `permit`, `deny`, `partial` (some notices withheld), `no-match`, `refused`.
+    pub decision: String,
+    /// Per-notice decisions.
+    pub notices: Vec<AuditedNotice>,
+    /// Union of lawful bases relied on.
+    pub lawful_basis: Vec<String>,
+    /// Union of deciding clauses.
+    pub clauses: Vec<String>,
+    /// Agreement version.
+    pub agreement_version: String,
+    /// HTTP status answered.
+    pub outcome: u16,
+    /// `pending` when IG must review (break-glass).
+    pub ig_review: Option<String>,
+}
+
+/// A stored entry, with its sequence number.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredAuditEntry {
+    /// Position in the log.
+    pub seq: i64,
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned())
+}
+
+#[derive(Queryable)]
+#[allow(dead_code)]
+struct Row {
+    seq: i64,
+    id: String,
+    at: chrono::NaiveDateTime,
+    request_id: String,
+    action: String,
+    actor_org: String,
+    actor_org_type: String,
+    actor_system: String,
+    actor_user: Option<String>,
+    actor_role: Option<String>,
+    purpose: Option<String>,
+    context_ref: Option<String>,
+    break_glass: bool,
+    justification: Option<Vec<u8>>,
+    subject_refs: String,
+    decision: String,
+    notices: String,
+    lawful_basis: String,
+    clauses: String,
+    agreement_version: String,
+    outcome: i32,
+    ig_review: Option<String>,
+}
+
+impl Store {
+    /// Appends an entry durably (its own committed transaction). Nothing may be disclosed
+    /// unless this returns `Ok`.
+    pub fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        let justification = e
+            .justification
+            .as_deref()
+            .map(|j| self.vault().seal(j.as_bytes(), &format!("audit/{}/justification", e.id)))
+            .transpose()?;
+        let mut conn = self.conn()?;
+        write_tx(&mut conn, |conn| {
+            diesel::insert_into(ae::table)
+                .values((
+                    ae::id.eq(e.id.to_string()),
+                    ae::at.eq(e.at.naive_utc()),
+                    ae::request_id.eq(&e.request_id),
+                    ae::action.eq(&e.action),
+                    ae::actor_org.eq(&e.actor_org),
+                    ae::actor_org_type.eq(&e.actor_org_type),
+                    ae::actor_system.eq(&e.actor_system),
+                    ae::actor_user.eq(&e.actor_user),
+                    ae::actor_role.eq(&e.actor_role),
+                    ae::purpose.eq(&e.purpose),
+                    ae::context_ref.eq(&e.context_ref),
+                    ae::break_glass.eq(e.break_glass),
+                    ae::justification.eq(&justification),
+                    ae::subject_refs.eq(json(&e.subject_refs)),
+                    ae::decision.eq(&e.decision),
+                    ae::notices.eq(json(&e.notices)),
+                    ae::lawful_basis.eq(json(&e.lawful_basis)),
+                    ae::clauses.eq(json(&e.clauses)),
+                    ae::agreement_version.eq(&e.agreement_version),
+                    ae::outcome.eq(i32::from(e.outcome)),
+                    ae::ig_review.eq(&e.ig_review),
+                ))
+                .execute(conn)?;
+            Ok(())
+        })
+    }
+
+    /// Audit entries after `after_seq`, oldest first, at most `limit`.
+    pub fn audit_entries(&self, after_seq: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<Row> = ae::table.filter(ae::seq.gt(after_seq)).order(ae::seq.asc()).limit(limit).load(&mut conn)?;
+        rows.into_iter()
+            .map(|r| {
+                let justification = r
+                    .justification
+                    .map(|j: Vec<u8>| self.vault().open(&j, &format!("audit/{}/justification", r.id)))
+                    .transpose()?
+                    .map(|j: Vec<u8>| String::from_utf8_lossy(&j).into_owned());
+                Ok(StoredAuditEntry {
+                    seq: r.seq,
+                    entry: AuditEntry {
+                        id: Uuid::parse_str(&r.id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        at: r.at.and_utc(),
+                        request_id: r.request_id,
+                        action: r.action,
+                        actor_org: r.actor_org,
+                        actor_org_type: r.actor_org_type,
+                        actor_system: r.actor_system,
+                        actor_user: r.actor_user,
+                        actor_role: r.actor_role,
+                        purpose: r.purpose,
+                        context_ref: r.context_ref,
+                        break_glass: r.break_glass,
+                        justification,
+                        subject_refs: parse(&r.subject_refs)?,
+                        decision: r.decision,
+                        notices: parse(&r.notices)?,
+                        lawful_basis: parse(&r.lawful_basis)?,
+                        clauses: parse(&r.clauses)?,
+                        agreement_version: r.agreement_version,
+                        outcome: u16::try_from(r.outcome).unwrap_or_default(),
+                        ig_review: r.ig_review,
+                    },
+                })
+            })
+            .collect()
+    }
+}
