@@ -8,6 +8,7 @@ mod support;
 
 mod auth;
 mod durability;
+mod lookups;
 mod notices;
 mod ops;
 mod validation;
