@@ -33,6 +33,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+    #[serde(default)]
+    pub benchmark_ungoverned_reads: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +153,9 @@ impl Config {
     }
 
     fn check(&self) -> Result<()> {
+        if self.benchmark_ungoverned_reads && !self.demo {
+            bail!("`benchmark_ungoverned_reads` switches off the policy decision and audit: it is refused outside demo mode");
+        }
         let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
         if !self.demo
             && self.public_url.starts_with("http://")

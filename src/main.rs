@@ -131,9 +131,10 @@ fn check_registry_against_agreement(registry: &Registry, agreement: &Agreement) 
     for p in registry.partners() {
         match agreement.parties.get(p.ods_code.as_str()) {
             None => problems.push(format!("partner `{}` is not a party to the agreement", p.ods_code)),
-            Some(party) if party.org_type != p.org_type => {
-                problems.push(format!("partner `{}` is a {} in the registry but a {} in the agreement", p.ods_code, p.org_type, party.org_type))
-            }
+            Some(party) if party.org_type != p.org_type => problems.push(format!(
+                "partner `{}` is a {} in the registry but a {} in the agreement",
+                p.ods_code, p.org_type, party.org_type
+            )),
             Some(_) => {}
         }
     }
@@ -141,7 +142,10 @@ fn check_registry_against_agreement(registry: &Registry, agreement: &Agreement) 
         let Some(p) = registry.partner(s.ods_code.as_str()) else { continue };
         for role in &s.roles {
             if !agreement.role_allowed(role, p.org_type) {
-                problems.push(format!("system `{}` lists role `{role}`, which the agreement does not give a {}", s.client_id, p.org_type));
+                problems.push(format!(
+                    "system `{}` lists role `{role}`, which the agreement does not give a {}",
+                    s.client_id, p.org_type
+                ));
             }
         }
     }
@@ -155,7 +159,8 @@ fn check_registry_against_agreement(registry: &Registry, agreement: &Agreement) 
 fn load_agreement(path: &Path) -> Result<Agreement> {
     let agreement = Agreement::load(path)?;
     if let Some(fixtures) = &agreement.fixtures_path {
-        let text = std::fs::read_to_string(fixtures).with_context(|| format!("cannot read fixtures `{}`", fixtures.display()))?;
+        let text = std::fs::read_to_string(fixtures)
+            .with_context(|| format!("cannot read fixtures `{}`", fixtures.display()))?;
         vpr_policy::fixtures::replay(&agreement, &text)?;
     }
     Ok(agreement)
@@ -173,6 +178,9 @@ fn open_store(cfg: &Config) -> Result<Store> {
 async fn serve(cfg: Config) -> Result<()> {
     if cfg.demo {
         tracing::warn!("DEMO MODE: fictional partners and demo-only keys are accepted; never use with real data");
+    }
+    if cfg.benchmark_ungoverned_reads {
+        tracing::warn!("BENCHMARK: look-ups are answered with NO policy decision and NO audit");
     }
     let registry_text = std::fs::read_to_string(&cfg.registry)
         .with_context(|| format!("cannot read registry `{}`", cfg.registry.display()))?;
@@ -220,6 +228,7 @@ async fn serve(cfg: Config) -> Result<()> {
         tokens,
         notices: NoticeSettings { max_review_interval_days: agreement.max_review_interval_days },
         agreement: Arc::new(agreement),
+        ungoverned_reads: cfg.benchmark_ungoverned_reads,
         clock: Arc::new(SystemClock),
         metrics: vpr_http::metrics::Metrics::new()?,
         openapi: Arc::new(vpr_http::openapi::build()),
@@ -279,7 +288,12 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Policy(PolicyCommand::Check { agreement, registry }) => {
             let a = Agreement::load(&agreement)?;
-            println!("agreement {} ({}): {} clauses valid against the Cedar schema", a.version, a.title, a.clause_count());
+            println!(
+                "agreement {} ({}): {} clauses valid against the Cedar schema",
+                a.version,
+                a.title,
+                a.clause_count()
+            );
             match &a.fixtures_path {
                 Some(f) => {
                     let text = std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;

@@ -58,7 +58,8 @@ fn seed(b: &TestBroker) -> std::collections::HashMap<&'static str, String> {
 }
 
 fn ids_of(results: &Value) -> Vec<String> {
-    let mut v: Vec<String> = results["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+    let mut v: Vec<String> =
+        results["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
     v.sort();
     v
 }
@@ -90,12 +91,17 @@ both!(each_partner_type_sees_what_the_agreement_allows, |b: &TestBroker| {
         assert_matches_schema("disclosed-notice.schema.json", item);
         assert_eq!(item["decision"]["view"], "summary");
         assert_eq!(item["decision"]["clauses"], json!(["SS-1"]));
-        assert!(item.get("restricted").is_none() && item.get("subject").is_none() && item.get("incident_date").is_none());
+        assert!(
+            item.get("restricted").is_none() && item.get("subject").is_none() && item.get("incident_date").is_none()
+        );
         assert!(item.get("category").is_some() && item.get("safety_advice").is_some());
         assert_eq!(item["matched_on"], json!(["nhs-number"]));
     }
     let a = one_audit(b, n);
-    assert_eq!((a["action"].as_str(), a["decision"].as_str(), a["purpose"].as_str()), (Some("lookup"), Some("permit"), Some("staff-safety")));
+    assert_eq!(
+        (a["action"].as_str(), a["decision"].as_str(), a["purpose"].as_str()),
+        (Some("lookup"), Some("permit"), Some("staff-safety"))
+    );
     assert_eq!(a["lawful_basis"], json!(["CLDC-PUBLIC-INTEREST", "UKGDPR-6-1-c", "UKGDPR-9-2-h"]));
     assert_eq!(a["notices"].as_array().unwrap().len(), 3);
     assert_eq!(a["agreement_version"], "NA-ICS-VPR-2026.1-demo");
@@ -107,7 +113,10 @@ both!(each_partner_type_sees_what_the_agreement_allows, |b: &TestBroker| {
     for item in r["results"].as_array().unwrap() {
         assert_eq!(item["decision"]["view"], "existence");
         let keys: Vec<&str> = item.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(sorted(keys.iter().map(|k| k.to_string()).collect()), ["contact", "decision", "id", "matched_on", "publisher", "status"]);
+        assert_eq!(
+            sorted(keys.iter().map(|k| k.to_string()).collect()),
+            ["contact", "decision", "id", "matched_on", "publisher", "status"]
+        );
         assert!(item["contact"]["telephone"].is_string());
     }
     assert_eq!(one_audit(b, n)["clauses"], json!(["SS-3"]));
@@ -126,7 +135,8 @@ both!(each_partner_type_sees_what_the_agreement_allows, |b: &TestBroker| {
     assert_eq!(item["decision"]["restricted"], true);
     let a = one_audit(b, n);
     assert_eq!(a["decision"], "partial");
-    let medical = a["notices"].as_array().unwrap().iter().find(|x| x["id"] == ids["gp-medical"].as_str()).unwrap().clone();
+    let medical =
+        a["notices"].as_array().unwrap().iter().find(|x| x["id"] == ids["gp-medical"].as_str()).unwrap().clone();
     assert_eq!((medical["decision"].as_str(), medical["clauses"].clone()), (Some("deny"), json!(["CP-F1"])));
     assert_eq!(a["lawful_basis"], json!(["CDA98-S115", "DPA18-PART3", "DPA18-S1-P10", "UKGDPR-10"]));
 
@@ -138,7 +148,14 @@ both!(each_partner_type_sees_what_the_agreement_allows, |b: &TestBroker| {
     assert_eq!((a["decision"].as_str(), a["outcome"].as_i64()), (Some("deny"), Some(200)));
 
     // Council safeguarding: a summary with a case reference, nothing without.
-    let (_, r) = lookup(b, "council", "social-worker", "safeguarding", by_nhs(), json!({"context": {"reference": "ASC-2026-114"}}));
+    let (_, r) = lookup(
+        b,
+        "council",
+        "social-worker",
+        "safeguarding",
+        by_nhs(),
+        json!({"context": {"reference": "ASC-2026-114"}}),
+    );
     assert_eq!(r["results"].as_array().unwrap().len(), 3);
     assert!(r["results"].as_array().unwrap().iter().all(|i| i["decision"]["clauses"] == json!(["SG-1"])));
     let n = b.count("audit_entries");
@@ -154,15 +171,36 @@ both!(each_partner_type_sees_what_the_agreement_allows, |b: &TestBroker| {
     assert_eq!(crime["restricted"]["incident_reference"], "ED-77");
 
     // Address (another spelling of the same line) and telephone look-ups.
-    let (_, r) = lookup(b, "amb-cad", "ambulance-dispatcher", "staff-safety", json!({"address": {"postcode": "zz993wz", "line1": "17, Marrowbone Cres"}}), json!({}));
+    let (_, r) = lookup(
+        b,
+        "amb-cad",
+        "ambulance-dispatcher",
+        "staff-safety",
+        json!({"address": {"postcode": "zz993wz", "line1": "17, Marrowbone Cres"}}),
+        json!({}),
+    );
     assert_eq!(ids_of(&r), vec![ids["address"].clone()]);
     assert_eq!(r["results"][0]["safety_advice"], json!(["dangerous-animal", "telephone-first"]));
-    let (_, r) = lookup(b, "amb-cad", "ambulance-dispatcher", "staff-safety", json!({"telephone": "+44 7700 900123"}), json!({}));
+    let (_, r) = lookup(
+        b,
+        "amb-cad",
+        "ambulance-dispatcher",
+        "staff-safety",
+        json!({"telephone": "+44 7700 900123"}),
+        json!({}),
+    );
     assert_eq!(ids_of(&r), vec![ids["caller"].clone()]);
 
     // No match: an empty answer, still audited.
     let n = b.count("audit_entries");
-    let (_, r) = lookup(b, "amb-cad", "ambulance-dispatcher", "staff-safety", json!({"person": {"nhs_number": "9990000026"}}), json!({}));
+    let (_, r) = lookup(
+        b,
+        "amb-cad",
+        "ambulance-dispatcher",
+        "staff-safety",
+        json!({"person": {"nhs_number": "9990000026"}}),
+        json!({}),
+    );
     assert_eq!(r["results"].as_array().unwrap().len(), 0);
     assert_eq!(one_audit(b, n)["decision"], "no-match");
 });
@@ -184,7 +222,13 @@ both!(refused_purposes_and_roles_are_audited, |b: &TestBroker| {
     }
     // No purpose at all: refused as bad input.
     let t = b.token("amb-cad");
-    let r = b.http.post(b.url("/v1/lookups")).bearer_auth(&t).json(&json!({"requester": {"user_id": "u", "role": "ambulance-dispatcher"}, "subject": by_nhs()})).send().unwrap();
+    let r = b
+        .http
+        .post(b.url("/v1/lookups"))
+        .bearer_auth(&t)
+        .json(&json!({"requester": {"user_id": "u", "role": "ambulance-dispatcher"}, "subject": by_nhs()}))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(json_of(r)["errors"][0]["pointer"], "/purpose");
 });
@@ -211,7 +255,8 @@ both!(objections_consent_and_break_glass, |b: &TestBroker| {
     assert_eq!(r["results"].as_array().unwrap().len(), 3);
     // Break-glass in an emergency unlocks a summary and is queued for IG review.
     let n = b.count("audit_entries");
-    let bg = json!({"break_glass": {"justification": "patient unconscious in ED resus, history unknown, staff at risk"}});
+    let bg =
+        json!({"break_glass": {"justification": "patient unconscious in ED resus, history unknown, staff at risk"}});
     let (_, r) = lookup(b, "acute-ed", "ed-clinician", "direct-care", by_nhs(), bg);
     assert_eq!(r["results"].as_array().unwrap().len(), 3);
     assert!(r["results"].as_array().unwrap().iter().all(|i| i["decision"]["clauses"] == json!(["BG-1", "DC-1"])));
@@ -219,7 +264,14 @@ both!(objections_consent_and_break_glass, |b: &TestBroker| {
     assert_eq!(a["ig_review"], "pending");
     assert!(a["lawful_basis"].as_array().unwrap().contains(&json!("UKGDPR-6-1-d")));
     // A thin justification is refused.
-    let (status, _) = lookup(b, "acute-ed", "ed-clinician", "direct-care", by_nhs(), json!({"break_glass": {"justification": "urgent"}}));
+    let (status, _) = lookup(
+        b,
+        "acute-ed",
+        "ed-clinician",
+        "direct-care",
+        by_nhs(),
+        json!({"break_glass": {"justification": "urgent"}}),
+    );
     assert_eq!(status, 403);
     // The objection overridden, with a reason: direct care resumes.
     let mut overridden = objection.clone();

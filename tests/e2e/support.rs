@@ -61,11 +61,32 @@ impl Client {
 }
 
 /// Test partners: (client id, ODS, org type, scopes, roles). ODS codes are the demo agreement's parties.
-pub const PARTNERS: &[(&str, &str, &str, &[&str], &[&str])] = &[
-    ("amb-cad", "XAM01", "ambulance-trust", &["notices:write", "notices:read", "lookups"], &["ambulance-dispatcher", "ambulance-clinician"]),
-    ("gp-green", "XGP01", "gp-practice", &["notices:write", "notices:read", "lookups"], &["gp-receptionist", "gp-clinician"]),
+/// (client id, ODS, org type, scopes, roles)
+pub type PartnerRow = (&'static str, &'static str, &'static str, &'static [&'static str], &'static [&'static str]);
+
+pub const PARTNERS: &[PartnerRow] = &[
+    (
+        "amb-cad",
+        "XAM01",
+        "ambulance-trust",
+        &["notices:write", "notices:read", "lookups"],
+        &["ambulance-dispatcher", "ambulance-clinician"],
+    ),
+    (
+        "gp-green",
+        "XGP01",
+        "gp-practice",
+        &["notices:write", "notices:read", "lookups"],
+        &["gp-receptionist", "gp-clinician"],
+    ),
     ("police", "XPF01", "police-force", &["notices:read", "lookups"], &["police-officer", "police-call-handler"]),
-    ("acute-ed", "XAC01", "acute-trust", &["notices:write", "notices:read", "lookups"], &["ed-clinician", "ed-receptionist", "security-management-specialist"]),
+    (
+        "acute-ed",
+        "XAC01",
+        "acute-trust",
+        &["notices:write", "notices:read", "lookups"],
+        &["ed-clinician", "ed-receptionist", "security-management-specialist"],
+    ),
     ("council", "XLA01", "local-authority", &["notices:read", "lookups"], &["social-worker"]),
     ("icb-ig", "XIC01", "icb", &["notices:read", "lookups", "ig:write"], &["ig-lead", "dpo"]),
 ];

@@ -452,7 +452,11 @@ pub fn lookup(body: &Value) -> Result<Lookup, Vec<FieldError>> {
     let subject = subject_of(&input.subject, &mut errs);
     if let Some(bg) = &input.break_glass {
         if bg.justification.trim().is_empty() {
-            errs.push(FieldError::new("/break_glass/justification", "not-blank", "a break-glass justification is required"));
+            errs.push(FieldError::new(
+                "/break_glass/justification",
+                "not-blank",
+                "a break-glass justification is required",
+            ));
         }
     }
     match subject {

@@ -65,7 +65,8 @@ pub fn facts(state: &AppState, n: &StoredNotice) -> NoticeFacts {
         .map(|p| p.org_type)
         .unwrap_or(vpr_domain::vocab::OrgType::Icb);
     let s = &n.content.subject;
-    let kinds = [("person", s.person.is_some()), ("address", s.address.is_some()), ("telephone", s.telephone.is_some())];
+    let kinds =
+        [("person", s.person.is_some()), ("address", s.address.is_some()), ("telephone", s.telephone.is_some())];
     NoticeFacts {
         id: n.id.to_string(),
         publisher: n.publisher_ods.clone(),
@@ -124,6 +125,13 @@ pub fn govern(
     now: DateTime<Utc>,
 ) -> Result<Disclosure, ApiError> {
     let Read { action, subject_refs, candidates, refusal_status } = read;
+    if state.ungoverned_reads {
+        // Benchmark baseline only (refused outside demo mode): no decision, no audit.
+        let full =
+            Decision { permit: true, view: Some(View::Full), restricted: false, lawful_basis: vec![], clauses: vec![] };
+        let results = candidates.iter().map(|(n, m)| minimise(state, n, m, View::Full, &full)).collect();
+        return Ok(Disclosure { audit_id: Uuid::nil(), results, refused: None });
+    }
     let refused = requester_refusal(state, principal, access);
     let mut considered = Vec::new();
     if refused.is_none() {
@@ -213,7 +221,10 @@ pub fn minimise(state: &AppState, n: &StoredNotice, matched: &[String], view: Vi
     let mut m = Map::new();
     m.insert("id".into(), json!(n.id));
     m.insert("status".into(), json!(n.status));
-    m.insert("publisher".into(), json!({"ods_code": n.publisher_ods, "name": partner.map(|p| p.name.as_str()).unwrap_or_default()}));
+    m.insert(
+        "publisher".into(),
+        json!({"ods_code": n.publisher_ods, "name": partner.map(|p| p.name.as_str()).unwrap_or_default()}),
+    );
     m.insert("contact".into(), json!(contact));
     if !matched.is_empty() {
         m.insert("matched_on".into(), json!(matched));
@@ -225,11 +236,12 @@ pub fn minimise(state: &AppState, n: &StoredNotice, matched: &[String], view: Vi
     let c = &n.content;
     if view >= View::Summary {
         let s = &c.subject;
-        let kinds: Vec<&str> = [("person", s.person.is_some()), ("address", s.address.is_some()), ("telephone", s.telephone.is_some())]
-            .iter()
-            .filter(|(_, p)| *p)
-            .map(|(k, _)| *k)
-            .collect();
+        let kinds: Vec<&str> =
+            [("person", s.person.is_some()), ("address", s.address.is_some()), ("telephone", s.telephone.is_some())]
+                .iter()
+                .filter(|(_, p)| *p)
+                .map(|(k, _)| *k)
+                .collect();
         m.insert("subject_kinds".into(), json!(kinds));
         m.insert("category".into(), json!(c.category));
         m.insert("risk_level".into(), json!(c.risk_level));

@@ -58,6 +58,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// The data-sharing agreement: decides every read.
     pub agreement: Arc<vpr_policy::Agreement>,
+    /// Benchmark only (demo mode): answer look-ups without decision or audit.
+    pub ungoverned_reads: bool,
     /// The OpenAPI document served at `/openapi.json`.
     pub openapi: Arc<serde_json::Value>,
 }

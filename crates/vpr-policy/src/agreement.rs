@@ -129,7 +129,8 @@ pub struct Agreement {
 }
 
 fn read(path: &Path) -> Result<String, PolicyError> {
-    std::fs::read_to_string(path).map_err(|e| PolicyError::Read { path: path.display().to_string(), cause: e.to_string() })
+    std::fs::read_to_string(path)
+        .map_err(|e| PolicyError::Read { path: path.display().to_string(), cause: e.to_string() })
 }
 
 impl Agreement {
@@ -145,7 +146,8 @@ impl Agreement {
                 errs.iter().map(|e| format!("{} ({}): {}", e.pointer, e.rule, e.detail)).collect(),
             ));
         }
-        let file: AgreementFile = serde_json::from_value(doc).map_err(|e| PolicyError::Agreement(vec![e.to_string()]))?;
+        let file: AgreementFile =
+            serde_json::from_value(doc).map_err(|e| PolicyError::Agreement(vec![e.to_string()]))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let (schema, _) = Schema::from_cedarschema_str(&read(&base.join(&file.policies.cedar_schema))?)
             .map_err(|e| PolicyError::Policies(vec![format!("Cedar schema: {e}")]))?;

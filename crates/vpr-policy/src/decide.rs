@@ -122,8 +122,16 @@ fn strings(items: &[String]) -> RestrictedExpression {
 impl Agreement {
     /// Decides what `who` may see of `notice` in `ctx`. Evaluation errors deny.
     pub fn decide(&self, who: &Requester, notice: &NoticeFacts, ctx: &AccessContext) -> Decision {
-        let deny = |clauses: Vec<String>| Decision { permit: false, view: None, restricted: false, lawful_basis: vec![], clauses };
-        let (Some(p_uid), Some(r_uid)) = (uid("Vpr::Requester", &format!("{}/{}", who.system, who.role)), uid("Vpr::Notice", &notice.id)) else {
+        let deny = |clauses: Vec<String>| Decision {
+            permit: false,
+            view: None,
+            restricted: false,
+            lawful_basis: vec![],
+            clauses,
+        };
+        let (Some(p_uid), Some(r_uid)) =
+            (uid("Vpr::Requester", &format!("{}/{}", who.system, who.role)), uid("Vpr::Notice", &notice.id))
+        else {
             return deny(vec![]);
         };
         let principal = Entity::new(
@@ -140,10 +148,16 @@ impl Agreement {
             r_uid.clone(),
             HashMap::from([
                 ("publisher".to_owned(), RestrictedExpression::new_string(notice.publisher.clone())),
-                ("publisher_type".to_owned(), RestrictedExpression::new_string(notice.publisher_type.code().to_owned())),
+                (
+                    "publisher_type".to_owned(),
+                    RestrictedExpression::new_string(notice.publisher_type.code().to_owned()),
+                ),
                 ("category".to_owned(), RestrictedExpression::new_string(notice.category.clone())),
                 ("risk_level".to_owned(), RestrictedExpression::new_string(notice.risk_level.clone())),
-                ("medical_factor_operative".to_owned(), RestrictedExpression::new_bool(notice.medical_factor_operative)),
+                (
+                    "medical_factor_operative".to_owned(),
+                    RestrictedExpression::new_bool(notice.medical_factor_operative),
+                ),
                 ("lawful_basis".to_owned(), strings(&notice.lawful_basis)),
                 ("subject_kinds".to_owned(), strings(&notice.subject_kinds)),
                 ("has_crime_reference".to_owned(), RestrictedExpression::new_bool(notice.has_crime_reference)),

@@ -164,7 +164,8 @@ impl Store {
     /// Audit entries after `after_seq`, oldest first, at most `limit`.
     pub fn audit_entries(&self, after_seq: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
         let mut conn = self.conn()?;
-        let rows: Vec<Row> = ae::table.filter(ae::seq.gt(after_seq)).order(ae::seq.asc()).limit(limit).load(&mut conn)?;
+        let rows: Vec<Row> =
+            ae::table.filter(ae::seq.gt(after_seq)).order(ae::seq.asc()).limit(limit).load(&mut conn)?;
         rows.into_iter()
             .map(|r| {
                 let justification = r

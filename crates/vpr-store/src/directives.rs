@@ -97,7 +97,12 @@ impl Store {
     }
 
     /// What is in force for any of these blind indexes and this purpose on `today`.
-    pub fn directive_state(&self, blind_indexes: &[String], purpose: &str, today: NaiveDate) -> Result<DirectiveState, StoreError> {
+    pub fn directive_state(
+        &self,
+        blind_indexes: &[String],
+        purpose: &str,
+        today: NaiveDate,
+    ) -> Result<DirectiveState, StoreError> {
         if blind_indexes.is_empty() {
             return Ok(DirectiveState::default());
         }

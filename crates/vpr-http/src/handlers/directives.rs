@@ -38,7 +38,9 @@ async fn record(
     let role = &input.requester.role;
     let holds = state.tokens.registry().system(&principal.client_id).is_some_and(|s| s.roles.contains(role));
     if !IG_ROLES.contains(&role.as_str()) || !holds || !state.agreement.role_allowed(role, principal.org_type) {
-        return Err(ApiError::Forbidden("consents and objections are recorded by information governance roles only".into()));
+        return Err(ApiError::Forbidden(
+            "consents and objections are recorded by information governance roles only".into(),
+        ));
     }
     let keys = valid.subject.match_keys();
     let blind: Vec<String> = keys.iter().map(|(k, v)| state.store.vault().blind_index(*k, v)).collect();
@@ -106,7 +108,11 @@ async fn record(
     security(("bearer" = ["ig:write"]))
 )]
 #[post("/v1/consents")]
-pub async fn consent(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn consent(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     record(state, req, payload, DirectiveKind::Consent).await
 }
 
@@ -122,6 +128,10 @@ pub async fn consent(state: web::Data<AppState>, req: HttpRequest, payload: web:
     security(("bearer" = ["ig:write"]))
 )]
 #[post("/v1/objections")]
-pub async fn objection(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn objection(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     record(state, req, payload, DirectiveKind::Objection).await
 }

@@ -26,7 +26,11 @@ use crate::AppState;
     security(("bearer" = ["lookups"]))
 )]
 #[post("/v1/lookups")]
-pub async fn lookup(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn lookup(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&state, &req, Scope::Lookups)?;
     let body = json_body(&req, &read_body(payload).await?)?;
     let valid = vpr_domain::validate::lookup(&body).map_err(ApiError::Validation)?;

@@ -170,10 +170,16 @@ fn publisher_only(principal: &Principal, n: &StoredNotice) -> Result<(), ApiErro
 fn header(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError> {
     match req.headers().get(name) {
         None => Ok(None),
-        Some(v) => v.to_str().map(|s| Some(s.trim().to_owned()).filter(|s| !s.is_empty())).map_err(|_| ApiError::BadRequest {
-            detail: format!("`{name}` must be visible ASCII"),
-            errors: vec![vpr_domain::FieldError::new("", "header-format", format!("`{name}` must be visible ASCII"))],
-        }),
+        Some(v) => {
+            v.to_str().map(|s| Some(s.trim().to_owned()).filter(|s| !s.is_empty())).map_err(|_| ApiError::BadRequest {
+                detail: format!("`{name}` must be visible ASCII"),
+                errors: vec![vpr_domain::FieldError::new(
+                    "",
+                    "header-format",
+                    format!("`{name}` must be visible ASCII"),
+                )],
+            })
+        }
     }
 }
 
@@ -181,7 +187,11 @@ fn header(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError> {
 fn access_from_headers(req: &HttpRequest) -> Result<AccessRequest, ApiError> {
     let required = |name: &str, rule: &str| -> Result<String, ApiError> {
         header(req, name)?.ok_or_else(|| {
-            ApiError::Validation(vec![vpr_domain::FieldError::new("", rule, format!("the `{name}` header is required"))])
+            ApiError::Validation(vec![vpr_domain::FieldError::new(
+                "",
+                rule,
+                format!("the `{name}` header is required"),
+            )])
         })
     };
     Ok(AccessRequest {
@@ -215,8 +225,13 @@ fn access_from_headers(req: &HttpRequest) -> Result<AccessRequest, ApiError> {
     security(("bearer" = ["notices:read"]), ("bearer" = ["notices:write"]))
 )]
 #[get("/v1/notices/{id}")]
-pub async fn read(state: web::Data<AppState>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::NoticesWrite).or_else(|_| authenticate(&state, &req, Scope::NoticesRead))?;
+pub async fn read(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let principal =
+        authenticate(&state, &req, Scope::NoticesWrite).or_else(|_| authenticate(&state, &req, Scope::NoticesRead))?;
     let id = parse_id(&id)?;
     let store = state.store.clone();
     let n = blocking(move || store.get(id).map_err(ApiError::from)).await?.ok_or(vpr_store::StoreError::NotFound)?;
@@ -230,7 +245,8 @@ pub async fn read(state: web::Data<AppState>, req: HttpRequest, id: web::Path<St
     let st = state.clone();
     let now = state.clock.now();
     let disclosure = blocking(move || {
-        let subject_refs = st.store.blind_indexes_of(n.id)?.into_iter().map(|b| format!("notice-subject:{b}")).collect();
+        let subject_refs =
+            st.store.blind_indexes_of(n.id)?.into_iter().map(|b| format!("notice-subject:{b}")).collect();
         let read = Read { action: "read", subject_refs, candidates: vec![(n, vec![])], refusal_status: 403 };
         govern(&st, &principal, &access, read, now)
     })
@@ -240,7 +256,9 @@ pub async fn read(state: web::Data<AppState>, req: HttpRequest, id: web::Path<St
     }
     match disclosure.results.into_iter().next() {
         Some(view) => Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(view)),
-        None => Err(ApiError::Forbidden("the data-sharing agreement does not permit this read for this purpose and role".into())),
+        None => Err(ApiError::Forbidden(
+            "the data-sharing agreement does not permit this read for this purpose and role".into(),
+        )),
     }
 }
 

@@ -1,0 +1,298 @@
+//! vpr-bench: benchmarks run against real broker processes, printing figures measured side by
+//! side in one run. Not a test: it asserts nothing, it measures.
+//!
+//! `lookups`: governed look-ups (token check, policy decision, database, durable audit write)
+//! against the same look-ups with decision and audit switched off, on SQLite and PostgreSQL:
+//! closed-loop throughput, and latency at a fixed offered rate (open loop, measured from each
+//! request's scheduled time so a stall is not hidden).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use josekit::jws::{JwsHeader, ES256};
+use josekit::jwt::{self, JwtPayload};
+use serde_json::{json, Value};
+use vpr_auth::SigningKeyFile;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The broker binary (build it with --release).
+    #[arg(long)]
+    broker: PathBuf,
+    /// The demo agreement.
+    #[arg(long, default_value = "policies/agreement.json")]
+    agreement: PathBuf,
+    /// Backends to measure.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<String>,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Offered rate for the latency phase (look-ups per second).
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Client threads.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Distinct subjects seeded (each with two notices).
+    #[arg(long, default_value_t = 200)]
+    subjects: u32,
+}
+
+struct Broker {
+    child: Child,
+    base: String,
+    key: josekit::jwk::Jwk,
+    _dir: tempfile::TempDir,
+    _pg: Option<vpr_store::testdb::PgTestDb>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start(args: &Args, backend: &str, ungoverned: bool) -> Result<Broker> {
+    let dir = tempfile::tempdir()?;
+    let (database_url, pg) = match backend {
+        "sqlite" => (format!("sqlite://{}/bench.db", dir.path().display()), None),
+        "postgres" => {
+            let db = vpr_store::testdb::fresh_postgres().context("PostgreSQL is not reachable")?;
+            (db.url.clone(), Some(db))
+        }
+        other => bail!("unknown backend `{other}`"),
+    };
+    let key = SigningKeyFile::generate("bench-cad-1", false)?;
+    let public = vpr_auth::keys::public_jwk(&key.jwk)?;
+    let registry = json!({"registry_version": 1, "ics": {"name": "Bench ICS"}, "partners": [{
+        "ods_code": "XAM01", "name": "Bench ambulance trust", "type": "ambulance-trust", "contact": {"telephone": "0113 496 0999"},
+        "systems": [{"client_id": "bench-cad", "name": "CAD", "scopes": ["notices:write", "notices:read", "lookups"],
+            "roles": ["ambulance-dispatcher"], "jwks": {"keys": [Value::Object(public.as_ref().clone())]}}]}]});
+    std::fs::write(dir.path().join("registry.json"), registry.to_string())?;
+    std::fs::write(dir.path().join("signing.jwk"), SigningKeyFile::generate("bench-broker", false)?.to_json())?;
+    std::fs::write(dir.path().join("data.json"), serde_json::to_string(&vpr_store::DataKeyFile::generate(false))?)?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let agreement = std::fs::canonicalize(&args.agreement)?;
+    std::fs::write(
+        dir.path().join("broker.toml"),
+        format!(
+            "config_version = 1\ndemo = true\nbenchmark_ungoverned_reads = {ungoverned}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
+             database_url = \"{database_url}\"\ndatabase_pool_size = 16\nregistry = \"registry.json\"\nagreement = \"{}\"\n\
+             [keys]\nsigning_keys = [\"signing.jwk\"]\ndata_keys = \"data.json\"\n[tokens]\naccess_token_seconds = 3600\n",
+            agreement.display()
+        ),
+    )?;
+    let child = Command::new(&args.broker)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("broker.toml"))
+        .env("VPR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.broker.display()))?;
+    let broker = Broker { child, base, key: key.jwk, _dir: dir, _pg: pg };
+    let http = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http.get(format!("{}/readyz", broker.base)).send().map(|r| r.status() != 200).unwrap_or(true) {
+        if Instant::now() > deadline {
+            bail!("broker not ready");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(broker)
+}
+
+fn token(b: &Broker) -> Result<String> {
+    let now = SystemTime::now();
+    let mut p = JwtPayload::new();
+    p.set_issuer("bench-cad");
+    p.set_subject("bench-cad");
+    p.set_audience(vec![format!("{}/oauth2/token", b.base)]);
+    p.set_expires_at(&(now + Duration::from_secs(60)));
+    p.set_jwt_id(uuid::Uuid::new_v4().to_string());
+    let assertion = jwt::encode_with_signer(&p, &JwsHeader::new(), &ES256.signer_from_jwk(&b.key)?)?;
+    let r: Value = reqwest::blocking::Client::new()
+        .post(format!("{}/oauth2/token", b.base))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", assertion.as_str()),
+        ])
+        .send()?
+        .json()?;
+    Ok(r.get("access_token").and_then(Value::as_str).context("no token")?.to_owned())
+}
+
+fn nhs(seq: u32) -> String {
+    (0..100u32)
+        .find_map(|t| {
+            let stem = format!("999{:06}", (seq * 7 + t) % 1_000_000);
+            let sum: u32 = stem.bytes().zip((2..=10).rev()).map(|(d, w)| u32::from(d - b'0') * w).sum();
+            let check = (11 - sum % 11) % 11;
+            (check != 10).then(|| format!("{stem}{check}"))
+        })
+        .unwrap_or_default()
+}
+
+fn seed(b: &Broker, token: &str, subjects: u32) -> Result<()> {
+    let http = reqwest::blocking::Client::new();
+    let today = chrono::Utc::now().date_naive();
+    for s in 0..subjects {
+        for category in ["physical-assault", "directed-verbal-abuse"] {
+            let body = json!({
+                "subject": {"person": {"nhs_number": nhs(s)}}, "category": category, "risk_level": "high",
+                "safety_advice": ["two-staff-minimum"], "incident_date": (today - chrono::Duration::days(3)).to_string(),
+                "review_date": (today + chrono::Duration::days(90)).to_string(),
+                "subject_informed": {"withheld_because": "risk to staff"}, "lawful_basis": ["UKGDPR-6-1-c", "UKGDPR-9-2-h"]
+            });
+            let r = http.post(format!("{}/v1/notices", b.base)).bearer_auth(token).json(&body).send()?;
+            if r.status() != 201 {
+                bail!("seed publish failed: {}", r.text()?);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lookup_body(seq: u32) -> String {
+    json!({"purpose": "staff-safety", "requester": {"user_id": "bench-dispatcher", "role": "ambulance-dispatcher"},
+           "context": {"reference": "INC-1"}, "subject": {"person": {"nhs_number": nhs(seq)}}})
+    .to_string()
+}
+
+struct Phase {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(idx).copied().unwrap_or(f64::NAN)
+}
+
+/// `rate = None`: closed loop, as fast as the clients go. `Some(r)`: open loop at r per second.
+fn run(args: &Args, b: &Broker, token: &str, rate: Option<u64>) -> Phase {
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(Mutex::new(0usize));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let duration = Duration::from_secs(args.seconds);
+    std::thread::scope(|s| {
+        for c in 0..args.clients {
+            let (latencies, errors, stop) = (latencies.clone(), errors.clone(), stop.clone());
+            let url = format!("{}/v1/lookups", b.base);
+            s.spawn(move || {
+                let http = reqwest::blocking::Client::new();
+                let mut mine = Vec::new();
+                let interval = rate.map(|r| Duration::from_secs_f64(args.clients as f64 / r as f64));
+                let offset = interval.map(|i| i.mul_f64(c as f64 / args.clients as f64)).unwrap_or_default();
+                let mut n: u32 = 0;
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < duration {
+                    let scheduled = match interval {
+                        Some(i) => {
+                            let at = started + offset + i * n;
+                            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                            at
+                        }
+                        None => Instant::now(),
+                    };
+                    let seq = (n * args.clients as u32 + c as u32) % args.subjects;
+                    let ok = http
+                        .post(&url)
+                        .bearer_auth(token)
+                        .header("content-type", "application/json")
+                        .body(lookup_body(seq))
+                        .send()
+                        .map(|r| r.status() == 200 && r.bytes().is_ok())
+                        .unwrap_or(false);
+                    if ok {
+                        mine.push(scheduled.elapsed().as_secs_f64() * 1000.0);
+                    } else if let Ok(mut e) = errors.lock() {
+                        *e += 1;
+                    }
+                    n += 1;
+                }
+                if let Ok(mut l) = latencies.lock() {
+                    l.extend(mine);
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let errors = errors.lock().map(|e| *e).unwrap_or_default();
+    Phase { per_second: l.len() as f64 / elapsed, p50_ms: percentile(&l, 0.5), p99_ms: percentile(&l, 0.99), errors }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !Path::new(&args.broker).exists() {
+        bail!("no broker binary at {}", args.broker.display());
+    }
+    println!(
+        "look-ups through the whole pipeline: {} client threads, {} s per phase, {} subjects x 2 notices",
+        args.clients, args.seconds, args.subjects
+    );
+    println!(
+        "{:<9} {:<11} {:>12} {:>9} {:>9} {:>8} | {:>9} {:>9} {:>9} {:>8}",
+        "backend", "mode", "max req/s", "p50 ms", "p99 ms", "errors", "rate req/s", "p50 ms", "p99 ms", "errors"
+    );
+    for backend in &args.backends {
+        let governed = start(&args, backend, false)?;
+        let ungoverned = start(&args, backend, true)?;
+        let (tg, tu) = (token(&governed)?, token(&ungoverned)?);
+        seed(&governed, &tg, args.subjects)?;
+        seed(&ungoverned, &tu, args.subjects)?;
+        // Warm both, then measure them alternately so drift on this noisy machine hits both.
+        let warm = Args { seconds: 2, ..Args::parse() };
+        run(&warm, &governed, &tg, None);
+        run(&warm, &ungoverned, &tu, None);
+        let gmax = run(&args, &governed, &tg, None);
+        let umax = run(&args, &ungoverned, &tu, None);
+        let grate = run(&args, &governed, &tg, Some(args.rate));
+        let urate = run(&args, &ungoverned, &tu, Some(args.rate));
+        for (mode, max, at_rate) in [("governed", &gmax, &grate), ("ungoverned", &umax, &urate)] {
+            println!(
+                "{:<9} {:<11} {:>12.0} {:>9.2} {:>9.2} {:>8} | {:>9.0} {:>9.2} {:>9.2} {:>8}",
+                backend,
+                mode,
+                max.per_second,
+                max.p50_ms,
+                max.p99_ms,
+                max.errors,
+                at_rate.per_second,
+                at_rate.p50_ms,
+                at_rate.p99_ms,
+                at_rate.errors
+            );
+        }
+        println!(
+            "{:<9} governed/ungoverned throughput ratio: {:.2}  (target >= 0.50); governed p99 at {} req/s: {:.2} ms (target < 10 ms)",
+            backend,
+            gmax.per_second / umax.per_second,
+            args.rate,
+            grate.p99_ms
+        );
+    }
+    Ok(())
+}
