@@ -132,7 +132,20 @@ both!(a_database_copy_reveals_no_identifier, |b: &TestBroker| {
     });
     body["advice_text"] = json!("Dog on premises.");
     assert_eq!(b.publish(&t, &body).status(), 201);
-    // Amend too, so every table holds rows about this subject.
+    // Look the subject up (with a break-glass justification that names them) and record an
+    // objection, so the audit and directive tables hold rows about this subject too.
+    let lookup = json!({"purpose": "staff-safety", "requester": {"user_id": "u1", "role": "ambulance-dispatcher"},
+        "break_glass": {"justification": "Quillerfeather collapsed at 17 Marrowbone Crescent, crew at risk"},
+        "subject": {"person": {"nhs_number": "9990000026"}}});
+    let r = b.http.post(b.url("/v1/lookups")).bearer_auth(&t).json(&lookup).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r)["results"].as_array().unwrap().len(), 1);
+    let ig = b.token("icb-ig");
+    let objection = json!({"subject": {"person": {"family_name": "Quillerfeather", "birth_date": "1971-04-05", "postcode": "ZZ99 3WZ"}},
+        "purpose": "direct-care", "status": "overridden", "evidence_reference": "IG-7",
+        "reason": "Zebedee Quillerfeather poses a risk at 17 Marrowbone Crescent", "requester": {"user_id": "ig", "role": "ig-lead"}});
+    assert_eq!(b.http.post(b.url("/v1/objections")).bearer_auth(&ig).json(&objection).send().unwrap().status(), 201);
+    assert!(b.count("audit_entries") >= 2 && b.count("subject_directives") >= 1);
     let stored = stored_bytes(b);
     assert!(!stored.is_empty());
     let haystack = String::from_utf8_lossy(&stored).to_uppercase();

@@ -170,6 +170,16 @@ both!(each_partner_type_sees_what_the_agreement_allows, |b: &TestBroker| {
     assert_eq!(crime["subject"]["person"]["nhs_number"], NHS);
     assert_eq!(crime["restricted"]["incident_reference"], "ED-77");
 
+    // ICB information governance answering a subject access request: everything, in full, but
+    // only against a request reference.
+    let (_, r) = lookup(b, "icb-ig", "ig-lead", "subject-access", by_nhs(), json!({"context": {"reference": "SAR-2026-031"}}));
+    assert_eq!(ids_of(&r), person);
+    assert!(r["results"].as_array().unwrap().iter().all(|i| i["decision"]["view"] == "full" && i["decision"]["clauses"] == json!(["SA-1"])));
+    let n = b.count("audit_entries");
+    let (_, r) = lookup(b, "icb-ig", "ig-lead", "subject-access", by_nhs(), json!({}));
+    assert_eq!(r["results"].as_array().unwrap().len(), 0);
+    assert_eq!(one_audit(b, n)["decision"], "deny");
+
     // Address (another spelling of the same line) and telephone look-ups.
     let (_, r) = lookup(
         b,
