@@ -172,9 +172,14 @@ both!(each_partner_type_sees_what_the_agreement_allows, |b: &TestBroker| {
 
     // ICB information governance answering a subject access request: everything, in full, but
     // only against a request reference.
-    let (_, r) = lookup(b, "icb-ig", "ig-lead", "subject-access", by_nhs(), json!({"context": {"reference": "SAR-2026-031"}}));
+    let (_, r) =
+        lookup(b, "icb-ig", "ig-lead", "subject-access", by_nhs(), json!({"context": {"reference": "SAR-2026-031"}}));
     assert_eq!(ids_of(&r), person);
-    assert!(r["results"].as_array().unwrap().iter().all(|i| i["decision"]["view"] == "full" && i["decision"]["clauses"] == json!(["SA-1"])));
+    assert!(r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["decision"]["view"] == "full" && i["decision"]["clauses"] == json!(["SA-1"])));
     let n = b.count("audit_entries");
     let (_, r) = lookup(b, "icb-ig", "ig-lead", "subject-access", by_nhs(), json!({}));
     assert_eq!(r["results"].as_array().unwrap().len(), 0);

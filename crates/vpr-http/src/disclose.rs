@@ -56,6 +56,20 @@ fn requester_refusal(state: &AppState, principal: &Principal, access: &AccessReq
     None
 }
 
+/// The blind indexes of a subject's identifiers, and the references the audit records for them
+/// (`kind:blind-index`, never the identifier itself).
+pub fn subject_keys(state: &AppState, subject: &vpr_domain::notice::Subject) -> (Vec<String>, Vec<String>) {
+    subject
+        .match_keys()
+        .iter()
+        .map(|(kind, value)| {
+            let blind = state.store.vault().blind_index(*kind, value);
+            let reference = format!("{}:{blind}", kind.code());
+            (blind, reference)
+        })
+        .unzip()
+}
+
 /// What the policies may know about a notice.
 pub fn facts(state: &AppState, n: &StoredNotice) -> NoticeFacts {
     let publisher_type = state

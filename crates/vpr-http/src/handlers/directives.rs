@@ -7,6 +7,7 @@ use vpr_auth::{Principal, Scope};
 use vpr_store::audit::AuditEntry;
 use vpr_store::directives::{DirectiveKind, NewDirective};
 
+use crate::disclose::subject_keys;
 use crate::error::{current_request_id, ApiError};
 use crate::handlers::read_body;
 use crate::openapi::{ConsentInputDoc, ObjectionInputDoc, ProblemDoc};
@@ -42,11 +43,10 @@ async fn record(
             "consents and objections are recorded by information governance roles only".into(),
         ));
     }
-    let keys = valid.subject.match_keys();
-    let blind: Vec<String> = keys.iter().map(|(k, v)| state.store.vault().blind_index(*k, v)).collect();
+    let (blind, subject_refs) = subject_keys(&state, &valid.subject);
     let directive = NewDirective {
         kind,
-        blind_indexes: blind.clone(),
+        blind_indexes: blind,
         purpose: input.purpose.clone(),
         status: input.status.clone(),
         evidence_reference: input.evidence_reference.clone(),
@@ -74,7 +74,7 @@ async fn record(
         context_ref: Some(input.evidence_reference.clone()),
         break_glass: false,
         justification: None,
-        subject_refs: keys.iter().zip(&blind).map(|((k, _), b)| format!("{}:{b}", k.code())).collect(),
+        subject_refs,
         decision: input.status.clone(),
         notices: vec![],
         lawful_basis: vec![],

@@ -6,7 +6,7 @@ use actix_web::{post, web, HttpRequest, HttpResponse};
 use serde_json::json;
 use vpr_auth::Scope;
 
-use crate::disclose::{govern, AccessRequest, Read};
+use crate::disclose::{govern, subject_keys, AccessRequest, Read};
 use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::openapi::{LookupInputDoc, LookupResultDoc, ProblemDoc};
@@ -45,9 +45,7 @@ pub async fn lookup(
     let st = state.clone();
     let purpose = access.purpose.clone();
     let disclosure = blocking(move || {
-        let keys = valid.subject.match_keys();
-        let blind: Vec<String> = keys.iter().map(|(k, v)| st.store.vault().blind_index(*k, v)).collect();
-        let subject_refs = keys.iter().zip(&blind).map(|((k, _), b)| format!("{}:{b}", k.code())).collect();
+        let (blind, subject_refs) = subject_keys(&st, &valid.subject);
         let mut candidates = Vec::new();
         for (id, matched) in st.store.find_by_blind_indexes(&blind)? {
             if let Some(n) = st.store.get(id)? {

@@ -292,6 +292,27 @@ pub async fn versions(
         .json(json!({ "notice_id": id, "versions": items })))
 }
 
+/// The publisher's changes share one flow: authenticate, the notice id, `If-Match`, the body
+/// validated into a change, then the store.
+async fn publisher_change(
+    state: &AppState,
+    req: &HttpRequest,
+    id: &str,
+    payload: web::Payload,
+    if_match_required: bool,
+    validate: impl FnOnce(NoticeRules, &Value) -> Result<Change, Vec<vpr_domain::FieldError>>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = authenticate(state, req, Scope::NoticesWrite)?;
+    let id = parse_id(id)?;
+    let expected = match if_match(req)? {
+        None if if_match_required => return Err(ApiError::PreconditionRequired),
+        other => other,
+    };
+    let body = json_body(req, &read_body(payload).await?)?;
+    let change_to = validate(rules(state), &body).map_err(ApiError::Validation)?;
+    change(state, &principal, id, expected, change_to).await
+}
+
 async fn change(
     state: &AppState,
     principal: &Principal,
@@ -331,12 +352,10 @@ pub async fn amend(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::NoticesWrite)?;
-    let id = parse_id(&id)?;
-    let expected = if_match(&req)?.ok_or(ApiError::PreconditionRequired)?;
-    let body = json_body(&req, &read_body(payload).await?)?;
-    let content = rules(&state).notice(&body).map_err(ApiError::Validation)?;
-    change(&state, &principal, id, Some(expected), Change::Amend(Box::new(content))).await
+    publisher_change(&state, &req, &id, payload, true, |rules, body| {
+        rules.notice(body).map(|content| Change::Amend(Box::new(content)))
+    })
+    .await
 }
 
 /// Withdraws a notice (reason required), or marks it as entered in error.
@@ -361,14 +380,11 @@ pub async fn withdraw(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::NoticesWrite)?;
-    let id = parse_id(&id)?;
-    let expected = if_match(&req)?;
-    let body = json_body(&req, &read_body(payload).await?)?;
-    let input = rules(&state).withdraw(&body).map_err(ApiError::Validation)?;
-    let reason = input.reason.trim().to_owned();
-    change(&state, &principal, id, expected, Change::Withdraw { reason, entered_in_error: input.entered_in_error })
-        .await
+    publisher_change(&state, &req, &id, payload, false, |rules, body| {
+        let input = rules.withdraw(body)?;
+        Ok(Change::Withdraw { reason: input.reason.trim().to_owned(), entered_in_error: input.entered_in_error })
+    })
+    .await
 }
 
 /// Reviews a notice: re-applies it with a new review date and a note (also revives an expired one).
@@ -393,11 +409,9 @@ pub async fn review(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::NoticesWrite)?;
-    let id = parse_id(&id)?;
-    let expected = if_match(&req)?;
-    let body = json_body(&req, &read_body(payload).await?)?;
-    let input = rules(&state).review(&body).map_err(ApiError::Validation)?;
-    let note = input.note.trim().to_owned();
-    change(&state, &principal, id, expected, Change::Review { review_date: input.review_date, note }).await
+    publisher_change(&state, &req, &id, payload, false, |rules, body| {
+        let input = rules.review(body)?;
+        Ok(Change::Review { review_date: input.review_date, note: input.note.trim().to_owned() })
+    })
+    .await
 }
