@@ -228,6 +228,44 @@ pub fn govern(
     Ok(Disclosure { audit_id: entry.id, results, refused })
 }
 
+/// Audits an authenticated read refused before any decision (bad input, e.g. no purpose), then
+/// returns the refusal. Nothing about the subject is recorded: the input was not valid.
+pub async fn refuse_unread(
+    state: &AppState,
+    principal: &Principal,
+    action: &'static str,
+    refusal: ApiError,
+) -> ApiError {
+    let entry = AuditEntry {
+        id: Uuid::new_v4(),
+        at: state.clock.now(),
+        request_id: current_request_id().unwrap_or_default(),
+        action: action.to_owned(),
+        actor_org: principal.org.as_str().to_owned(),
+        actor_org_type: principal.org_type.code().to_owned(),
+        actor_system: principal.client_id.clone(),
+        actor_user: None,
+        actor_role: None,
+        purpose: None,
+        context_ref: None,
+        break_glass: false,
+        justification: None,
+        subject_refs: vec![],
+        decision: "refused".to_owned(),
+        notices: vec![],
+        lawful_basis: vec![],
+        clauses: vec![],
+        agreement_version: state.agreement.version.clone(),
+        outcome: actix_web::ResponseError::status_code(&refusal).as_u16(),
+        ig_review: None,
+    };
+    let store = state.store.clone();
+    match crate::pipeline::blocking(move || store.append_audit(&entry).map_err(ApiError::from)).await {
+        Ok(()) => refusal,
+        Err(_) => ApiError::Unavailable("audit write failed".into()),
+    }
+}
+
 /// Shapes a notice to a view: fields outside the view are absent, not blank.
 pub fn minimise(state: &AppState, n: &StoredNotice, matched: &[String], view: View, d: &Decision) -> Value {
     let partner = state.tokens.registry().partner(&n.publisher_ods);

@@ -6,7 +6,7 @@ use actix_web::{post, web, HttpRequest, HttpResponse};
 use serde_json::json;
 use vpr_auth::Scope;
 
-use crate::disclose::{govern, subject_keys, AccessRequest, Read};
+use crate::disclose::{govern, refuse_unread, subject_keys, AccessRequest, Read};
 use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::openapi::{LookupInputDoc, LookupResultDoc, ProblemDoc};
@@ -32,8 +32,14 @@ pub async fn lookup(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&state, &req, Scope::Lookups)?;
-    let body = json_body(&req, &read_body(payload).await?)?;
-    let valid = vpr_domain::validate::lookup(&body).map_err(ApiError::Validation)?;
+    let parsed = match json_body(&req, &read_body(payload).await?) {
+        Ok(body) => vpr_domain::validate::lookup(&body).map_err(ApiError::Validation),
+        Err(e) => Err(e),
+    };
+    let valid = match parsed {
+        Ok(v) => v,
+        Err(refusal) => return Err(refuse_unread(&state, &principal, "lookup", refusal).await),
+    };
     let access = AccessRequest {
         purpose: valid.input.purpose.clone(),
         user_id: valid.input.requester.user_id.clone(),

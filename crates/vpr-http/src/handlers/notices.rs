@@ -12,7 +12,7 @@ use vpr_auth::{Principal, Scope};
 use vpr_domain::NoticeRules;
 use vpr_store::{Change, NewNotice, Published, StoredNotice};
 
-use crate::disclose::{govern, AccessRequest, Read};
+use crate::disclose::{govern, refuse_unread, AccessRequest, Read};
 use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::openapi::{
@@ -241,7 +241,10 @@ pub async fn read(
     if !principal.has(Scope::NoticesRead) {
         return Err(ApiError::InsufficientScope(Scope::NoticesRead.code()));
     }
-    let access = access_from_headers(&req)?;
+    let access = match access_from_headers(&req) {
+        Ok(a) => a,
+        Err(refusal) => return Err(refuse_unread(&state, &principal, "read", refusal).await),
+    };
     let st = state.clone();
     let now = state.clock.now();
     let disclosure = blocking(move || {
