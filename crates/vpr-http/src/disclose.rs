@@ -155,9 +155,10 @@ pub fn govern(
             role: access.role.clone(),
             system: principal.client_id.clone(),
         };
+        let ids: Vec<Uuid> = candidates.iter().map(|(n, _)| n.id).collect();
+        let states = state.store.directive_states(&ids, &access.purpose, now.date_naive())?;
         for (notice, matched) in candidates {
-            let blind = state.store.blind_indexes_of(notice.id)?;
-            let directives = state.store.directive_state(&blind, &access.purpose, now.date_naive())?;
+            let directives = states.get(&notice.id).copied().unwrap_or_default();
             let ctx = AccessContext {
                 purpose: access.purpose.clone(),
                 break_glass: access.justification.is_some(),

@@ -124,6 +124,9 @@ pub struct Agreement {
     pub break_glass: BreakGlass,
     pub(crate) policies: PolicySet,
     pub(crate) schema: Schema,
+    /// Decisions already made, by everything a clause can see except entity ids; `None` when
+    /// some clause names a particular entity, so decisions could depend on ids.
+    pub(crate) cache: Option<crate::decide::DecisionCache>,
     /// Where the ALLOW/DENY fixtures are, if named.
     pub fixtures_path: Option<PathBuf>,
 }
@@ -207,6 +210,10 @@ impl Agreement {
             audit_retention_years: file.retention.audit_years,
             withdrawn_notice_retention_years: file.retention.withdrawn_notice_years,
             break_glass: file.break_glass,
+            // A clause naming a particular entity (`Vpr::Notice::"..."`) could make a decision
+            // depend on ids, which the cache key leaves out.
+            cache: (!source.contains("Notice::\"") && !source.contains("Requester::\""))
+                .then(crate::decide::DecisionCache::default),
             policies,
             schema,
             fixtures_path: file.policies.fixtures.map(|f| base.join(f)),
@@ -216,6 +223,11 @@ impl Agreement {
     /// True if `role` is one the agreement lets users of `org_type` hold.
     pub fn role_allowed(&self, role: &str, org_type: OrgType) -> bool {
         self.roles.get(role).is_some_and(|r| r.org_types.contains(&org_type))
+    }
+
+    /// Whether decisions are memoised.
+    pub fn caches_decisions(&self) -> bool {
+        self.cache.is_some()
     }
 
     /// Number of clauses.

@@ -119,9 +119,62 @@ fn strings(items: &[String]) -> RestrictedExpression {
     RestrictedExpression::new_set(items.iter().map(|s| RestrictedExpression::new_string(s.clone())))
 }
 
+/// Memoised decisions: a decision is a pure function of the facts the clauses can see.
+#[derive(Debug, Default)]
+pub(crate) struct DecisionCache {
+    map: std::sync::RwLock<HashMap<String, Decision>>,
+}
+
+/// Bound on remembered decisions; the cache starts afresh when it is full.
+const CACHE_LIMIT: usize = 100_000;
+
+fn cache_key(who: &Requester, n: &NoticeFacts, ctx: &AccessContext) -> String {
+    let mut basis = n.lawful_basis.clone();
+    basis.sort();
+    let mut kinds = n.subject_kinds.clone();
+    kinds.sort();
+    format!(
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        who.org,
+        who.org_type.code(),
+        who.role,
+        who.system,
+        n.publisher,
+        n.publisher_type.code(),
+        n.category,
+        n.risk_level,
+        n.medical_factor_operative,
+        basis.join(","),
+        kinds.join(","),
+        n.has_crime_reference,
+        n.active,
+        ctx.purpose,
+        ctx.break_glass,
+        ctx.objection_upheld,
+        u8::from(ctx.consent_given) * 2 + u8::from(ctx.has_context_reference),
+    )
+}
+
 impl Agreement {
     /// Decides what `who` may see of `notice` in `ctx`. Evaluation errors deny.
     pub fn decide(&self, who: &Requester, notice: &NoticeFacts, ctx: &AccessContext) -> Decision {
+        let Some(cache) = &self.cache else { return self.evaluate(who, notice, ctx) };
+        let key = cache_key(who, notice, ctx);
+        if let Some(d) = cache.map.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return d;
+        }
+        let d = self.evaluate(who, notice, ctx);
+        if let Ok(mut m) = cache.map.write() {
+            if m.len() >= CACHE_LIMIT {
+                m.clear();
+            }
+            m.insert(key, d.clone());
+        }
+        d
+    }
+
+    /// Asks the clauses, without the cache.
+    pub fn evaluate(&self, who: &Requester, notice: &NoticeFacts, ctx: &AccessContext) -> Decision {
         let deny = |clauses: Vec<String>| Decision {
             permit: false,
             view: None,

@@ -92,7 +92,13 @@ pub fn replay(agreement: &Agreement, fixtures_json: &str) -> Result<usize, Polic
             consent_given: f.context.consent_given,
             has_context_reference: f.context.has_context_reference,
         };
-        let d = agreement.decide(&who, &notice, &ctx);
+        let d = agreement.evaluate(&who, &notice, &ctx);
+        // The memoised path must give the same answer, first time and from the cache.
+        for _ in 0..2 {
+            if agreement.decide(&who, &notice, &ctx) != d {
+                failures.push(format!("  #{i} {}: the cached decision differs from the evaluated one", f.name));
+            }
+        }
         let mut basis = f.expect.lawful_basis.clone();
         basis.sort();
         let mut clauses = f.expect.clauses.clone();
@@ -139,6 +145,11 @@ mod tests {
             Ok(n) => assert!(n >= 40, "only {n} fixtures"),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn the_demo_agreement_memoises_decisions() {
+        assert!(demo().caches_decisions());
     }
 
     #[test]

@@ -121,17 +121,95 @@ struct Row {
     ig_review: Option<String>,
 }
 
-impl Store {
-    /// Appends an entry durably (its own committed transaction). Nothing may be disclosed
-    /// unless this returns `Ok`.
-    pub fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
-        let justification = e
-            .justification
-            .as_deref()
-            .map(|j| self.vault().seal(j.as_bytes(), &format!("audit/{}/justification", e.id)))
-            .transpose()?;
-        let mut conn = self.conn()?;
-        write_tx(&mut conn, |conn| {
+/// One request's entry waiting for the group commit, with where to send the outcome.
+type Pending = (AuditEntry, std::sync::mpsc::SyncSender<Result<(), String>>);
+
+/// Group commit for the audit log: requests hand their entries to one writer thread, which
+/// commits everything waiting in one durable transaction and then acknowledges each. Every
+/// request still waits for its own entry to be durable; the cost of a commit (an fsync) is
+/// shared instead of paid per request.
+#[derive(Debug, Clone)]
+pub struct AuditWriter {
+    queue: std::sync::mpsc::SyncSender<Pending>,
+}
+
+/// Most entries committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+impl AuditWriter {
+    /// Starts `writers` writer threads sharing one queue: one for SQLite (it has one writer
+    /// anyway), several for PostgreSQL, so an entry arriving during a commit need not wait for
+    /// it. The threads end when the last handle is dropped.
+    pub(crate) fn start(pool: crate::db::DbPool, vault: crate::Vault, writers: usize) -> Result<Self, StoreError> {
+        let (queue, inbox) = std::sync::mpsc::sync_channel::<Pending>(4096);
+        let inbox = std::sync::Arc::new(std::sync::Mutex::new(inbox));
+        for n in 0..writers.max(1) {
+            let (pool, vault, inbox) = (pool.clone(), vault.clone(), inbox.clone());
+            std::thread::Builder::new()
+                .name(format!("audit-writer-{n}"))
+                .spawn(move || writer_loop(&pool, &vault, &inbox))
+                .map_err(|e| StoreError::Unavailable(format!("cannot start the audit writer: {e}")))?;
+        }
+        Ok(Self { queue })
+    }
+    fn append(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        let (reply, outcome) = std::sync::mpsc::sync_channel(1);
+        self.queue.send((entry, reply)).map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
+        match outcome.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(StoreError::Unavailable(format!("audit write failed: {why}"))),
+            Err(_) => Err(StoreError::Unavailable("the audit writer has stopped".into())),
+        }
+    }
+}
+
+fn writer_loop(
+    pool: &crate::db::DbPool,
+    vault: &crate::Vault,
+    inbox: &std::sync::Mutex<std::sync::mpsc::Receiver<Pending>>,
+) {
+    loop {
+        // Take what is waiting (at least one entry) while holding the queue, then commit it
+        // without holding it, so another writer can gather the next batch meanwhile.
+        let batch = {
+            let Ok(queue) = inbox.lock() else { return };
+            let Ok(first) = queue.recv() else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let entries: Vec<&AuditEntry> = batch.iter().map(|(e, _)| e).collect();
+        match write_batch(pool, vault, &entries) {
+            Ok(()) => {
+                for (_, reply) in &batch {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            // One bad entry must not fail its neighbours: retry each on its own.
+            Err(_) => {
+                for (e, reply) in &batch {
+                    let one = write_batch(pool, vault, &[e]).map_err(|err| err.to_string());
+                    let _ = reply.send(one);
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&AuditEntry]) -> Result<(), StoreError> {
+    let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    write_tx(&mut conn, |conn| {
+        for e in entries {
+            let justification = e
+                .justification
+                .as_deref()
+                .map(|j| vault.seal(j.as_bytes(), &format!("audit/{}/justification", e.id)))
+                .transpose()?;
             diesel::insert_into(ae::table)
                 .values((
                     ae::id.eq(e.id.to_string()),
@@ -157,8 +235,16 @@ impl Store {
                     ae::ig_review.eq(&e.ig_review),
                 ))
                 .execute(conn)?;
-            Ok(())
-        })
+        }
+        Ok(())
+    })
+}
+
+impl Store {
+    /// Appends an entry durably: returns only once it is committed (group commit). Nothing may
+    /// be disclosed unless this returns `Ok`.
+    pub fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        self.audit_writer.append(e.clone())
     }
 
     /// Audit entries after `after_seq`, oldest first, at most `limit`.

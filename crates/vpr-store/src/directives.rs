@@ -63,6 +63,49 @@ pub struct DirectiveState {
 }
 
 impl Store {
+    /// The directive state for each notice's subject (matched through every blind index of
+    /// the notice), for one purpose, in two queries whatever the number of notices.
+    pub fn directive_states(
+        &self,
+        notice_ids: &[uuid::Uuid],
+        purpose: &str,
+        today: NaiveDate,
+    ) -> Result<std::collections::HashMap<uuid::Uuid, DirectiveState>, StoreError> {
+        use crate::schema::notice_match_keys as mk;
+        let mut out: std::collections::HashMap<uuid::Uuid, DirectiveState> =
+            notice_ids.iter().map(|id| (*id, DirectiveState::default())).collect();
+        if notice_ids.is_empty() {
+            return Ok(out);
+        }
+        let mut conn = self.conn()?;
+        let ids: Vec<String> = notice_ids.iter().map(ToString::to_string).collect();
+        let keys: Vec<(String, String)> =
+            mk::table.filter(mk::notice_id.eq_any(&ids)).select((mk::notice_id, mk::blind_index)).load(&mut conn)?;
+        let blind: Vec<&String> = keys.iter().map(|(_, b)| b).collect();
+        // Newest first, so the first record seen per (blind index, kind) is the one in force.
+        let rows: Vec<(String, String, String)> = sd::table
+            .filter(sd::blind_index.eq_any(&blind))
+            .filter(sd::purpose.eq(purpose))
+            .filter(sd::effective_from.le(today))
+            .filter(sd::expires_on.is_null().or(sd::expires_on.ge(today)))
+            .order(sd::recorded_at.desc())
+            .select((sd::blind_index, sd::kind, sd::status))
+            .load(&mut conn)?;
+        for id in notice_ids {
+            let mine: Vec<&String> = keys.iter().filter(|(n, _)| *n == id.to_string()).map(|(_, b)| b).collect();
+            let latest = |kind: DirectiveKind| {
+                rows.iter()
+                    .find(|(b, k, _)| k == kind.code() && mine.contains(&b))
+                    .map(|(_, _, status)| status.as_str())
+            };
+            if let Some(state) = out.get_mut(id) {
+                state.consent_given = latest(DirectiveKind::Consent) == Some("given");
+                state.objection_upheld = latest(DirectiveKind::Objection) == Some("upheld");
+            }
+        }
+        Ok(out)
+    }
+
     /// Records a consent or objection; the newest record for a subject and purpose wins.
     pub fn record_directive(&self, d: &NewDirective, now: DateTime<Utc>) -> Result<Uuid, StoreError> {
         let id = Uuid::new_v4();
@@ -94,34 +137,5 @@ impl Store {
             Ok(())
         })?;
         Ok(id)
-    }
-
-    /// What is in force for any of these blind indexes and this purpose on `today`.
-    pub fn directive_state(
-        &self,
-        blind_indexes: &[String],
-        purpose: &str,
-        today: NaiveDate,
-    ) -> Result<DirectiveState, StoreError> {
-        if blind_indexes.is_empty() {
-            return Ok(DirectiveState::default());
-        }
-        let mut conn = self.conn()?;
-        let latest = |conn: &mut crate::Conn, kind: DirectiveKind| -> Result<Option<String>, StoreError> {
-            Ok(sd::table
-                .filter(sd::blind_index.eq_any(blind_indexes))
-                .filter(sd::kind.eq(kind.code()))
-                .filter(sd::purpose.eq(purpose))
-                .filter(sd::effective_from.le(today))
-                .filter(sd::expires_on.is_null().or(sd::expires_on.ge(today)))
-                .order(sd::recorded_at.desc())
-                .select(sd::status)
-                .first(conn)
-                .optional()?)
-        };
-        Ok(DirectiveState {
-            consent_given: latest(&mut conn, DirectiveKind::Consent)?.as_deref() == Some("given"),
-            objection_upheld: latest(&mut conn, DirectiveKind::Objection)?.as_deref() == Some("upheld"),
-        })
     }
 }

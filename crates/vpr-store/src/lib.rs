@@ -69,6 +69,7 @@ pub struct Store {
     pool: DbPool,
     backend: Backend,
     vault: Vault,
+    audit_writer: audit::AuditWriter,
 }
 
 impl std::fmt::Debug for Store {
@@ -81,7 +82,12 @@ impl Store {
     /// Opens the database named by `url` (`sqlite://...` or `postgres://...`).
     pub fn open(url: &str, pool_size: u32, vault: Vault) -> Result<Self, StoreError> {
         let (backend, pool) = db::open_pool(url, pool_size)?;
-        Ok(Self { pool, backend, vault })
+        let writers = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 4,
+        };
+        let audit_writer = audit::AuditWriter::start(pool.clone(), vault.clone(), writers)?;
+        Ok(Self { pool, backend, vault, audit_writer })
     }
 
     /// The backend in use.
