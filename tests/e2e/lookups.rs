@@ -326,3 +326,65 @@ both!(a_failed_audit_write_discloses_nothing, |b: &TestBroker| {
     let (status, _) = lookup(b, "amb-cad", "ambulance-dispatcher", "staff-safety", by_nhs(), json!({}));
     assert_eq!(status, 200);
 });
+
+#[test]
+fn policy_check_validates_the_demo_agreement_and_registry() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(binary())
+        .current_dir(root)
+        .args(["policy", "check", "--registry", "examples/demo-ics/registry.json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("ALLOW/DENY fixtures pass") && text.contains("fits the agreement"), "{text}");
+}
+
+#[test]
+fn the_broker_refuses_to_start_on_an_invalid_policy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["agreement.json", "vpr.cedarschema"] {
+        std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("tests")).unwrap();
+    std::fs::copy(root.join("tests/fixtures.json"), dir.path().join("tests/fixtures.json")).unwrap();
+    // One clause reads an attribute the Cedar schema does not have.
+    let broken =
+        std::fs::read_to_string(root.join("agreement.cedar")).unwrap().replace("principal.role ==", "principal.job ==");
+    std::fs::write(dir.path().join("agreement.cedar"), broken).unwrap();
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-ics/broker.toml");
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("VPR_AGREEMENT", dir.path().join("agreement.json"))
+        .env("VPR_DATABASE_URL", format!("sqlite://{}/x.db", dir.path().display()))
+        .env("VPR_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("policies are invalid"), "{err}");
+    // A fixture that no longer holds also stops the broker.
+    std::fs::copy(root.join("agreement.cedar"), dir.path().join("agreement.cedar")).unwrap();
+    let fixtures = std::fs::read_to_string(root.join("tests/fixtures.json")).unwrap().replacen(
+        "\"view\": \"summary\"",
+        "\"view\": \"full\"",
+        1,
+    );
+    std::fs::write(dir.path().join("tests/fixtures.json"), fixtures).unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("VPR_AGREEMENT", dir.path().join("agreement.json"))
+        .env("VPR_DATABASE_URL", format!("sqlite://{}/x.db", dir.path().display()))
+        .env("VPR_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fixtures failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
