@@ -6,6 +6,7 @@
 
 mod support;
 
+mod access_log;
 mod auth;
 mod durability;
 mod lookups;

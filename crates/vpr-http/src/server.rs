@@ -8,7 +8,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
 use crate::error::ApiError;
-use crate::handlers::{directives, lookups, notices, oauth, ops};
+use crate::handlers::{access_log, directives, lookups, notices, oauth, ops};
 use crate::AppState;
 
 /// Every route the broker serves. The OpenAPI document is generated from this same function.
@@ -18,6 +18,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(oauth::metadata)
         .service(notices::publish)
         .service(notices::versions)
+        .service(access_log::access_log)
         .service(notices::read)
         .service(notices::amend)
         .service(notices::withdraw)

@@ -235,6 +235,15 @@ fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&Audit
                     ae::ig_review.eq(&e.ig_review),
                 ))
                 .execute(conn)?;
+            let mut seen = std::collections::BTreeSet::new();
+            for n in e.notices.iter().filter(|n| seen.insert(n.id.as_str())) {
+                diesel::insert_into(crate::schema::audit_notice_refs::table)
+                    .values((
+                        crate::schema::audit_notice_refs::notice_id.eq(&n.id),
+                        crate::schema::audit_notice_refs::audit_id.eq(e.id.to_string()),
+                    ))
+                    .execute(conn)?;
+            }
         }
         Ok(())
     })
@@ -252,6 +261,31 @@ impl Store {
         let mut conn = self.conn()?;
         let rows: Vec<Row> =
             ae::table.filter(ae::seq.gt(after_seq)).order(ae::seq.asc()).limit(limit).load(&mut conn)?;
+        self.decode(rows)
+    }
+
+    /// The audit entries concerning one notice, newest first, before `before_seq` (for stable
+    /// paging), at most `limit`.
+    pub fn notice_access_log(
+        &self,
+        notice_id: Uuid,
+        before_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<StoredAuditEntry>, StoreError> {
+        use crate::schema::audit_notice_refs as refs;
+        let mut conn = self.conn()?;
+        let ids: Vec<String> =
+            refs::table.filter(refs::notice_id.eq(notice_id.to_string())).select(refs::audit_id).load(&mut conn)?;
+        let rows: Vec<Row> = ae::table
+            .filter(ae::id.eq_any(&ids))
+            .filter(ae::seq.lt(before_seq.unwrap_or(i64::MAX)))
+            .order(ae::seq.desc())
+            .limit(limit)
+            .load(&mut conn)?;
+        self.decode(rows)
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Vec<StoredAuditEntry>, StoreError> {
         rows.into_iter()
             .map(|r| {
                 let justification = r

@@ -54,6 +54,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_notice_refs (notice_id, audit_id) {
+        notice_id -> Text,
+        audit_id -> Text,
+    }
+}
+
 diesel::joinable!(notice_versions -> notices (notice_id));
 diesel::joinable!(notice_match_keys -> notices (notice_id));
 diesel::allow_tables_to_appear_in_same_query!(

@@ -1,5 +1,6 @@
 //! Handlers, one module per resource.
 
+pub mod access_log;
 pub mod directives;
 pub mod lookups;
 pub mod notices;

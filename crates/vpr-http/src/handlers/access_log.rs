@@ -1,0 +1,128 @@
+//! `GET /v1/notices/{id}/access-log`: the publisher, as controller, sees who accessed its notice —
+//! every decision on it, permits and refusals, newest first.
+
+use actix_web::http::header;
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+use vpr_auth::Scope;
+use vpr_store::audit::AuditEntry;
+
+use crate::error::{current_request_id, ApiError};
+use crate::openapi::ProblemDoc;
+use crate::pipeline::{authenticate, blocking};
+use crate::AppState;
+
+/// Paging: `before` is the `seq` of the last entry seen; `limit` at most 200.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Who accessed a notice, for its publisher.
+#[utoipa::path(
+    tag = "notices",
+    params(
+        ("id" = Uuid, Path, description = "Notice id"),
+        ("before" = Option<i64>, Query, description = "Return entries older than this `seq` (from `next_before`)"),
+        ("limit" = Option<i64>, Query, description = "At most this many entries (1 to 200, default 50)"),
+    ),
+    responses(
+        (status = 200, description = "Every decision on this notice, newest first: who, when, why, under which basis, what they saw", body = Object),
+        (status = 403, description = "Only the publishing organisation sees its notice's access log", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such notice", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["notices:write"]))
+)]
+#[get("/v1/notices/{id}/access-log")]
+pub async fn access_log(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = authenticate(&state, &req, Scope::NoticesWrite)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("no notice has this id".into()))?;
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::Validation(vec![vpr_domain::FieldError::new(
+            "",
+            "limit-range",
+            "`limit` must be 1 to 200",
+        )]));
+    }
+    let st = state.clone();
+    let now = state.clock.now();
+    let before = page.before;
+    let entries = blocking(move || {
+        let notice = st.store.get(id)?.ok_or(vpr_store::StoreError::NotFound)?;
+        if notice.publisher_ods != principal.org.as_str() {
+            return Err(ApiError::Forbidden("only the publishing organisation sees a notice's access log".into()));
+        }
+        let entries = st.store.notice_access_log(id, before, limit)?;
+        // Reading who saw personal data is itself recorded.
+        let audit = AuditEntry {
+            id: Uuid::new_v4(),
+            at: now,
+            request_id: current_request_id().unwrap_or_default(),
+            action: "access-log".into(),
+            actor_org: principal.org.as_str().to_owned(),
+            actor_org_type: principal.org_type.code().to_owned(),
+            actor_system: principal.client_id.clone(),
+            actor_user: None,
+            actor_role: None,
+            purpose: Some("vpr-management".into()),
+            context_ref: Some(id.to_string()),
+            break_glass: false,
+            justification: None,
+            subject_refs: vec![],
+            decision: "permit".into(),
+            notices: vec![],
+            lawful_basis: vec![],
+            clauses: vec![],
+            agreement_version: st.agreement.version.clone(),
+            outcome: 200,
+            ig_review: None,
+        };
+        st.store.append_audit(&audit).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok(entries)
+    })
+    .await?;
+    let registry = state.tokens.registry();
+    let notice_id = id.to_string();
+    let items: Vec<Value> = entries
+        .iter()
+        .map(|s| {
+            let e = &s.entry;
+            let this = e.notices.iter().find(|n| n.id == notice_id);
+            let org = registry.partner(&e.actor_org);
+            json!({
+                "seq": s.seq,
+                "at": e.at,
+                "request_id": e.request_id,
+                "action": e.action,
+                "organisation": {"ods_code": e.actor_org, "name": org.map(|p| p.name.as_str()), "type": e.actor_org_type},
+                "system": e.actor_system,
+                "user": e.actor_user,
+                "role": e.actor_role,
+                "purpose": e.purpose,
+                "context_reference": e.context_ref,
+                "break_glass": e.break_glass,
+                "break_glass_justification": e.justification,
+                "decision": this.map(|n| n.decision.as_str()),
+                "view": this.and_then(|n| n.view.as_deref()),
+                "restricted": this.map(|n| n.restricted),
+                "version": this.map(|n| n.version),
+                "lawful_basis": this.map(|n| n.lawful_basis.clone()),
+                "clauses": this.map(|n| n.clauses.clone()),
+                "agreement_version": e.agreement_version,
+            })
+        })
+        .collect();
+    let next_before = (items.len() as i64 == limit).then(|| entries.last().map(|s| s.seq)).flatten();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "notice_id": id, "entries": items, "next_before": next_before })))
+}
