@@ -50,6 +50,23 @@ enum Command {
     /// Check the data-sharing agreement.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Work with the disclosure audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Verify the audit log offline: every entry against its seal, every signed checkpoint
+    /// against the rebuilt tree. Needs no running broker and no data keys.
+    Verify {
+        /// The database (`sqlite://...` or `postgres://...`).
+        #[arg(long, env = "VPR_DATABASE_URL")]
+        database: String,
+        /// The broker's public keys: a JWKS file (a saved copy of `/.well-known/jwks.json`).
+        #[arg(long)]
+        jwks: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -234,6 +251,7 @@ async fn serve(cfg: Config) -> Result<()> {
         openapi: Arc::new(vpr_http::openapi::build()),
     };
     tracing::info!(database = state.store.backend().name(), public_url = %cfg.public_url, "vpr-broker starting");
+    let sealer = tokio::spawn(vpr_http::tasks::seal_audit(state.clone(), Duration::from_secs(1)));
     let expiry = tokio::spawn(vpr_http::tasks::expire_notices(
         state.clone(),
         Duration::from_secs(cfg.notices.expiry_check_seconds),
@@ -241,6 +259,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     vpr_http::run(state, &cfg.listen, workers, Duration::from_secs(cfg.shutdown_grace_seconds)).await?;
     expiry.abort();
+    sealer.abort();
     tracing::info!("vpr-broker stopped");
     Ok(())
 }
@@ -308,6 +327,40 @@ fn dispatch(cli: Cli) -> Result<()> {
                 println!("registry {} fits the agreement", r.display());
             }
             Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { database, jwks }) => {
+            let jwks: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&jwks).with_context(|| format!("cannot read `{}`", jwks.display()))?,
+            )
+            .context("the JWKS is not JSON")?;
+            // Verification reads stored bytes only (it never decrypts) over one plain connection.
+            let mut conn = vpr_store::seal::connect(&database)?;
+            let started = std::time::Instant::now();
+            let report = vpr_store::seal::verify_audit(&mut conn, &|jws| {
+                let (size, root) = vpr_auth::keys::open_checkpoint(&jwks, jws)?;
+                let hash = vpr_audit::parse_hash(&root).ok_or("the root hash is not hex")?;
+                Ok((size, hash))
+            })?;
+            println!(
+                "{} sealed entries, {} pending, {} signed checkpoints checked in {:.2}s",
+                report.entries,
+                report.unsealed,
+                report.checkpoints,
+                started.elapsed().as_secs_f64()
+            );
+            if report.problems.is_empty() {
+                println!("the audit log verifies");
+                Ok(())
+            } else {
+                for p in &report.problems {
+                    println!("PROBLEM: {p}");
+                }
+                bail!(
+                    "the audit log does not verify: {} problem(s), first: {}",
+                    report.problems.len(),
+                    report.problems.first().cloned().unwrap_or_default()
+                )
+            }
         }
         Command::Keys(KeysCommand::Data { out, demo_only }) => {
             write_new(&out, &serde_json::to_string_pretty(&DataKeyFile::generate(demo_only))?)?;

@@ -7,6 +7,7 @@
 mod support;
 
 mod access_log;
+mod audit;
 mod auth;
 mod durability;
 mod lookups;

@@ -54,9 +54,7 @@ both!(openapi_describes_exactly_what_is_served, |b: &TestBroker| {
     assert_eq!(doc["components"]["schemas"]["NoticeInput"]["properties"], notice["properties"]);
 });
 
-#[test]
-fn graceful_shutdown_finishes_in_flight_requests() {
-    let Some(b) = TestBroker::start(Backend::Sqlite) else { return };
+both!(graceful_shutdown_finishes_in_flight_requests, |b: &TestBroker| {
     let t = b.token("amb-cad");
     // One connection per request, so a failure is about this request, not a pooled connection.
     let http = reqwest::blocking::Client::builder().pool_max_idle_per_host(0).build().unwrap();
@@ -115,4 +113,4 @@ fn graceful_shutdown_finishes_in_flight_requests() {
         assert_eq!(r.status(), 201, "request {key} ({why}) was processed but its response was lost");
     }
     assert_eq!(b.count("notices") as usize, completed + failed.len(), "exactly once after retries");
-}
+});

@@ -207,6 +207,19 @@ impl Frontier {
         self.size += 1;
     }
 
+    /// The frontier as (size, [(height, hash)]), to persist it.
+    pub fn to_parts(&self) -> (u64, Vec<(u32, Hash)>) {
+        (self.size, self.nodes.clone())
+    }
+
+    /// Restores a frontier saved with [`Frontier::to_parts`]; `None` if the parts are not a
+    /// frontier of a tree of that size.
+    pub fn from_parts(size: u64, nodes: Vec<(u32, Hash)>) -> Option<Self> {
+        let total: u64 = nodes.iter().try_fold(0u64, |acc, (h, _)| acc.checked_add(1u64.checked_shl(*h)?))?;
+        let decreasing = nodes.windows(2).all(|w| matches!(w, [a, b] if a.0 > b.0));
+        (total == size && decreasing).then_some(Self { size, nodes })
+    }
+
     /// The tree head (MTH) of everything pushed.
     pub fn root(&self) -> Hash {
         let mut iter = self.nodes.iter().rev();
@@ -247,6 +260,17 @@ mod tests {
             f.push(*l);
             assert_eq!(f.root(), root(&all[..=i]), "size {}", i + 1);
         }
+    }
+
+    #[test]
+    fn frontier_round_trips_through_its_parts() {
+        let mut f = Frontier::default();
+        for l in leaves(13) {
+            f.push(l);
+        }
+        let (size, nodes) = f.to_parts();
+        assert_eq!(Frontier::from_parts(size, nodes.clone()), Some(f.clone()));
+        assert_eq!(Frontier::from_parts(size + 1, nodes), None);
     }
 
     #[test]

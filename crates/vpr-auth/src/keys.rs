@@ -125,3 +125,43 @@ impl BrokerKeys {
         serde_json::json!({ "keys": keys })
     }
 }
+
+/// The JWS `typ` of signed audit checkpoints.
+pub const CHECKPOINT_TYP: &str = "vpr-checkpoint+jws";
+
+impl BrokerKeys {
+    /// Signs an audit checkpoint: the tree size and hex root hash, and when.
+    pub fn sign_checkpoint(&self, tree_size: i64, root_hex: &str, signed_at: &str) -> Result<String, AuthError> {
+        let payload = serde_json::json!({"log": "vpr-broker audit", "tree_size": tree_size, "root_hash": root_hex, "signed_at": signed_at});
+        let mut header = josekit::jws::JwsHeader::new();
+        header.set_token_type(CHECKPOINT_TYP);
+        josekit::jws::serialize_compact(payload.to_string().as_bytes(), &header, self.signer())
+            .map_err(|e| AuthError::Config(format!("cannot sign checkpoint: {e}")))
+    }
+}
+
+/// Verifies a checkpoint against a JWKS (the broker's published keys, or a copy held offline)
+/// and returns its tree size and hex root hash.
+pub fn open_checkpoint(jwks: &Value, jws: &str) -> Result<(i64, String), String> {
+    let keys = jwks.get("keys").and_then(Value::as_array).ok_or("the JWKS has no keys")?;
+    let mut verifiers = Vec::new();
+    for k in keys {
+        let map = k.as_object().cloned().ok_or("a JWKS key is not an object")?;
+        let jwk = Jwk::from_map(map).map_err(|e| e.to_string())?;
+        let kid = jwk.key_id().unwrap_or_default().to_owned();
+        verifiers.push((kid, EcdsaJwsAlgorithm::Es256.verifier_from_jwk(&jwk).map_err(|e| e.to_string())?));
+    }
+    let (payload, header) = josekit::jws::deserialize_compact_with_selector(jws, |h| {
+        Ok(h.key_id()
+            .and_then(|kid| verifiers.iter().find(|(k, _)| k == kid))
+            .map(|(_, v)| v as &dyn josekit::jws::JwsVerifier))
+    })
+    .map_err(|_| "signature does not verify against the broker's keys".to_owned())?;
+    if header.token_type() != Some(CHECKPOINT_TYP) {
+        return Err("not an audit checkpoint".into());
+    }
+    let body: Value = serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
+    let size = body.get("tree_size").and_then(Value::as_i64).ok_or("no tree_size")?;
+    let root = body.get("root_hash").and_then(Value::as_str).ok_or("no root_hash")?;
+    Ok((size, root.to_owned()))
+}

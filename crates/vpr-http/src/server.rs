@@ -29,7 +29,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(ops::healthz)
         .service(ops::readyz)
         .service(ops::metrics)
-        .service(ops::openapi);
+        .service(ops::openapi)
+        .service(ops::latest_checkpoint);
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {

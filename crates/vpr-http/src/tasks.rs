@@ -26,3 +26,36 @@ pub async fn expire_notices(state: AppState, every: Duration) {
         }
     }
 }
+
+/// Seals committed audit entries into the Merkle tree and signs a checkpoint, every `every`
+/// while entries arrive. Safe on several replicas (the store takes a lock).
+pub async fn seal_audit(state: AppState, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let now = state.clock.now();
+        let result = tokio::task::spawn_blocking(move || {
+            let keys = st.tokens.keys();
+            let sign = |size: i64, root: &[u8; 32], at: chrono::DateTime<chrono::Utc>| {
+                keys.sign_checkpoint(size, &vpr_audit::hex(root), &at.to_rfc3339()).map_err(|e| e.to_string())
+            };
+            // Keep sealing until caught up, in bounded batches.
+            let mut last = None;
+            while let Some(cp) = st.store.seal_pending(10_000, now, &sign)? {
+                last = Some(cp);
+            }
+            Ok::<_, vpr_store::StoreError>(last)
+        })
+        .await;
+        match result {
+            Ok(Ok(Some(cp))) => {
+                tracing::debug!(tree_size = cp.tree_size, root = %cp.root_hash, "audit checkpoint signed")
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "audit sealing failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "audit sealing panicked"),
+        }
+    }
+}

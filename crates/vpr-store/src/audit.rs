@@ -119,6 +119,8 @@ struct Row {
     agreement_version: String,
     outcome: i32,
     ig_review: Option<String>,
+    leaf_index: Option<i64>,
+    leaf_hash: Option<String>,
 }
 
 /// One request's entry waiting for the group commit, with where to send the outcome.
@@ -130,7 +132,11 @@ type Pending = (AuditEntry, std::sync::mpsc::SyncSender<Result<(), String>>);
 /// shared instead of paid per request.
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
-    queue: std::sync::mpsc::SyncSender<Pending>,
+    /// Started on the first append, so read-only uses (e.g. `audit verify`) start no threads.
+    queue: std::sync::Arc<std::sync::Mutex<Option<std::sync::mpsc::SyncSender<Pending>>>>,
+    pool: crate::db::DbPool,
+    vault: crate::Vault,
+    writers: usize,
 }
 
 /// Most entries committed in one transaction.
@@ -140,7 +146,15 @@ impl AuditWriter {
     /// Starts `writers` writer threads sharing one queue: one for SQLite (it has one writer
     /// anyway), several for PostgreSQL, so an entry arriving during a commit need not wait for
     /// it. The threads end when the last handle is dropped.
-    pub(crate) fn start(pool: crate::db::DbPool, vault: crate::Vault, writers: usize) -> Result<Self, StoreError> {
+    pub(crate) fn new(pool: crate::db::DbPool, vault: crate::Vault, writers: usize) -> Self {
+        Self { queue: std::sync::Arc::new(std::sync::Mutex::new(None)), pool, vault, writers }
+    }
+
+    fn start(
+        pool: &crate::db::DbPool,
+        vault: &crate::Vault,
+        writers: usize,
+    ) -> Result<std::sync::mpsc::SyncSender<Pending>, StoreError> {
         let (queue, inbox) = std::sync::mpsc::sync_channel::<Pending>(4096);
         let inbox = std::sync::Arc::new(std::sync::Mutex::new(inbox));
         for n in 0..writers.max(1) {
@@ -150,11 +164,22 @@ impl AuditWriter {
                 .spawn(move || writer_loop(&pool, &vault, &inbox))
                 .map_err(|e| StoreError::Unavailable(format!("cannot start the audit writer: {e}")))?;
         }
-        Ok(Self { queue })
+        Ok(queue)
     }
     fn append(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        let queue = {
+            let mut guard = self.queue.lock().map_err(|_| StoreError::Unavailable("the audit writer failed".into()))?;
+            match guard.as_ref() {
+                Some(q) => q.clone(),
+                None => {
+                    let q = Self::start(&self.pool, &self.vault, self.writers)?;
+                    *guard = Some(q.clone());
+                    q
+                }
+            }
+        };
         let (reply, outcome) = std::sync::mpsc::sync_channel(1);
-        self.queue.send((entry, reply)).map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
+        queue.send((entry, reply)).map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
         match outcome.recv() {
             Ok(Ok(())) => Ok(()),
             Ok(Err(why)) => Err(StoreError::Unavailable(format!("audit write failed: {why}"))),

@@ -8,6 +8,7 @@ pub mod db;
 pub mod directives;
 pub mod notices;
 pub mod schema;
+pub mod seal;
 pub mod testdb;
 pub mod tokens;
 pub mod vault;
@@ -86,7 +87,7 @@ impl Store {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,
         };
-        let audit_writer = audit::AuditWriter::start(pool.clone(), vault.clone(), writers)?;
+        let audit_writer = audit::AuditWriter::new(pool.clone(), vault.clone(), writers);
         Ok(Self { pool, backend, vault, audit_writer })
     }
 

@@ -112,5 +112,24 @@ diesel::table! {
         agreement_version -> Text,
         outcome -> Integer,
         ig_review -> Nullable<Text>,
+        leaf_index -> Nullable<BigInt>,
+        leaf_hash -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    audit_checkpoints (tree_size) {
+        tree_size -> BigInt,
+        root_hash -> Text,
+        signed_at -> Timestamp,
+        jws -> Text,
+    }
+}
+
+diesel::table! {
+    audit_seal_state (id) {
+        id -> Integer,
+        tree_size -> BigInt,
+        frontier -> Text,
     }
 }

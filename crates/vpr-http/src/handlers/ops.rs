@@ -40,3 +40,17 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.openapi.as_ref())
 }
+
+/// The newest signed audit checkpoint (tree size and root hash, signed by the broker as JWS).
+/// Anyone holding an older checkpoint can check that the log only grew.
+#[utoipa::path(tag = "audit", responses(
+    (status = 200, description = "The newest checkpoint", body = Object),
+    (status = 404, description = "Nothing sealed yet", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+))]
+#[get("/v1/audit/checkpoints/latest")]
+pub async fn latest_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let cp = blocking(move || store.latest_checkpoint().map_err(ApiError::from)).await?;
+    let cp = cp.ok_or_else(|| ApiError::NotFound("no audit entry has been sealed yet".into()))?;
+    Ok(HttpResponse::Ok().insert_header(("cache-control", "no-store")).json(cp))
+}
