@@ -92,3 +92,122 @@ both!(audit_verify_catches_every_kind_of_tampering, |b: &TestBroker| {
         restore();
     }
 });
+
+/// An independent RFC 9162 verifier: recursive reconstruction from the tree's definition,
+/// sharing nothing with the broker's code but the hash rules (0x00 leaf / 0x01 node prefix).
+mod independent {
+    use sha2::{Digest, Sha256};
+
+    pub type H = [u8; 32];
+
+    pub fn node(l: &H, r: &H) -> H {
+        let mut h = Sha256::new();
+        h.update([1u8]);
+        h.update(l);
+        h.update(r);
+        h.finalize().into()
+    }
+
+    fn split(n: u64) -> u64 {
+        let mut k = 1;
+        while k * 2 < n {
+            k *= 2;
+        }
+        k
+    }
+
+    /// The root implied by a leaf and its audit path (leaf first), or None if the path has the
+    /// wrong length for the tree.
+    pub fn root_from_inclusion(index: u64, size: u64, leaf: H, path: &[H]) -> Option<H> {
+        if size == 1 {
+            return path.is_empty().then_some(leaf);
+        }
+        let (top, rest) = path.split_last()?;
+        let k = split(size);
+        if index < k {
+            Some(node(&root_from_inclusion(index, k, leaf, rest)?, top))
+        } else {
+            Some(node(top, &root_from_inclusion(index - k, size - k, leaf, rest)?))
+        }
+    }
+
+    /// Rebuilds (old root, new root) from a consistency proof, outermost level last.
+    fn rebuild(m: u64, n: u64, whole: bool, proof: &mut Vec<H>, old_root: H) -> Option<(H, H)> {
+        if m == n {
+            return if whole {
+                Some((old_root, old_root))
+            } else {
+                let h = proof.pop()?;
+                Some((h, h))
+            };
+        }
+        let k = split(n);
+        let sibling = proof.pop()?;
+        if m <= k {
+            let (old, new) = rebuild(m, k, whole, proof, old_root)?;
+            Some((old, node(&new, &sibling)))
+        } else {
+            let (old, new) = rebuild(m - k, n - k, false, proof, old_root)?;
+            Some((node(&sibling, &old), node(&sibling, &new)))
+        }
+    }
+
+    pub fn consistent(m: u64, n: u64, old_root: H, new_root: H, proof: &[H]) -> bool {
+        let mut p = proof.to_vec();
+        matches!(rebuild(m, n, true, &mut p, old_root), Some((o, nw)) if p.is_empty() && o == old_root && nw == new_root)
+    }
+
+    pub fn unhex(s: &str) -> H {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+}
+
+both!(proofs_check_out_with_an_independent_verifier, |b: &TestBroker| {
+    use independent::*;
+    let t = b.token("amb-cad");
+    let lookup = json!({"purpose": "staff-safety", "requester": {"user_id": "u", "role": "ambulance-dispatcher"},
+        "subject": {"telephone": "07700 900999"}});
+    let jwks: serde_json::Value = json_of(b.http.get(b.url("/.well-known/jwks.json")).send().unwrap());
+    let key = josekit::jwk::Jwk::from_map(jwks["keys"][0].as_object().unwrap().clone()).unwrap();
+    let verifier = josekit::jws::ES256.verifier_from_jwk(&key).unwrap();
+    // Make `count` entries, wait for a checkpoint covering them, and check its signature.
+    let grow_to = |count: i64| {
+        while b.count("audit_entries") < count {
+            assert_eq!(b.http.post(b.url("/v1/lookups")).bearer_auth(&t).json(&lookup).send().unwrap().status(), 200);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let cp =
+                json_of(b.http.get(b.url("/v1/audit/checkpoints/latest")).send().unwrap_or_else(|e| panic!("{e}")));
+            if cp["tree_size"].as_i64() == Some(count) {
+                let (payload, _) = josekit::jws::deserialize_compact(cp["jws"].as_str().unwrap(), &verifier).unwrap();
+                let signed: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                assert_eq!(signed["tree_size"], count);
+                assert_eq!(signed["root_hash"], cp["root_hash"]);
+                return unhex(cp["root_hash"].as_str().unwrap());
+            }
+            assert!(Instant::now() < deadline, "no checkpoint at {count}: {cp}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let old_root = grow_to(11);
+    let new_root = grow_to(27);
+    // Every entry's inclusion in the newer tree.
+    for i in 0..27u64 {
+        let p = json_of(b.get(&t, &format!("/v1/audit/proofs/inclusion?leaf_index={i}&tree_size=27")));
+        let path: Vec<H> = p["audit_path"].as_array().unwrap().iter().map(|h| unhex(h.as_str().unwrap())).collect();
+        let leaf = unhex(p["leaf_hash"].as_str().unwrap());
+        assert_eq!(root_from_inclusion(i, 27, leaf, &path), Some(new_root), "leaf {i}");
+        assert_ne!(root_from_inclusion(i, 27, node(&leaf, &leaf), &path), Some(new_root));
+    }
+    // The newer tree extends the older one.
+    let p = json_of(b.get(&t, "/v1/audit/proofs/consistency?first=11&second=27"));
+    let proof: Vec<H> = p["consistency_path"].as_array().unwrap().iter().map(|h| unhex(h.as_str().unwrap())).collect();
+    assert!(consistent(11, 27, old_root, new_root, &proof));
+    assert!(!consistent(11, 27, node(&old_root, &old_root), new_root, &proof), "a different history is not consistent");
+    assert_eq!(b.get(&t, "/v1/audit/proofs/consistency?first=11&second=999").status(), 422);
+});

@@ -8,7 +8,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
 use crate::error::ApiError;
-use crate::handlers::{access_log, directives, lookups, notices, oauth, ops};
+use crate::handlers::{access_log, audit_proofs, directives, lookups, notices, oauth, ops};
 use crate::AppState;
 
 /// Every route the broker serves. The OpenAPI document is generated from this same function.
@@ -30,7 +30,9 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(ops::readyz)
         .service(ops::metrics)
         .service(ops::openapi)
-        .service(ops::latest_checkpoint);
+        .service(ops::latest_checkpoint)
+        .service(audit_proofs::inclusion)
+        .service(audit_proofs::consistency);
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {

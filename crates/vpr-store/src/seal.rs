@@ -232,6 +232,23 @@ impl Store {
         })
     }
 
+    /// The stored leaf hashes of the first `size` sealed entries, in tree order.
+    pub fn leaf_hashes(&self, size: i64) -> Result<Vec<Hash>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<Option<String>> = ae::table
+            .filter(ae::leaf_index.is_not_null())
+            .filter(ae::leaf_index.lt(size))
+            .order(ae::leaf_index.asc())
+            .select(ae::leaf_hash)
+            .load(&mut conn)?;
+        if i64::try_from(rows.len()).ok() != Some(size) {
+            return Err(StoreError::NotFound);
+        }
+        rows.iter()
+            .map(|h| h.as_deref().and_then(parse_hash).ok_or_else(|| StoreError::Corrupt("bad leaf hash".into())))
+            .collect()
+    }
+
     /// The newest checkpoint.
     pub fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         let mut conn = self.conn()?;

@@ -1,6 +1,7 @@
 //! Handlers, one module per resource.
 
 pub mod access_log;
+pub mod audit_proofs;
 pub mod directives;
 pub mod lookups;
 pub mod notices;
