@@ -20,6 +20,27 @@ use serde_json::{json, Value};
 use vpr_auth::SigningKeyFile;
 
 #[derive(Parser, Debug)]
+enum Bench {
+    /// Governed against ungoverned look-ups through real brokers.
+    Lookups(Args),
+    /// Audit log: durable appends per second, sealing per second, and `audit verify` time.
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditArgs {
+    /// Backends to measure.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<String>,
+    /// Entries to write, seal and verify.
+    #[arg(long, default_value_t = 1_000_000)]
+    entries: u64,
+    /// Writer threads appending entries.
+    #[arg(long, default_value_t = 32)]
+    threads: u64,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 struct Args {
     /// The broker binary (build it with --release).
     #[arg(long)]
@@ -245,7 +266,114 @@ fn run(args: &Args, b: &Broker, token: &str, rate: Option<u64>) -> Phase {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    match Bench::parse() {
+        Bench::Lookups(args) => lookups(args),
+        Bench::Audit(args) => audit(args),
+    }
+}
+
+fn audit(args: AuditArgs) -> Result<()> {
+    use vpr_store::audit::{AuditEntry, AuditedNotice};
+    println!("audit log: {} entries, {} appending threads", args.entries, args.threads);
+    println!("{:<9} {:>16} {:>16} {:>14}", "backend", "appends/s", "sealed/s", "verify s");
+    let keys = vpr_auth::BrokerKeys::new(&[SigningKeyFile::generate("bench-seal", false)?])?;
+    let jwks = keys.jwks();
+    for backend in &args.backends {
+        let dir = tempfile::tempdir()?;
+        let mut pg = None;
+        let url = match backend.as_str() {
+            "sqlite" => format!("sqlite://{}/audit.db", dir.path().display()),
+            "postgres" => {
+                let db = vpr_store::testdb::fresh_postgres().context("PostgreSQL is not reachable")?;
+                let url = db.url.clone();
+                pg = Some(db);
+                url
+            }
+            other => bail!("unknown backend `{other}`"),
+        };
+        let store = vpr_store::Store::open(&url, 40, vpr_store::Vault::new(&vpr_store::DataKeyFile::generate(false))?)?;
+        store.migrate()?;
+        let entry = |n: u64| AuditEntry {
+            id: uuid::Uuid::new_v4(),
+            at: chrono::Utc::now(),
+            request_id: format!("req-{n}"),
+            action: "lookup".into(),
+            actor_org: "XAM01".into(),
+            actor_org_type: "ambulance-trust".into(),
+            actor_system: "bench-cad".into(),
+            actor_user: Some("dispatcher-1".into()),
+            actor_role: Some("ambulance-dispatcher".into()),
+            purpose: Some("staff-safety".into()),
+            context_ref: Some("INC-1".into()),
+            break_glass: false,
+            justification: None,
+            subject_refs: vec![format!("nhs-number:{n:064x}")],
+            decision: "permit".into(),
+            notices: vec![AuditedNotice {
+                id: uuid::Uuid::new_v4().to_string(),
+                version: 1,
+                decision: "permit".into(),
+                view: Some("summary".into()),
+                restricted: false,
+                lawful_basis: vec!["UKGDPR-6-1-c".into(), "UKGDPR-9-2-h".into()],
+                clauses: vec!["SS-1".into()],
+            }],
+            lawful_basis: vec!["UKGDPR-6-1-c".into(), "UKGDPR-9-2-h".into()],
+            clauses: vec!["SS-1".into()],
+            agreement_version: "bench".into(),
+            outcome: 200,
+            ig_review: None,
+        };
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..args.threads {
+                let (store, entry) = (&store, &entry);
+                let per = args.entries / args.threads + u64::from(t < args.entries % args.threads);
+                s.spawn(move || {
+                    for n in 0..per {
+                        if let Err(e) = store.append_audit(&entry(t * 1_000_000_000 + n)) {
+                            eprintln!("append failed: {e}");
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let appends = args.entries as f64 / started.elapsed().as_secs_f64();
+        let sign = |size: i64, root: &[u8; 32], at: chrono::DateTime<chrono::Utc>| {
+            keys.sign_checkpoint(size, &vpr_audit::hex(root), &at.to_rfc3339()).map_err(|e| e.to_string())
+        };
+        let started = Instant::now();
+        let mut sealed = 0;
+        while let Some(cp) = store.seal_pending(10_000, chrono::Utc::now(), &sign)? {
+            sealed = cp.tree_size;
+        }
+        let sealing = sealed as f64 / started.elapsed().as_secs_f64();
+        let mut conn = vpr_store::seal::connect(&url)?;
+        let started = Instant::now();
+        let report = vpr_store::seal::verify_audit(&mut conn, &|jws| {
+            let (size, root) = vpr_auth::keys::open_checkpoint(&jwks, jws)?;
+            Ok((size, vpr_audit::parse_hash(&root).ok_or("bad root")?))
+        })?;
+        let verify = started.elapsed().as_secs_f64();
+        if !report.problems.is_empty() || report.entries != args.entries {
+            bail!("verification failed: {:?}", report.problems.first());
+        }
+        println!("{backend:<9} {appends:>16.0} {sealing:>16.0} {verify:>14.2}");
+        println!(
+            "{backend:<9} targets: sealing >= 5000/s ({}), verify of {} entries {:.2} s (target < 10 s for 1,000,000)",
+            if sealing >= 5000.0 { "met" } else { "MISSED" },
+            args.entries,
+            verify
+        );
+        drop(conn);
+        drop(store);
+        drop(pg);
+    }
+    Ok(())
+}
+
+fn lookups(args: Args) -> Result<()> {
     if !Path::new(&args.broker).exists() {
         bail!("no broker binary at {}", args.broker.display());
     }
@@ -264,7 +392,7 @@ fn main() -> Result<()> {
         seed(&governed, &tg, args.subjects)?;
         seed(&ungoverned, &tu, args.subjects)?;
         // Warm both, then measure them alternately so drift on this noisy machine hits both.
-        let warm = Args { seconds: 2, ..Args::parse() };
+        let warm = Args { seconds: 2, ..args.clone() };
         run(&warm, &governed, &tg, None);
         run(&warm, &ungoverned, &tu, None);
         let gmax = run(&args, &governed, &tg, None);
