@@ -211,3 +211,76 @@ both!(proofs_check_out_with_an_independent_verifier, |b: &TestBroker| {
     assert!(!consistent(11, 27, node(&old_root, &old_root), new_root, &proof), "a different history is not consistent");
     assert_eq!(b.get(&t, "/v1/audit/proofs/consistency?first=11&second=999").status(), 422);
 });
+
+both!(break_glass_accesses_wait_for_ig_review, |b: &TestBroker| {
+    let amb = b.token("amb-cad");
+    assert_eq!(b.publish(&amb, &person_notice("9990000018")).status(), 201);
+    let emergency = json!({"purpose": "direct-care", "requester": {"user_id": "ed-doc-3", "role": "ed-clinician"},
+        "break_glass": {"justification": "unconscious patient, violent on arrival last week per crew"},
+        "subject": {"person": {"nhs_number": "9990000018"}}});
+    assert_eq!(
+        b.http.post(b.url("/v1/lookups")).bearer_auth(b.token("acute-ed")).json(&emergency).send().unwrap().status(),
+        200
+    );
+    let ig = b.token("icb-ig");
+    let queue = |status: &str| {
+        b.http
+            .get(b.url(&format!("/v1/audit/break-glass?status={status}")))
+            .bearer_auth(&ig)
+            .header("VPR-User-Id", "ig-1")
+            .header("VPR-User-Role", "ig-lead")
+            .send()
+            .unwrap()
+    };
+    let pending = json_of(queue("pending"));
+    let entries = pending["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["justification"], "unconscious patient, violent on arrival last week per crew");
+    assert_eq!(
+        (entries[0]["organisation"].as_str(), entries[0]["role"].as_str()),
+        (Some("XAC01"), Some("ed-clinician"))
+    );
+    let audit_id = entries[0]["audit_id"].as_str().unwrap().to_owned();
+    let review = |body: serde_json::Value| {
+        b.http
+            .post(b.url(&format!("/v1/audit/break-glass/{audit_id}/review")))
+            .bearer_auth(&ig)
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    let outcome = json!({"outcome": "appropriate", "note": "emergency confirmed with the ED consultant", "reviewer": {"user_id": "ig-1", "role": "ig-lead"}});
+    assert_eq!(
+        review(json!({"outcome": "fine", "note": "x", "reviewer": {"user_id": "ig-1", "role": "ig-lead"}})).status(),
+        422
+    );
+    assert_eq!(review(outcome.clone()).status(), 200);
+    assert_eq!(b.last_audit()["action"], "break-glass-review");
+    assert_eq!(review(outcome).status(), 409, "already reviewed");
+    assert_eq!(json_of(queue("pending"))["entries"].as_array().unwrap().len(), 0);
+    assert_eq!(json_of(queue("appropriate"))["entries"].as_array().unwrap().len(), 1);
+    // Only IG roles: the ambulance trust holds no audit scope; a GP role is refused.
+    assert_eq!(b.http.get(b.url("/v1/audit/break-glass")).bearer_auth(&amb).send().unwrap().status(), 403);
+    let r = b
+        .http
+        .get(b.url("/v1/audit/break-glass"))
+        .bearer_auth(&ig)
+        .header("VPR-User-Id", "x")
+        .header("VPR-User-Role", "gp-clinician")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Recording a review does not disturb the sealed log.
+    let total = b.count("audit_entries");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json_of(b.http.get(b.url("/v1/audit/checkpoints/latest")).send().unwrap())["tree_size"].as_i64()
+        != Some(total)
+    {
+        assert!(Instant::now() < deadline, "not sealed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let jwks = b.dir.path().join("jwks.json");
+    std::fs::write(&jwks, b.http.get(b.url("/.well-known/jwks.json")).send().unwrap().text().unwrap()).unwrap();
+    let (ok, text) = verify(b, &jwks);
+    assert!(ok, "{text}");
+});

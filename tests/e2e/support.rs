@@ -88,7 +88,7 @@ pub const PARTNERS: &[PartnerRow] = &[
         &["ed-clinician", "ed-receptionist", "security-management-specialist"],
     ),
     ("council", "XLA01", "local-authority", &["notices:read", "lookups"], &["social-worker"]),
-    ("icb-ig", "XIC01", "icb", &["notices:read", "lookups", "ig:write"], &["ig-lead", "dpo"]),
+    ("icb-ig", "XIC01", "icb", &["notices:read", "lookups", "ig:write", "audit:read"], &["ig-lead", "dpo"]),
 ];
 
 pub struct TestBroker {

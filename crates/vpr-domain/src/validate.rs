@@ -54,6 +54,8 @@ pub enum BodySchema {
     Consent,
     /// `schemas/objection.schema.json`
     Objection,
+    /// `schemas/break-glass-review.schema.json`
+    BreakGlassReview,
 }
 
 impl BodySchema {
@@ -66,6 +68,7 @@ impl BodySchema {
             BodySchema::Lookup => include_str!("../../../schemas/lookup.schema.json"),
             BodySchema::Consent => include_str!("../../../schemas/consent.schema.json"),
             BodySchema::Objection => include_str!("../../../schemas/objection.schema.json"),
+            BodySchema::BreakGlassReview => include_str!("../../../schemas/break-glass-review.schema.json"),
         }
     }
 
@@ -76,6 +79,7 @@ impl BodySchema {
         static LOOKUP: OnceLock<Result<Validator, String>> = OnceLock::new();
         static CONSENT: OnceLock<Result<Validator, String>> = OnceLock::new();
         static OBJECTION: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static BG_REVIEW: OnceLock<Result<Validator, String>> = OnceLock::new();
         let cell = match self {
             BodySchema::Notice => &NOTICE,
             BodySchema::Withdraw => &WITHDRAW,
@@ -83,6 +87,7 @@ impl BodySchema {
             BodySchema::Lookup => &LOOKUP,
             BodySchema::Consent => &CONSENT,
             BodySchema::Objection => &OBJECTION,
+            BodySchema::BreakGlassReview => &BG_REVIEW,
         };
         cell.get_or_init(|| compile_schema(self.source()))
     }
@@ -434,6 +439,18 @@ pub struct DirectiveInput {
     pub expires_on: Option<NaiveDate>,
     /// Who records it.
     pub requester: RequesterInput,
+}
+
+/// Body of `POST /v1/audit/break-glass/{id}/review`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassReviewInput {
+    /// `appropriate`, `inappropriate` or `referred`.
+    pub outcome: String,
+    /// The reviewer's note.
+    pub note: String,
+    /// Who reviewed.
+    pub reviewer: RequesterInput,
 }
 
 /// A validated look-up.

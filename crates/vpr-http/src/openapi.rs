@@ -46,6 +46,8 @@ contract_schema!(/// OAuth2 token response.
     TokenResponseDoc, "TokenResponse");
 contract_schema!(/// JWK Set.
     JwksDoc, "JwkSet");
+contract_schema!(/// `schemas/break-glass-review.schema.json`
+    BreakGlassReviewDoc, "BreakGlassReviewInput");
 contract_schema!(/// `schemas/lookup.schema.json`
     LookupInputDoc, "LookupInput");
 contract_schema!(/// Look-up results.
@@ -91,6 +93,8 @@ pub fn build() -> Value {
     schemas.insert("WithdrawInput".into(), contract(vpr_domain::validate::BodySchema::Withdraw.source()));
     schemas.insert("ReviewInput".into(), contract(vpr_domain::validate::BodySchema::Review.source()));
     schemas.insert("NoticeResource".into(), contract(NOTICE_RESOURCE_SCHEMA));
+    schemas
+        .insert("BreakGlassReviewInput".into(), contract(vpr_domain::validate::BodySchema::BreakGlassReview.source()));
     schemas.insert("LookupInput".into(), contract(vpr_domain::validate::BodySchema::Lookup.source()));
     schemas.insert("ConsentInput".into(), contract(vpr_domain::validate::BodySchema::Consent.source()));
     schemas.insert("ObjectionInput".into(), contract(vpr_domain::validate::BodySchema::Objection.source()));

@@ -8,7 +8,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
 use crate::error::ApiError;
-use crate::handlers::{access_log, audit_proofs, directives, lookups, notices, oauth, ops};
+use crate::handlers::{access_log, audit_proofs, break_glass, directives, lookups, notices, oauth, ops};
 use crate::AppState;
 
 /// Every route the broker serves. The OpenAPI document is generated from this same function.
@@ -32,7 +32,9 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(ops::openapi)
         .service(ops::latest_checkpoint)
         .service(audit_proofs::inclusion)
-        .service(audit_proofs::consistency);
+        .service(audit_proofs::consistency)
+        .service(break_glass::queue)
+        .service(break_glass::review);
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {

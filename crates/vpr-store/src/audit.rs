@@ -310,6 +310,35 @@ impl Store {
         self.decode(rows)
     }
 
+    /// Break-glass accesses with this IG review status (`pending`, or an outcome), newest
+    /// first, at most `limit`.
+    pub fn break_glass_entries(&self, status: &str, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<Row> = ae::table
+            .filter(ae::break_glass.eq(true))
+            .filter(ae::ig_review.eq(status))
+            .order(ae::seq.desc())
+            .limit(limit)
+            .load(&mut conn)?;
+        self.decode(rows)
+    }
+
+    /// Records the IG outcome on a pending break-glass entry. Returns false if there is no such
+    /// pending entry (unknown, not break-glass, or already reviewed). The status column is
+    /// outside the seal; the review itself is recorded as an audit entry of its own.
+    pub fn review_break_glass(&self, audit_id: Uuid, outcome: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let n = diesel::update(
+            ae::table
+                .filter(ae::id.eq(audit_id.to_string()))
+                .filter(ae::ig_review.eq("pending"))
+                .filter(ae::break_glass.eq(true)),
+        )
+        .set(ae::ig_review.eq(outcome))
+        .execute(&mut conn)?;
+        Ok(n == 1)
+    }
+
     fn decode(&self, rows: Vec<Row>) -> Result<Vec<StoredAuditEntry>, StoreError> {
         rows.into_iter()
             .map(|r| {

@@ -203,13 +203,23 @@ impl Store {
                 return Ok(None);
             }
             let mut index = size;
+            let mut sealed = Vec::with_capacity(pending.len());
             for row in &pending {
                 let hash = leaf_hash(&leaf_bytes(index, row));
                 frontier.push(hash);
-                diesel::update(ae::table.filter(ae::seq.eq(row.seq)))
-                    .set((ae::leaf_index.eq(index), ae::leaf_hash.eq(hex(&hash))))
-                    .execute(conn)?;
+                sealed.push((row.seq, index, hex(&hash)));
                 index += 1;
+            }
+            // Set-based, a few statements per batch rather than one round trip per entry. The
+            // values are integers and hex digests made here, never input, so they are inlined.
+            for chunk in sealed.chunks(1000) {
+                let values: Vec<String> = chunk.iter().map(|(seq, i, h)| format!("({seq}, {i}, '{h}')")).collect();
+                diesel::sql_query(format!(
+                    "UPDATE audit_entries SET leaf_index = v.column2, leaf_hash = v.column3 \
+                     FROM (VALUES {}) AS v WHERE audit_entries.seq = v.column1",
+                    values.join(", ")
+                ))
+                .execute(conn)?;
             }
             let root = frontier.root();
             let signed_at = now;

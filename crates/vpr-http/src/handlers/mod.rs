@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod audit_proofs;
+pub mod break_glass;
 pub mod directives;
 pub mod lookups;
 pub mod notices;
