@@ -229,15 +229,10 @@ pub fn govern(
     Ok(Disclosure { audit_id: entry.id, results, refused })
 }
 
-/// Audits an authenticated read refused before any decision (bad input, e.g. no purpose), then
-/// returns the refusal. Nothing about the subject is recorded: the input was not valid.
-pub async fn refuse_unread(
-    state: &AppState,
-    principal: &Principal,
-    action: &'static str,
-    refusal: ApiError,
-) -> ApiError {
-    let entry = AuditEntry {
+/// An audit entry for `principal` doing `action` now, with every other field empty, for callers
+/// to fill in.
+pub fn audit_base(state: &AppState, principal: &Principal, action: &str, outcome: u16) -> AuditEntry {
+    AuditEntry {
         id: Uuid::new_v4(),
         at: state.clock.now(),
         request_id: current_request_id().unwrap_or_default(),
@@ -252,14 +247,26 @@ pub async fn refuse_unread(
         break_glass: false,
         justification: None,
         subject_refs: vec![],
-        decision: "refused".to_owned(),
+        decision: String::new(),
         notices: vec![],
         lawful_basis: vec![],
         clauses: vec![],
         agreement_version: state.agreement.version.clone(),
-        outcome: actix_web::ResponseError::status_code(&refusal).as_u16(),
+        outcome,
         ig_review: None,
-    };
+    }
+}
+
+/// Audits an authenticated read refused before any decision (bad input, e.g. no purpose), then
+/// returns the refusal. Nothing about the subject is recorded: the input was not valid.
+pub async fn refuse_unread(
+    state: &AppState,
+    principal: &Principal,
+    action: &'static str,
+    refusal: ApiError,
+) -> ApiError {
+    let status = actix_web::ResponseError::status_code(&refusal).as_u16();
+    let entry = AuditEntry { decision: "refused".to_owned(), ..audit_base(state, principal, action, status) };
     let store = state.store.clone();
     match crate::pipeline::blocking(move || store.append_audit(&entry).map_err(ApiError::from)).await {
         Ok(()) => refusal,

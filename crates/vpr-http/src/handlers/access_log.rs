@@ -9,7 +9,8 @@ use uuid::Uuid;
 use vpr_auth::Scope;
 use vpr_store::audit::AuditEntry;
 
-use crate::error::{current_request_id, ApiError};
+use crate::disclose::audit_base;
+use crate::error::ApiError;
 use crate::openapi::ProblemDoc;
 use crate::pipeline::{authenticate, blocking};
 use crate::AppState;
@@ -54,7 +55,6 @@ pub async fn access_log(
         )]));
     }
     let st = state.clone();
-    let now = state.clock.now();
     let before = page.before;
     let entries = blocking(move || {
         let notice = st.store.get(id)?.ok_or(vpr_store::StoreError::NotFound)?;
@@ -64,27 +64,10 @@ pub async fn access_log(
         let entries = st.store.notice_access_log(id, before, limit)?;
         // Reading who saw personal data is itself recorded.
         let audit = AuditEntry {
-            id: Uuid::new_v4(),
-            at: now,
-            request_id: current_request_id().unwrap_or_default(),
-            action: "access-log".into(),
-            actor_org: principal.org.as_str().to_owned(),
-            actor_org_type: principal.org_type.code().to_owned(),
-            actor_system: principal.client_id.clone(),
-            actor_user: None,
-            actor_role: None,
             purpose: Some("vpr-management".into()),
             context_ref: Some(id.to_string()),
-            break_glass: false,
-            justification: None,
-            subject_refs: vec![],
             decision: "permit".into(),
-            notices: vec![],
-            lawful_basis: vec![],
-            clauses: vec![],
-            agreement_version: st.agreement.version.clone(),
-            outcome: 200,
-            ig_review: None,
+            ..audit_base(&st, &principal, "access-log", 200)
         };
         st.store.append_audit(&audit).map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok(entries)

@@ -8,7 +8,8 @@ use uuid::Uuid;
 use vpr_auth::{Principal, Scope};
 use vpr_store::audit::AuditEntry;
 
-use crate::error::{current_request_id, ApiError};
+use crate::disclose::audit_base;
+use crate::error::ApiError;
 use crate::handlers::directives::IG_ROLES;
 use crate::handlers::read_body;
 use crate::openapi::{BreakGlassReviewDoc, ProblemDoc};
@@ -35,27 +36,11 @@ fn audit_of(
     decision: &str,
 ) -> AuditEntry {
     AuditEntry {
-        id: Uuid::new_v4(),
-        at: state.clock.now(),
-        request_id: current_request_id().unwrap_or_default(),
-        action: action.to_owned(),
-        actor_org: principal.org.as_str().to_owned(),
-        actor_org_type: principal.org_type.code().to_owned(),
-        actor_system: principal.client_id.clone(),
         actor_user: Some(user.to_owned()),
         actor_role: Some(role.to_owned()),
-        purpose: None,
         context_ref: reference,
-        break_glass: false,
-        justification: None,
-        subject_refs: vec![],
         decision: decision.to_owned(),
-        notices: vec![],
-        lawful_basis: vec![],
-        clauses: vec![],
-        agreement_version: state.agreement.version.clone(),
-        outcome: 200,
-        ig_review: None,
+        ..audit_base(state, principal, action, 200)
     }
 }
 

@@ -7,8 +7,8 @@ use vpr_auth::{Principal, Scope};
 use vpr_store::audit::AuditEntry;
 use vpr_store::directives::{DirectiveKind, NewDirective};
 
-use crate::disclose::subject_keys;
-use crate::error::{current_request_id, ApiError};
+use crate::disclose::{audit_base, subject_keys};
+use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::openapi::{ConsentInputDoc, ObjectionInputDoc, ProblemDoc};
 use crate::pipeline::{authenticate, blocking, json_body};
@@ -61,27 +61,13 @@ async fn record(
         DirectiveKind::Objection => "objection",
     };
     let audit = AuditEntry {
-        id: uuid::Uuid::new_v4(),
-        at: now,
-        request_id: current_request_id().unwrap_or_default(),
-        action: action.to_owned(),
-        actor_org: principal.org.as_str().to_owned(),
-        actor_org_type: principal.org_type.code().to_owned(),
-        actor_system: principal.client_id.clone(),
         actor_user: Some(input.requester.user_id.clone()),
         actor_role: Some(role.clone()),
         purpose: Some(input.purpose.clone()),
         context_ref: Some(input.evidence_reference.clone()),
-        break_glass: false,
-        justification: None,
         subject_refs,
         decision: input.status.clone(),
-        notices: vec![],
-        lawful_basis: vec![],
-        clauses: vec![],
-        agreement_version: state.agreement.version.clone(),
-        outcome: 201,
-        ig_review: None,
+        ..audit_base(&state, &principal, action, 201)
     };
     let store = state.store.clone();
     let id = blocking(move || {
