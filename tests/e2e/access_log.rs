@@ -70,5 +70,6 @@ both!(publishers_see_who_accessed_their_notice, |b: &TestBroker| {
     // Another partner cannot read the publisher's access log, and reading it is itself audited.
     assert_eq!(log("", &b.token("gp-green")).status(), 403);
     assert_eq!(b.last_audit()["action"], "access-log");
+    assert_eq!((b.last_audit()["decision"].as_str(), b.last_audit()["outcome"].as_i64()), (Some("refused"), Some(403)));
     assert_eq!(b.get(&amb, "/v1/notices/6f1c2a56-8f7e-4a53-9d8e-2a4c7a0f0b11/access-log").status(), 404);
 });

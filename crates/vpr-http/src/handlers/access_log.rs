@@ -9,7 +9,7 @@ use uuid::Uuid;
 use vpr_auth::Scope;
 use vpr_store::audit::AuditEntry;
 
-use crate::disclose::audit_base;
+use crate::disclose::{audit_base, refuse_unread};
 use crate::error::ApiError;
 use crate::openapi::ProblemDoc;
 use crate::pipeline::{authenticate, blocking};
@@ -56,6 +56,7 @@ pub async fn access_log(
     }
     let st = state.clone();
     let before = page.before;
+    let refused_by = principal.clone();
     let entries = blocking(move || {
         let notice = st.store.get(id)?.ok_or(vpr_store::StoreError::NotFound)?;
         if notice.publisher_ods != principal.org.as_str() {
@@ -72,7 +73,14 @@ pub async fn access_log(
         st.store.append_audit(&audit).map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok(entries)
     })
-    .await?;
+    .await;
+    // A refused attempt to see who accessed a notice is itself recorded.
+    let entries = match entries {
+        Err(refusal @ ApiError::Forbidden(_)) => {
+            return Err(refuse_unread(&state, &refused_by, "access-log", refusal).await)
+        }
+        other => other?,
+    };
     let registry = state.tokens.registry();
     let notice_id = id.to_string();
     let items: Vec<Value> = entries

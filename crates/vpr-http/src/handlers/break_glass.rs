@@ -8,7 +8,7 @@ use uuid::Uuid;
 use vpr_auth::{Principal, Scope};
 use vpr_store::audit::AuditEntry;
 
-use crate::disclose::audit_base;
+use crate::disclose::{audit_base, refuse_unread};
 use crate::error::ApiError;
 use crate::handlers::directives::IG_ROLES;
 use crate::handlers::read_body;
@@ -71,7 +71,9 @@ pub async fn queue(
     let principal = authenticate(&state, &req, Scope::AuditRead)?;
     let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let (user, role) = (header("VPR-User-Id"), header("VPR-User-Role"));
-    ig_reviewer(&state, &principal, &role)?;
+    if let Err(refusal) = ig_reviewer(&state, &principal, &role) {
+        return Err(refuse_unread(&state, &principal, "break-glass-queue", refusal).await);
+    }
     let status = q.status.clone().unwrap_or_else(|| "pending".into());
     if !["pending", "appropriate", "inappropriate", "referred"].contains(&status.as_str()) {
         return Err(ApiError::Validation(vec![vpr_domain::FieldError::new("", "status", "unknown review status")]));
@@ -124,7 +126,9 @@ pub async fn review(
     let input: vpr_domain::validate::BreakGlassReviewInput =
         vpr_domain::validate::parse_body(vpr_domain::validate::BodySchema::BreakGlassReview, &body)
             .map_err(ApiError::Validation)?;
-    ig_reviewer(&state, &principal, &input.reviewer.role)?;
+    if let Err(refusal) = ig_reviewer(&state, &principal, &input.reviewer.role) {
+        return Err(refuse_unread(&state, &principal, "break-glass-review", refusal).await);
+    }
     let mut audit = audit_of(
         &state,
         &principal,
