@@ -94,33 +94,33 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned())
 }
 
-#[derive(Queryable)]
-#[allow(dead_code)]
-struct Row {
-    seq: i64,
-    id: String,
-    at: chrono::NaiveDateTime,
-    request_id: String,
-    action: String,
-    actor_org: String,
-    actor_org_type: String,
-    actor_system: String,
-    actor_user: Option<String>,
-    actor_role: Option<String>,
-    purpose: Option<String>,
-    context_ref: Option<String>,
-    break_glass: bool,
-    justification: Option<Vec<u8>>,
-    subject_refs: String,
-    decision: String,
-    notices: String,
-    lawful_basis: String,
-    clauses: String,
-    agreement_version: String,
-    outcome: i32,
-    ig_review: Option<String>,
-    leaf_index: Option<i64>,
-    leaf_hash: Option<String>,
+/// One stored audit entry, every column, in table order (read by the review API and the sealer).
+#[derive(Queryable, Debug, Clone)]
+pub struct AuditRow {
+    pub(crate) seq: i64,
+    pub(crate) id: String,
+    pub(crate) at: chrono::NaiveDateTime,
+    pub(crate) request_id: String,
+    pub(crate) action: String,
+    pub(crate) actor_org: String,
+    pub(crate) actor_org_type: String,
+    pub(crate) actor_system: String,
+    pub(crate) actor_user: Option<String>,
+    pub(crate) actor_role: Option<String>,
+    pub(crate) purpose: Option<String>,
+    pub(crate) context_ref: Option<String>,
+    pub(crate) break_glass: bool,
+    pub(crate) justification: Option<Vec<u8>>,
+    pub(crate) subject_refs: String,
+    pub(crate) decision: String,
+    pub(crate) notices: String,
+    pub(crate) lawful_basis: String,
+    pub(crate) clauses: String,
+    pub(crate) agreement_version: String,
+    pub(crate) outcome: i32,
+    pub(crate) ig_review: Option<String>,
+    pub(crate) leaf_index: Option<i64>,
+    pub(crate) leaf_hash: Option<String>,
 }
 
 /// One request's entry waiting for the group commit, with where to send the outcome.
@@ -284,7 +284,7 @@ impl Store {
     /// Audit entries after `after_seq`, oldest first, at most `limit`.
     pub fn audit_entries(&self, after_seq: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
         let mut conn = self.conn()?;
-        let rows: Vec<Row> =
+        let rows: Vec<AuditRow> =
             ae::table.filter(ae::seq.gt(after_seq)).order(ae::seq.asc()).limit(limit).load(&mut conn)?;
         self.decode(rows)
     }
@@ -301,7 +301,7 @@ impl Store {
         let mut conn = self.conn()?;
         let ids: Vec<String> =
             refs::table.filter(refs::notice_id.eq(notice_id.to_string())).select(refs::audit_id).load(&mut conn)?;
-        let rows: Vec<Row> = ae::table
+        let rows: Vec<AuditRow> = ae::table
             .filter(ae::id.eq_any(&ids))
             .filter(ae::seq.lt(before_seq.unwrap_or(i64::MAX)))
             .order(ae::seq.desc())
@@ -314,7 +314,7 @@ impl Store {
     /// first, at most `limit`.
     pub fn break_glass_entries(&self, status: &str, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
         let mut conn = self.conn()?;
-        let rows: Vec<Row> = ae::table
+        let rows: Vec<AuditRow> = ae::table
             .filter(ae::break_glass.eq(true))
             .filter(ae::ig_review.eq(status))
             .order(ae::seq.desc())
@@ -339,7 +339,7 @@ impl Store {
         Ok(n == 1)
     }
 
-    fn decode(&self, rows: Vec<Row>) -> Result<Vec<StoredAuditEntry>, StoreError> {
+    fn decode(&self, rows: Vec<AuditRow>) -> Result<Vec<StoredAuditEntry>, StoreError> {
         rows.into_iter()
             .map(|r| {
                 let justification = r

@@ -12,6 +12,7 @@ use serde::Serialize;
 use vpr_audit::merkle::{leaf_hash, Frontier, Hash};
 use vpr_audit::{hex, parse_hash};
 
+use crate::audit::AuditRow;
 use crate::db::{write_tx, DbConnection};
 use crate::schema::{audit_checkpoints as cp, audit_entries as ae, audit_seal_state as st};
 use crate::{Store, StoreError};
@@ -29,92 +30,11 @@ pub struct Checkpoint {
     pub jws: String,
 }
 
-/// The content of an entry that is sealed: every stored column except the seal itself and the
-/// IG review status (which changes as IG works; reviews are recorded as entries of their own).
-#[derive(Queryable, Debug, Clone)]
-pub struct SealedRow {
-    /// Position in the tree (None: not yet sealed).
-    pub leaf_index: Option<i64>,
-    /// Stored leaf hash (a hint for naming edits; never trusted).
-    pub leaf_hash: Option<String>,
-    seq: i64,
-    id: String,
-    at: NaiveDateTime,
-    request_id: String,
-    action: String,
-    actor_org: String,
-    actor_org_type: String,
-    actor_system: String,
-    actor_user: Option<String>,
-    actor_role: Option<String>,
-    purpose: Option<String>,
-    context_ref: Option<String>,
-    break_glass: bool,
-    justification: Option<Vec<u8>>,
-    subject_refs: String,
-    decision: String,
-    notices: String,
-    lawful_basis: String,
-    clauses: String,
-    agreement_version: String,
-    outcome: i32,
-}
-
-type SealedColumns = (
-    ae::leaf_index,
-    ae::leaf_hash,
-    ae::seq,
-    ae::id,
-    ae::at,
-    ae::request_id,
-    ae::action,
-    ae::actor_org,
-    ae::actor_org_type,
-    ae::actor_system,
-    ae::actor_user,
-    ae::actor_role,
-    ae::purpose,
-    ae::context_ref,
-    ae::break_glass,
-    ae::justification,
-    ae::subject_refs,
-    ae::decision,
-    ae::notices,
-    ae::lawful_basis,
-    ae::clauses,
-    ae::agreement_version,
-    ae::outcome,
-);
-
-const SEALED_COLUMNS: SealedColumns = (
-    ae::leaf_index,
-    ae::leaf_hash,
-    ae::seq,
-    ae::id,
-    ae::at,
-    ae::request_id,
-    ae::action,
-    ae::actor_org,
-    ae::actor_org_type,
-    ae::actor_system,
-    ae::actor_user,
-    ae::actor_role,
-    ae::purpose,
-    ae::context_ref,
-    ae::break_glass,
-    ae::justification,
-    ae::subject_refs,
-    ae::decision,
-    ae::notices,
-    ae::lawful_basis,
-    ae::clauses,
-    ae::agreement_version,
-    ae::outcome,
-);
-
 /// The canonical leaf encoding: a JSON array of the sealed columns in a fixed order, with the
-/// leaf index first so an entry moved to another position no longer matches.
-pub fn leaf_bytes(index: i64, r: &SealedRow) -> Vec<u8> {
+/// leaf index first so an entry moved to another position no longer matches. Sealed: every
+/// stored column except the seal itself and the IG review status (which changes as IG works;
+/// reviews are recorded as entries of their own).
+pub fn leaf_bytes(index: i64, r: &AuditRow) -> Vec<u8> {
     let at = r.at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
     let value = serde_json::json!([
         index,
@@ -193,12 +113,8 @@ impl Store {
             let (size, frontier_text): (i64, String) =
                 st::table.find(1).select((st::tree_size, st::frontier)).first(conn)?;
             let mut frontier = frontier_of(size, &frontier_text)?;
-            let pending: Vec<SealedRow> = ae::table
-                .filter(ae::leaf_index.is_null())
-                .order(ae::seq.asc())
-                .limit(max)
-                .select(SEALED_COLUMNS)
-                .load(conn)?;
+            let pending: Vec<AuditRow> =
+                ae::table.filter(ae::leaf_index.is_null()).order(ae::seq.asc()).limit(max).load(conn)?;
             if pending.is_empty() {
                 return Ok(None);
             }
@@ -288,11 +204,8 @@ pub fn connect(url: &str) -> Result<DbConnection, StoreError> {
 pub fn verify_audit(conn: &mut DbConnection, open: OpenCheckpoint<'_>) -> Result<VerifyReport, StoreError> {
     {
         let mut report = VerifyReport::default();
-        let rows: Vec<SealedRow> = ae::table
-            .filter(ae::leaf_index.is_not_null())
-            .order(ae::leaf_index.asc())
-            .select(SEALED_COLUMNS)
-            .load(conn)?;
+        let rows: Vec<AuditRow> =
+            ae::table.filter(ae::leaf_index.is_not_null()).order(ae::leaf_index.asc()).load(conn)?;
         let unsealed: i64 = ae::table.filter(ae::leaf_index.is_null()).count().get_result(conn)?;
         report.unsealed = u64::try_from(unsealed).unwrap_or_default();
         let checkpoints: Vec<(i64, String)> =
