@@ -61,11 +61,24 @@ enum AuditCommand {
     /// against the rebuilt tree. Needs no running broker and no data keys.
     Verify {
         /// The database (`sqlite://...` or `postgres://...`).
-        #[arg(long, env = "VPR_DATABASE_URL")]
-        database: String,
+        #[arg(long, env = "VPR_DATABASE_URL", required_unless_present = "export", conflicts_with = "export")]
+        database: Option<String>,
+        /// Verify an export written by `audit export` instead of a database.
+        #[arg(long)]
+        export: Option<PathBuf>,
         /// The broker's public keys: a JWKS file (a saved copy of `/.well-known/jwks.json`).
         #[arg(long)]
         jwks: PathBuf,
+    },
+    /// Export the sealed audit log with its signed checkpoints, as stored (sealed fields stay
+    /// sealed), to archive it or to verify it elsewhere with `audit verify --export`.
+    Export {
+        /// The database (`sqlite://...` or `postgres://...`).
+        #[arg(long, env = "VPR_DATABASE_URL")]
+        database: String,
+        /// Where to write the export (NDJSON); refuses to overwrite.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -256,8 +269,10 @@ async fn serve(cfg: Config) -> Result<()> {
         state.clone(),
         Duration::from_secs(cfg.notices.expiry_check_seconds),
     ));
+    let retention = tokio::spawn(vpr_http::tasks::retain_audit(state.clone(), Duration::from_secs(3600)));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     vpr_http::run(state, &cfg.listen, workers, Duration::from_secs(cfg.shutdown_grace_seconds)).await?;
+    retention.abort();
     expiry.abort();
     sealer.abort();
     tracing::info!("vpr-broker stopped");
@@ -328,22 +343,46 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { database, jwks }) => {
+        Command::Audit(AuditCommand::Export { database, out }) => {
+            let mut conn = vpr_store::seal::connect(&database)?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .with_context(|| format!("cannot create `{}` (it must not exist)", out.display()))?;
+            let mut writer = std::io::BufWriter::new(file);
+            let n = vpr_store::seal::export_audit(&mut conn, chrono::Utc::now(), &mut writer)?;
+            std::io::Write::flush(&mut writer)?;
+            println!("exported {n} sealed entries to {}", out.display());
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { database, export, jwks }) => {
             let jwks: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(&jwks).with_context(|| format!("cannot read `{}`", jwks.display()))?,
             )
             .context("the JWKS is not JSON")?;
-            // Verification reads stored bytes only (it never decrypts) over one plain connection.
-            let mut conn = vpr_store::seal::connect(&database)?;
-            let started = std::time::Instant::now();
-            let report = vpr_store::seal::verify_audit(&mut conn, &|jws| {
+            let open = |jws: &str| -> Result<(i64, vpr_audit::merkle::Hash), String> {
                 let (size, root) = vpr_auth::keys::open_checkpoint(&jwks, jws)?;
                 let hash = vpr_audit::parse_hash(&root).ok_or("the root hash is not hex")?;
                 Ok((size, hash))
-            })?;
+            };
+            let started = std::time::Instant::now();
+            // Verification reads stored bytes only (it never decrypts) over one plain connection.
+            let report = match (export, database) {
+                (Some(path), _) => {
+                    let file =
+                        std::fs::File::open(&path).with_context(|| format!("cannot read `{}`", path.display()))?;
+                    vpr_store::seal::verify_export(std::io::BufReader::new(file), &open)?
+                }
+                (None, Some(database)) => {
+                    vpr_store::seal::verify_audit(&mut vpr_store::seal::connect(&database)?, &open)?
+                }
+                (None, None) => bail!("give `--database` or `--export`"),
+            };
             println!(
-                "{} sealed entries, {} pending, {} signed checkpoints checked in {:.2}s",
+                "{} sealed entries ({} pruned under retention), {} pending, {} signed checkpoints checked in {:.2}s",
                 report.entries,
+                report.pruned,
                 report.unsealed,
                 report.checkpoints,
                 started.elapsed().as_secs_f64()

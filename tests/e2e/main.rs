@@ -13,4 +13,5 @@ mod durability;
 mod lookups;
 mod notices;
 mod ops;
+mod review;
 mod validation;

@@ -56,6 +56,8 @@ pub enum BodySchema {
     Objection,
     /// `schemas/break-glass-review.schema.json`
     BreakGlassReview,
+    /// `schemas/audit-query.schema.json`
+    AuditQuery,
 }
 
 impl BodySchema {
@@ -69,6 +71,7 @@ impl BodySchema {
             BodySchema::Consent => include_str!("../../../schemas/consent.schema.json"),
             BodySchema::Objection => include_str!("../../../schemas/objection.schema.json"),
             BodySchema::BreakGlassReview => include_str!("../../../schemas/break-glass-review.schema.json"),
+            BodySchema::AuditQuery => include_str!("../../../schemas/audit-query.schema.json"),
         }
     }
 
@@ -80,6 +83,7 @@ impl BodySchema {
         static CONSENT: OnceLock<Result<Validator, String>> = OnceLock::new();
         static OBJECTION: OnceLock<Result<Validator, String>> = OnceLock::new();
         static BG_REVIEW: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static AUDIT_QUERY: OnceLock<Result<Validator, String>> = OnceLock::new();
         let cell = match self {
             BodySchema::Notice => &NOTICE,
             BodySchema::Withdraw => &WITHDRAW,
@@ -88,6 +92,7 @@ impl BodySchema {
             BodySchema::Consent => &CONSENT,
             BodySchema::Objection => &OBJECTION,
             BodySchema::BreakGlassReview => &BG_REVIEW,
+            BodySchema::AuditQuery => &AUDIT_QUERY,
         };
         cell.get_or_init(|| compile_schema(self.source()))
     }
@@ -451,6 +456,103 @@ pub struct BreakGlassReviewInput {
     pub note: String,
     /// Who reviewed.
     pub reviewer: RequesterInput,
+}
+
+/// Filters for the IG review of the audit log (`schemas/audit-query.schema.json`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQueryInput {
+    /// At or after.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Before.
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Acting organisation.
+    pub organisation: Option<String>,
+    /// End user.
+    pub user: Option<String>,
+    /// Role.
+    pub role: Option<String>,
+    /// Purpose of use.
+    pub purpose: Option<String>,
+    /// Overall decision.
+    pub decision: Option<String>,
+    /// Action.
+    pub action: Option<String>,
+    /// Emergency accesses only, or ordinary only.
+    pub break_glass: Option<bool>,
+    /// A notice.
+    pub notice: Option<uuid::Uuid>,
+    /// A subject (body only).
+    pub subject: Option<crate::notice::SubjectInput>,
+    /// Why IG is looking.
+    pub reference: Option<String>,
+    /// Paging cursor.
+    pub before: Option<i64>,
+    /// Page size.
+    pub limit: Option<i64>,
+}
+
+/// Validated review filters.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// The filters as sent.
+    pub input: AuditQueryInput,
+    /// The subject, normalised.
+    pub subject: Option<Subject>,
+}
+
+/// Validates review filters from a body (`POST`).
+pub fn audit_query(body: &Value) -> Result<AuditQuery, Vec<FieldError>> {
+    let input: AuditQueryInput = parse_body(BodySchema::AuditQuery, body)?;
+    let mut errs = Vec::new();
+    let subject = input.subject.as_ref().and_then(|s| subject_of(s, &mut errs));
+    if let (Some(from), Some(to)) = (input.from, input.to) {
+        if to <= from {
+            errs.push(FieldError::new("/to", "to-after-from", "`to` must be after `from`"));
+        }
+    }
+    if errs.is_empty() {
+        Ok(AuditQuery { input, subject })
+    } else {
+        Err(errs)
+    }
+}
+
+/// Validates review filters from a query string (`GET`): the same rules, except that a subject
+/// may not be given, since identifiers in a URL end up in logs and browser histories.
+pub fn audit_query_params(params: &[(String, String)]) -> Result<AuditQuery, Vec<FieldError>> {
+    let mut body = serde_json::Map::new();
+    let mut errs = Vec::new();
+    for (name, value) in params {
+        if name == "subject" || name.starts_with("subject.") || name.starts_with("subject[") {
+            errs.push(FieldError::new(
+                "/subject",
+                "subject-in-url",
+                "a subject's identifiers must not be sent in a URL: POST the filters instead",
+            ));
+            continue;
+        }
+        let typed = match name.as_str() {
+            "break_glass" => match value.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => Value::String(value.clone()),
+            },
+            "before" | "limit" => value.parse::<i64>().map_or_else(|_| Value::String(value.clone()), Value::from),
+            _ => Value::String(value.clone()),
+        };
+        if body.insert(name.clone(), typed).is_some() {
+            errs.push(FieldError::new(
+                format!("/{}", escape_pointer(name)),
+                "repeated",
+                format!("`{name}` is given twice"),
+            ));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    audit_query(&Value::Object(body))
 }
 
 /// A validated look-up.

@@ -56,6 +56,8 @@ contract_schema!(/// `schemas/consent.schema.json`
     ConsentInputDoc, "ConsentInput");
 contract_schema!(/// `schemas/objection.schema.json`
     ObjectionInputDoc, "ObjectionInput");
+contract_schema!(/// `schemas/audit-query.schema.json`
+    AuditQueryDoc, "AuditQuery");
 
 /// The response-body contract for notices.
 pub const NOTICE_RESOURCE_SCHEMA: &str = include_str!("../../../schemas/notice-resource.schema.json");
@@ -98,6 +100,7 @@ pub fn build() -> Value {
     schemas.insert("LookupInput".into(), contract(vpr_domain::validate::BodySchema::Lookup.source()));
     schemas.insert("ConsentInput".into(), contract(vpr_domain::validate::BodySchema::Consent.source()));
     schemas.insert("ObjectionInput".into(), contract(vpr_domain::validate::BodySchema::Objection.source()));
+    schemas.insert("AuditQuery".into(), contract(vpr_domain::validate::BodySchema::AuditQuery.source()));
     schemas.insert(
         "LookupResult".into(),
         json!({

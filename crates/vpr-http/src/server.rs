@@ -8,7 +8,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
 use crate::error::ApiError;
-use crate::handlers::{access_log, audit_proofs, break_glass, directives, lookups, notices, oauth, ops};
+use crate::handlers::{access_log, audit_proofs, break_glass, directives, lookups, notices, oauth, ops, review};
 use crate::AppState;
 
 /// Every route the broker serves. The OpenAPI document is generated from this same function.
@@ -34,7 +34,12 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(audit_proofs::inclusion)
         .service(audit_proofs::consistency)
         .service(break_glass::queue)
-        .service(break_glass::review);
+        .service(break_glass::review)
+        .service(review::list_entries)
+        .service(review::search)
+        .service(review::summary)
+        .service(review::subject_access_report)
+        .service(access_log::feed);
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {

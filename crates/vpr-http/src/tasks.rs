@@ -59,3 +59,61 @@ pub async fn seal_audit(state: AppState, every: Duration) {
         }
     }
 }
+
+/// Retention, every `every`: removes the content of audit entries older than the agreement's
+/// audit retention period, keeping their seals (so the log still verifies), and records each
+/// prune as an audit entry of its own. Withdrawn and expired notices keep their audit: only age
+/// under the agreement removes it.
+pub async fn retain_audit(state: AppState, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let now = state.clock.now();
+        let years = state.agreement.audit_retention_years;
+        let result = tokio::task::spawn_blocking(move || {
+            let Some(cutoff) = now.checked_sub_months(chrono::Months::new(years.saturating_mul(12))) else {
+                return Ok(0);
+            };
+            let pruned = st.store.prune_audit(cutoff, now)?;
+            if pruned > 0 {
+                let entry = vpr_store::audit::AuditEntry {
+                    id: uuid::Uuid::new_v4(),
+                    at: now,
+                    request_id: String::new(),
+                    action: "audit-retention".into(),
+                    actor_org: "vpr-broker".into(),
+                    actor_org_type: "broker".into(),
+                    actor_system: "vpr-broker".into(),
+                    actor_user: None,
+                    actor_role: None,
+                    purpose: Some("vpr-management".into()),
+                    context_ref: Some(format!(
+                        "pruned={pruned};before={};retention_years={years}",
+                        cutoff.to_rfc3339()
+                    )),
+                    break_glass: false,
+                    justification: None,
+                    subject_refs: vec![],
+                    decision: "permit".into(),
+                    notices: vec![],
+                    lawful_basis: vec![],
+                    clauses: vec![],
+                    agreement_version: st.agreement.version.clone(),
+                    outcome: 200,
+                    ig_review: None,
+                };
+                st.store.append_audit(&entry)?;
+            }
+            Ok::<_, vpr_store::StoreError>(pruned)
+        })
+        .await;
+        match result {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(pruned = n, "audit entries past retention pruned (seals kept)"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "audit retention failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "audit retention panicked"),
+        }
+    }
+}

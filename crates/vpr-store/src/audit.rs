@@ -81,6 +81,8 @@ pub struct AuditEntry {
 pub struct StoredAuditEntry {
     /// Position in the log.
     pub seq: i64,
+    /// Position in the sealed tree, once sealed.
+    pub leaf_index: Option<i64>,
     /// The entry.
     #[serde(flatten)]
     pub entry: AuditEntry,
@@ -94,8 +96,9 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned())
 }
 
-/// One stored audit entry, every column, in table order (read by the review API and the sealer).
-#[derive(Queryable, Debug, Clone)]
+/// One stored audit entry, every column, in table order (read by the review API and the sealer,
+/// and written as is to an export).
+#[derive(Queryable, Debug, Clone, Serialize, Deserialize)]
 pub struct AuditRow {
     pub(crate) seq: i64,
     pub(crate) id: String,
@@ -110,6 +113,7 @@ pub struct AuditRow {
     pub(crate) purpose: Option<String>,
     pub(crate) context_ref: Option<String>,
     pub(crate) break_glass: bool,
+    #[serde(with = "hex_bytes")]
     pub(crate) justification: Option<Vec<u8>>,
     pub(crate) subject_refs: String,
     pub(crate) decision: String,
@@ -121,6 +125,31 @@ pub struct AuditRow {
     pub(crate) ig_review: Option<String>,
     pub(crate) leaf_index: Option<i64>,
     pub(crate) leaf_hash: Option<String>,
+    pub(crate) pruned_at: Option<chrono::NaiveDateTime>,
+}
+
+/// Sealed bytes as hex in an export.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&vpr_audit::hex(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            (0..t.len())
+                .step_by(2)
+                .map(|i| t.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .ok_or_else(|| serde::de::Error::custom("not hex"))
+        })
+        .transpose()
+    }
 }
 
 /// One request's entry waiting for the group commit, with where to send the outcome.
@@ -269,6 +298,15 @@ fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&Audit
                     ))
                     .execute(conn)?;
             }
+            let mut seen = std::collections::BTreeSet::new();
+            for r in e.subject_refs.iter().filter(|r| seen.insert(r.as_str())) {
+                diesel::insert_into(crate::schema::audit_subject_refs::table)
+                    .values((
+                        crate::schema::audit_subject_refs::subject_ref.eq(r),
+                        crate::schema::audit_subject_refs::audit_id.eq(e.id.to_string()),
+                    ))
+                    .execute(conn)?;
+            }
         }
         Ok(())
     })
@@ -297,17 +335,8 @@ impl Store {
         before_seq: Option<i64>,
         limit: i64,
     ) -> Result<Vec<StoredAuditEntry>, StoreError> {
-        use crate::schema::audit_notice_refs as refs;
-        let mut conn = self.conn()?;
-        let ids: Vec<String> =
-            refs::table.filter(refs::notice_id.eq(notice_id.to_string())).select(refs::audit_id).load(&mut conn)?;
-        let rows: Vec<AuditRow> = ae::table
-            .filter(ae::id.eq_any(&ids))
-            .filter(ae::seq.lt(before_seq.unwrap_or(i64::MAX)))
-            .order(ae::seq.desc())
-            .limit(limit)
-            .load(&mut conn)?;
-        self.decode(rows)
+        let q = crate::review::AuditQuery { notice: Some(notice_id), ..Default::default() };
+        self.search_audit(&q, before_seq, limit)
     }
 
     /// Break-glass accesses with this IG review status (`pending`, or an outcome), newest
@@ -339,7 +368,7 @@ impl Store {
         Ok(n == 1)
     }
 
-    fn decode(&self, rows: Vec<AuditRow>) -> Result<Vec<StoredAuditEntry>, StoreError> {
+    pub(crate) fn decode(&self, rows: Vec<AuditRow>) -> Result<Vec<StoredAuditEntry>, StoreError> {
         rows.into_iter()
             .map(|r| {
                 let justification = r
@@ -349,6 +378,7 @@ impl Store {
                     .map(|j: Vec<u8>| String::from_utf8_lossy(&j).into_owned());
                 Ok(StoredAuditEntry {
                     seq: r.seq,
+                    leaf_index: r.leaf_index,
                     entry: AuditEntry {
                         id: Uuid::parse_str(&r.id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                         at: r.at.and_utc(),

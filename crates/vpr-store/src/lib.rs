@@ -7,6 +7,7 @@ pub mod audit;
 pub mod db;
 pub mod directives;
 pub mod notices;
+pub mod review;
 pub mod schema;
 pub mod seal;
 pub mod testdb;

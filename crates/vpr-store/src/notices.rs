@@ -343,6 +343,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Which of these notices `publisher` published.
+    pub fn published_by(&self, publisher: &str, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        Ok(notices::table
+            .filter(notices::publisher_ods.eq(publisher))
+            .filter(notices::id.eq_any(ids))
+            .select(notices::id)
+            .load(&mut conn)?)
+    }
+
     /// The blind indexes of a notice's current subject (to match consents and objections).
     pub fn blind_indexes_of(&self, id: Uuid) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn()?;

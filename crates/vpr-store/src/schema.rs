@@ -68,7 +68,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     notice_versions,
     notice_match_keys,
     idempotency_keys,
-    assertion_jtis
+    assertion_jtis,
+    audit_entries,
+    audit_notice_refs,
+    audit_subject_refs
 );
 
 diesel::table! {
@@ -114,6 +117,14 @@ diesel::table! {
         ig_review -> Nullable<Text>,
         leaf_index -> Nullable<BigInt>,
         leaf_hash -> Nullable<Text>,
+        pruned_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    audit_subject_refs (subject_ref, audit_id) {
+        subject_ref -> Text,
+        audit_id -> Text,
     }
 }
 

@@ -117,3 +117,95 @@ pub async fn access_log(
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({ "notice_id": id, "entries": items, "next_before": next_before })))
 }
+
+/// Paging for the feed: `after` is the `leaf_index` of the last entry seen.
+#[derive(Debug, Deserialize)]
+pub struct FeedPage {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Every decision on any of the caller's notices, in the sealed log's order: a publisher polls
+/// it with the `next_after` it was last given and so learns of each disclosure of its notices,
+/// missing none. Entries appear once sealed (within about a second). A read that returns
+/// entries is itself audited; an empty poll discloses nothing and is not.
+#[utoipa::path(
+    tag = "notices",
+    params(
+        ("after" = Option<i64>, Query, description = "Return entries after this `leaf_index` (from `next_after`)"),
+        ("limit" = Option<i64>, Query, description = "At most this many entries (1 to 200, default 100)"),
+    ),
+    responses(
+        (status = 200, description = "Decisions on the caller's notices, oldest first, from the cursor", body = Object),
+        (status = 422, description = "Bad paging", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["notices:write"]))
+)]
+#[get("/v1/access-log")]
+pub async fn feed(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    page: web::Query<FeedPage>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = authenticate(&state, &req, Scope::NoticesWrite)?;
+    let limit = page.limit.unwrap_or(100);
+    let mut errs = Vec::new();
+    if !(1..=200).contains(&limit) {
+        errs.push(vpr_domain::FieldError::new("/limit", "limit-range", "`limit` must be 1 to 200"));
+    }
+    if page.after.is_some_and(|a| a < -1) {
+        errs.push(vpr_domain::FieldError::new("/after", "minimum", "`after` must be a leaf index"));
+    }
+    if !errs.is_empty() {
+        return Err(ApiError::Validation(errs));
+    }
+    let after = page.after;
+    let st = state.clone();
+    let publisher = principal.org.as_str().to_owned();
+    let audit = AuditEntry {
+        purpose: Some("vpr-management".into()),
+        context_ref: Some(format!("after={}", after.unwrap_or(-1))),
+        decision: "permit".into(),
+        ..audit_base(&state, &principal, "access-log-feed", 200)
+    };
+    let (entries, mine) = blocking(move || {
+        let q = vpr_store::review::AuditQuery { publisher: Some(publisher.clone()), ..Default::default() };
+        let entries = st.store.sealed_audit_after(&q, after, limit)?;
+        let ids: Vec<String> = entries.iter().flat_map(|s| s.entry.notices.iter().map(|n| n.id.clone())).collect();
+        let mine: std::collections::BTreeSet<String> = st.store.published_by(&publisher, &ids)?.into_iter().collect();
+        if !entries.is_empty() {
+            st.store.append_audit(&audit).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        }
+        Ok((entries, mine))
+    })
+    .await?;
+    let registry = state.tokens.registry();
+    let items: Vec<Value> = entries
+        .iter()
+        .map(|s| {
+            let e = &s.entry;
+            let org = registry.partner(&e.actor_org);
+            json!({
+                "leaf_index": s.leaf_index,
+                "seq": s.seq,
+                "at": e.at,
+                "request_id": e.request_id,
+                "action": e.action,
+                "organisation": {"ods_code": e.actor_org, "name": org.map(|p| p.name.as_str()), "type": e.actor_org_type},
+                "system": e.actor_system,
+                "user": e.actor_user,
+                "role": e.actor_role,
+                "purpose": e.purpose,
+                "context_reference": e.context_ref,
+                "break_glass": e.break_glass,
+                "break_glass_justification": e.justification,
+                "notices": e.notices.iter().filter(|n| mine.contains(&n.id)).collect::<Vec<_>>(),
+                "agreement_version": e.agreement_version,
+            })
+        })
+        .collect();
+    let next_after = entries.last().and_then(|s| s.leaf_index).or(after);
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "entries": items, "next_after": next_after })))
+}

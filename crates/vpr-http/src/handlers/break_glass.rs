@@ -17,7 +17,7 @@ use crate::pipeline::{authenticate, blocking, json_body};
 use crate::AppState;
 
 /// The IG reviewer, from `VPR-User-Id` and `VPR-User-Role` (list) or the body (review).
-fn ig_reviewer(state: &AppState, principal: &Principal, role: &str) -> Result<(), ApiError> {
+pub(crate) fn ig_reviewer(state: &AppState, principal: &Principal, role: &str) -> Result<(), ApiError> {
     let holds = state.tokens.registry().system(&principal.client_id).is_some_and(|s| s.roles.contains(role));
     if IG_ROLES.contains(&role) && holds && state.agreement.role_allowed(role, principal.org_type) {
         Ok(())

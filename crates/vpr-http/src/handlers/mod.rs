@@ -8,6 +8,7 @@ pub mod lookups;
 pub mod notices;
 pub mod oauth;
 pub mod ops;
+pub mod review;
 
 use actix_web::web;
 use futures_util::StreamExt;
