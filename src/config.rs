@@ -35,6 +35,8 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     #[serde(default)]
     pub benchmark_ungoverned_reads: bool,
+    #[serde(default)]
+    pub benchmark_unaudited_reads: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +158,9 @@ impl Config {
         if self.benchmark_ungoverned_reads && !self.demo {
             bail!("`benchmark_ungoverned_reads` switches off the policy decision and audit: it is refused outside demo mode");
         }
+        if self.benchmark_unaudited_reads && !self.demo {
+            bail!("`benchmark_unaudited_reads` switches off the audit: it is refused outside demo mode");
+        }
         let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
         if !self.demo
             && self.public_url.starts_with("http://")
@@ -164,5 +169,35 @@ impl Config {
             bail!("`public_url` must be https outside demo mode (plain http is allowed only on loopback)");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn load(extra: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "config_version = 1\npublic_url = \"https://vpr.example\"\ndatabase_url = \"sqlite://vpr.db\"\n\
+                 registry = \"r.json\"\nagreement = \"a.json\"\n{extra}\n[keys]\nsigning_keys = [\"s.jwk\"]\ndata_keys = \"d.json\"\n"
+            ),
+        )
+        .unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn benchmark_switches_are_refused_outside_demo_mode() {
+        assert!(load("").is_ok());
+        for switch in ["benchmark_ungoverned_reads", "benchmark_unaudited_reads"] {
+            let err = load(&format!("{switch} = true")).unwrap_err().to_string();
+            assert!(err.contains(switch) && err.contains("demo mode"), "{err}");
+            assert!(load(&format!("demo = true\n{switch} = true")).is_ok());
+        }
     }
 }

@@ -209,6 +209,9 @@ async fn serve(cfg: Config) -> Result<()> {
     if cfg.demo {
         tracing::warn!("DEMO MODE: fictional partners and demo-only keys are accepted; never use with real data");
     }
+    if cfg.benchmark_unaudited_reads {
+        tracing::warn!("BENCHMARK: look-ups are decided but NOT audited");
+    }
     if cfg.benchmark_ungoverned_reads {
         tracing::warn!("BENCHMARK: look-ups are answered with NO policy decision and NO audit");
     }
@@ -259,6 +262,7 @@ async fn serve(cfg: Config) -> Result<()> {
         notices: NoticeSettings { max_review_interval_days: agreement.max_review_interval_days },
         agreement: Arc::new(agreement),
         ungoverned_reads: cfg.benchmark_ungoverned_reads,
+        unaudited_reads: cfg.benchmark_unaudited_reads,
         clock: Arc::new(SystemClock),
         metrics: vpr_http::metrics::Metrics::new()?,
         openapi: Arc::new(vpr_http::openapi::build()),

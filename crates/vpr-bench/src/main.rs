@@ -84,7 +84,10 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start(args: &Args, backend: &str, ungoverned: bool) -> Result<Broker> {
+/// How a benchmark broker answers look-ups: `governed` (the real pipeline), `unaudited`
+/// (decided but not audited: the audit's cost) or `ungoverned` (neither decided nor audited).
+fn start(args: &Args, backend: &str, mode: &str) -> Result<Broker> {
+    let (ungoverned, unaudited) = (mode == "ungoverned", mode == "unaudited");
     let dir = tempfile::tempdir()?;
     let (database_url, pg) = match backend {
         "sqlite" => (format!("sqlite://{}/bench.db", dir.path().display()), None),
@@ -109,7 +112,7 @@ fn start(args: &Args, backend: &str, ungoverned: bool) -> Result<Broker> {
     std::fs::write(
         dir.path().join("broker.toml"),
         format!(
-            "config_version = 1\ndemo = true\nbenchmark_ungoverned_reads = {ungoverned}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
+            "config_version = 1\ndemo = true\nbenchmark_ungoverned_reads = {ungoverned}\nbenchmark_unaudited_reads = {unaudited}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
              database_url = \"{database_url}\"\ndatabase_pool_size = 16\nregistry = \"registry.json\"\nagreement = \"{}\"\n\
              [keys]\nsigning_keys = [\"signing.jwk\"]\ndata_keys = \"data.json\"\n[tokens]\naccess_token_seconds = 3600\n",
             agreement.display()
@@ -386,20 +389,23 @@ fn lookups(args: Args) -> Result<()> {
         "backend", "mode", "max req/s", "p50 ms", "p99 ms", "errors", "rate req/s", "p50 ms", "p99 ms", "errors"
     );
     for backend in &args.backends {
-        let governed = start(&args, backend, false)?;
-        let ungoverned = start(&args, backend, true)?;
-        let (tg, tu) = (token(&governed)?, token(&ungoverned)?);
-        seed(&governed, &tg, args.subjects)?;
-        seed(&ungoverned, &tu, args.subjects)?;
-        // Warm both, then measure them alternately so drift on this noisy machine hits both.
+        let brokers = [
+            start(&args, backend, "governed")?,
+            start(&args, backend, "unaudited")?,
+            start(&args, backend, "ungoverned")?,
+        ];
+        let tokens = brokers.iter().map(token).collect::<Result<Vec<_>>>()?;
+        for (b, t) in brokers.iter().zip(&tokens) {
+            seed(b, t, args.subjects)?;
+        }
+        // Warm all, then measure them in turn so drift on this noisy machine hits each.
         let warm = Args { seconds: 2, ..args.clone() };
-        run(&warm, &governed, &tg, None);
-        run(&warm, &ungoverned, &tu, None);
-        let gmax = run(&args, &governed, &tg, None);
-        let umax = run(&args, &ungoverned, &tu, None);
-        let grate = run(&args, &governed, &tg, Some(args.rate));
-        let urate = run(&args, &ungoverned, &tu, Some(args.rate));
-        for (mode, max, at_rate) in [("governed", &gmax, &grate), ("ungoverned", &umax, &urate)] {
+        for (b, t) in brokers.iter().zip(&tokens) {
+            run(&warm, b, t, None);
+        }
+        let max: Vec<Phase> = brokers.iter().zip(&tokens).map(|(b, t)| run(&args, b, t, None)).collect();
+        let at_rate: Vec<Phase> = brokers.iter().zip(&tokens).map(|(b, t)| run(&args, b, t, Some(args.rate))).collect();
+        for ((mode, max), at_rate) in ["governed", "unaudited", "ungoverned"].iter().zip(&max).zip(&at_rate) {
             println!(
                 "{:<9} {:<11} {:>12.0} {:>9.2} {:>9.2} {:>8} | {:>9.0} {:>9.2} {:>9.2} {:>8}",
                 backend,
@@ -414,12 +420,22 @@ fn lookups(args: Args) -> Result<()> {
                 at_rate.errors
             );
         }
+        let (g, a, u) = (&max[0], &max[1], &max[2]);
+        let (gr, ar) = (&at_rate[0], &at_rate[1]);
         println!(
             "{:<9} governed/ungoverned throughput ratio: {:.2}  (target >= 0.50); governed p99 at {} req/s: {:.2} ms (target < 10 ms)",
             backend,
-            gmax.per_second / umax.per_second,
+            g.per_second / u.per_second,
             args.rate,
-            grate.p99_ms
+            gr.p99_ms
+        );
+        println!(
+            "{:<9} the audit adds {:+.2} ms at p50 and {:+.2} ms at p99 at {} req/s; governed/unaudited throughput ratio {:.2}",
+            backend,
+            gr.p50_ms - ar.p50_ms,
+            gr.p99_ms - ar.p99_ms,
+            args.rate,
+            g.per_second / a.per_second
         );
     }
     Ok(())

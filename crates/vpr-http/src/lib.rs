@@ -60,6 +60,9 @@ pub struct AppState {
     pub agreement: Arc<vpr_policy::Agreement>,
     /// Benchmark only (demo mode): answer look-ups without decision or audit.
     pub ungoverned_reads: bool,
+    /// Benchmark only (demo mode): decide look-ups but write no audit entry, to measure what
+    /// the audit adds.
+    pub unaudited_reads: bool,
     /// The OpenAPI document served at `/openapi.json`.
     pub openapi: Arc<serde_json::Value>,
 }
