@@ -35,32 +35,45 @@ pub struct Checkpoint {
 /// stored column except the seal itself and the IG review status (which changes as IG works;
 /// reviews are recorded as entries of their own).
 pub fn leaf_bytes(index: i64, r: &AuditRow) -> Vec<u8> {
-    let at = r.at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-    let value = serde_json::json!([
-        index,
-        r.seq,
-        r.id,
-        at,
-        r.request_id,
-        r.action,
-        r.actor_org,
-        r.actor_org_type,
-        r.actor_system,
-        r.actor_user,
-        r.actor_role,
-        r.purpose,
-        r.context_ref,
-        r.break_glass,
-        r.justification.as_deref().map(hex),
-        r.subject_refs,
-        r.decision,
-        r.notices,
-        r.lawful_basis,
-        r.clauses,
-        r.agreement_version,
-        r.outcome,
-    ]);
-    serde_json::to_vec(&value).unwrap_or_default()
+    serde_json::to_vec(&Leaf { index, r }).unwrap_or_default()
+}
+
+/// The leaf encoding, serialised straight from the row (no intermediate JSON values): the
+/// array `[index, seq, id, at, request_id, ..., outcome]`.
+struct Leaf<'a> {
+    index: i64,
+    r: &'a AuditRow,
+}
+
+impl Serialize for Leaf<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let r = self.r;
+        let mut seq = s.serialize_seq(Some(22))?;
+        seq.serialize_element(&self.index)?;
+        seq.serialize_element(&r.seq)?;
+        seq.serialize_element(&r.id)?;
+        seq.serialize_element(&r.at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())?;
+        seq.serialize_element(&r.request_id)?;
+        seq.serialize_element(&r.action)?;
+        seq.serialize_element(&r.actor_org)?;
+        seq.serialize_element(&r.actor_org_type)?;
+        seq.serialize_element(&r.actor_system)?;
+        seq.serialize_element(&r.actor_user)?;
+        seq.serialize_element(&r.actor_role)?;
+        seq.serialize_element(&r.purpose)?;
+        seq.serialize_element(&r.context_ref)?;
+        seq.serialize_element(&r.break_glass)?;
+        seq.serialize_element(&r.justification.as_deref().map(hex))?;
+        seq.serialize_element(&r.subject_refs)?;
+        seq.serialize_element(&r.decision)?;
+        seq.serialize_element(&r.notices)?;
+        seq.serialize_element(&r.lawful_basis)?;
+        seq.serialize_element(&r.clauses)?;
+        seq.serialize_element(&r.agreement_version)?;
+        seq.serialize_element(&r.outcome)?;
+        seq.end()
+    }
 }
 
 fn frontier_of(size: i64, text: &str) -> Result<Frontier, StoreError> {
@@ -512,4 +525,66 @@ pub fn verify_export(input: impl std::io::BufRead, open: OpenCheckpoint<'_>) -> 
         }
     }
     Ok(verifier.finish(0))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_leaf_encoding_is_the_documented_json_array() {
+        let row = AuditRow {
+            seq: 41,
+            id: "7d2c6f0e-0000-4000-8000-000000000001".into(),
+            at: chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap().and_hms_micro_opt(9, 30, 1, 250).unwrap(),
+            request_id: "req \"quoted\" \u{e9}".into(),
+            action: "lookup".into(),
+            actor_org: "XGP01".into(),
+            actor_org_type: "gp-practice".into(),
+            actor_system: "gp-green".into(),
+            actor_user: Some("user\n1".into()),
+            actor_role: None,
+            purpose: Some("staff-safety".into()),
+            context_ref: None,
+            break_glass: true,
+            justification: Some(vec![0, 1, 254, 255]),
+            subject_refs: "[\"nhs:ab\"]".into(),
+            decision: "permit".into(),
+            notices: "[]".into(),
+            lawful_basis: "[\"UKGDPR-6-1-e\"]".into(),
+            clauses: "[\"SS-1\"]".into(),
+            agreement_version: "v1".into(),
+            outcome: 200,
+            ig_review: Some("pending".into()),
+            leaf_index: Some(40),
+            leaf_hash: None,
+            pruned_at: None,
+        };
+        let expected = serde_json::json!([
+            40,
+            41,
+            row.id,
+            "2026-11-22T09:30:01.000250Z",
+            row.request_id,
+            "lookup",
+            "XGP01",
+            "gp-practice",
+            "gp-green",
+            "user\n1",
+            null,
+            "staff-safety",
+            null,
+            true,
+            "0001feff",
+            row.subject_refs,
+            "permit",
+            "[]",
+            row.lawful_basis,
+            row.clauses,
+            "v1",
+            200
+        ]);
+        assert_eq!(leaf_bytes(40, &row), serde_json::to_vec(&expected).unwrap());
+    }
 }

@@ -352,3 +352,37 @@ fn retention_prunes_old_content_but_the_log_still_verifies() {
         );
     }
 }
+
+#[test]
+fn replicas_sharing_one_postgres_seal_one_consistent_log() {
+    let Some(db) = testdb::fresh_postgres() else { return };
+    let vault = Vault::new(&DataKeyFile::generate(false)).unwrap();
+    // Three "replicas": their own pools and audit writers, one database.
+    let replicas: Vec<Store> = (0..3).map(|_| Store::open(&db.url, 4, vault.clone()).unwrap()).collect();
+    replicas[0].migrate().unwrap();
+    let per_replica: usize = 400;
+    std::thread::scope(|scope| {
+        for (r, store) in replicas.iter().enumerate() {
+            // Each replica appends from several request threads...
+            for t in 0..4 {
+                scope.spawn(move || {
+                    for n in 0..per_replica / 4 {
+                        store.append_audit(&audit_entry(r * 10_000 + t * 1000 + n, Utc::now())).unwrap();
+                    }
+                });
+            }
+            // ...while its sealer runs in small batches, racing the others.
+            scope.spawn(move || {
+                for _ in 0..200 {
+                    store.seal_pending(7, Utc::now(), &sign_plain).unwrap();
+                }
+            });
+        }
+    });
+    while replicas[1].seal_pending(50, Utc::now(), &sign_plain).unwrap().is_some() {}
+    let report = replicas[2].verify_audit(&open_plain).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.entries, 3 * per_replica as u64);
+    assert_eq!(report.unsealed, 0);
+    assert!(report.checkpoints > 3, "several sealers signed checkpoints: {}", report.checkpoints);
+}
