@@ -420,8 +420,9 @@ fn lookups(args: Args) -> Result<()> {
                 at_rate.errors
             );
         }
-        let (g, a, u) = (&max[0], &max[1], &max[2]);
-        let (gr, ar) = (&at_rate[0], &at_rate[1]);
+        let ([g, a, u], [gr, ar, _]) = (max.as_slice(), at_rate.as_slice()) else {
+            bail!("three brokers were measured");
+        };
         println!(
             "{:<9} governed/ungoverned throughput ratio: {:.2}  (target >= 0.50); governed p99 at {} req/s: {:.2} ms (target < 10 ms)",
             backend,

@@ -274,8 +274,8 @@ fn audit_entry(n: usize, at: chrono::DateTime<Utc>) -> audit::AuditEntry {
         actor_role: Some("gp-receptionist".into()),
         purpose: Some("staff-safety".into()),
         context_ref: None,
-        break_glass: n % 3 == 0,
-        justification: (n % 3 == 0).then(|| "emergency".to_owned()),
+        break_glass: n.is_multiple_of(3),
+        justification: n.is_multiple_of(3).then(|| "emergency".to_owned()),
         subject_refs: vec![format!("nhs:{n}")],
         decision: "no-match".into(),
         notices: vec![],
@@ -332,7 +332,7 @@ fn retention_prunes_old_content_but_the_log_still_verifies() {
         // An export of the pruned log verifies the same way, and an edit to it is caught.
         let mut conn = s.conn().unwrap();
         let mut out = Vec::new();
-        assert_eq!(seal::export_audit(&mut *conn, now, &mut out).unwrap(), 10);
+        assert_eq!(seal::export_audit(&mut conn, now, &mut out).unwrap(), 10);
         let report = seal::verify_export(&out[..], &open_plain).unwrap();
         assert!(report.problems.is_empty() && report.pruned == 6, "{name}: {report:?}");
         let text = String::from_utf8(out).unwrap();
