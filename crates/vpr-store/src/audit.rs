@@ -256,58 +256,68 @@ fn writer_loop(
 }
 
 fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&AuditEntry]) -> Result<(), StoreError> {
-    let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    write_tx(&mut conn, |conn| {
-        for e in entries {
-            let justification = e
-                .justification
-                .as_deref()
-                .map(|j| vault.seal(j.as_bytes(), &format!("audit/{}/justification", e.id)))
-                .transpose()?;
-            diesel::insert_into(ae::table)
-                .values((
-                    ae::id.eq(e.id.to_string()),
-                    ae::at.eq(e.at.naive_utc()),
-                    ae::request_id.eq(&e.request_id),
-                    ae::action.eq(&e.action),
-                    ae::actor_org.eq(&e.actor_org),
-                    ae::actor_org_type.eq(&e.actor_org_type),
-                    ae::actor_system.eq(&e.actor_system),
-                    ae::actor_user.eq(&e.actor_user),
-                    ae::actor_role.eq(&e.actor_role),
-                    ae::purpose.eq(&e.purpose),
-                    ae::context_ref.eq(&e.context_ref),
-                    ae::break_glass.eq(e.break_glass),
-                    ae::justification.eq(&justification),
-                    ae::subject_refs.eq(json(&e.subject_refs)),
-                    ae::decision.eq(&e.decision),
-                    ae::notices.eq(json(&e.notices)),
-                    ae::lawful_basis.eq(json(&e.lawful_basis)),
-                    ae::clauses.eq(json(&e.clauses)),
-                    ae::agreement_version.eq(&e.agreement_version),
-                    ae::outcome.eq(i32::from(e.outcome)),
-                    ae::ig_review.eq(&e.ig_review),
-                ))
-                .execute(conn)?;
-            let mut seen = std::collections::BTreeSet::new();
-            for n in e.notices.iter().filter(|n| seen.insert(n.id.as_str())) {
-                diesel::insert_into(crate::schema::audit_notice_refs::table)
-                    .values((
-                        crate::schema::audit_notice_refs::notice_id.eq(&n.id),
-                        crate::schema::audit_notice_refs::audit_id.eq(e.id.to_string()),
-                    ))
-                    .execute(conn)?;
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            for r in e.subject_refs.iter().filter(|r| seen.insert(r.as_str())) {
-                diesel::insert_into(crate::schema::audit_subject_refs::table)
-                    .values((
-                        crate::schema::audit_subject_refs::subject_ref.eq(r),
-                        crate::schema::audit_subject_refs::audit_id.eq(e.id.to_string()),
-                    ))
-                    .execute(conn)?;
-            }
+    use crate::schema::{audit_notice_refs as nrefs, audit_subject_refs as srefs};
+    let mut rows = Vec::with_capacity(entries.len());
+    let mut notice_refs = Vec::new();
+    let mut subject_refs = Vec::new();
+    for e in entries {
+        let id = e.id.to_string();
+        let justification = e
+            .justification
+            .as_deref()
+            .map(|j| vault.seal(j.as_bytes(), &format!("audit/{id}/justification")))
+            .transpose()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for n in e.notices.iter().filter(|n| seen.insert(n.id.as_str())) {
+            notice_refs.push((nrefs::notice_id.eq(n.id.clone()), nrefs::audit_id.eq(id.clone())));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for r in e.subject_refs.iter().filter(|r| seen.insert(r.as_str())) {
+            subject_refs.push((srefs::subject_ref.eq(r.clone()), srefs::audit_id.eq(id.clone())));
+        }
+        rows.push((
+            ae::id.eq(id),
+            ae::at.eq(e.at.naive_utc()),
+            ae::request_id.eq(&e.request_id),
+            ae::action.eq(&e.action),
+            ae::actor_org.eq(&e.actor_org),
+            ae::actor_org_type.eq(&e.actor_org_type),
+            ae::actor_system.eq(&e.actor_system),
+            ae::actor_user.eq(&e.actor_user),
+            ae::actor_role.eq(&e.actor_role),
+            ae::purpose.eq(&e.purpose),
+            ae::context_ref.eq(&e.context_ref),
+            ae::break_glass.eq(e.break_glass),
+            ae::justification.eq(justification),
+            ae::subject_refs.eq(json(&e.subject_refs)),
+            ae::decision.eq(&e.decision),
+            ae::notices.eq(json(&e.notices)),
+            ae::lawful_basis.eq(json(&e.lawful_basis)),
+            ae::clauses.eq(json(&e.clauses)),
+            ae::agreement_version.eq(&e.agreement_version),
+            ae::outcome.eq(i32::from(e.outcome)),
+            ae::ig_review.eq(&e.ig_review),
+        ));
+    }
+    let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    // A few multi-row statements per batch, not one round trip per row (chunks stay well under
+    // both backends' bind-parameter limits).
+    // Multi-row inserts are not available through `MultiConnection`, so each runs on the
+    // backend's own connection.
+    macro_rules! insert_all {
+        ($conn:expr, $table:expr, $rows:expr, $per:expr) => {
+            for chunk in $rows.chunks($per) {
+                match &mut *$conn {
+                    crate::db::DbConnection::Pg(c) => diesel::insert_into($table).values(chunk).execute(c)?,
+                    crate::db::DbConnection::Sqlite(c) => diesel::insert_into($table).values(chunk).execute(c)?,
+                };
+            }
+        };
+    }
+    write_tx(&mut conn, |conn| {
+        insert_all!(conn, ae::table, rows, 512);
+        insert_all!(conn, nrefs::table, notice_refs, 2000);
+        insert_all!(conn, srefs::table, subject_refs, 2000);
         Ok(())
     })
 }
