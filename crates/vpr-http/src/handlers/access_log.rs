@@ -7,13 +7,41 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 use vpr_auth::Scope;
-use vpr_store::audit::AuditEntry;
+use vpr_store::audit::{AuditEntry, StoredAuditEntry};
 
 use crate::disclose::{audit_base, refuse_unread};
 use crate::error::ApiError;
 use crate::openapi::ProblemDoc;
 use crate::pipeline::{authenticate, blocking};
 use crate::AppState;
+
+/// Who acted on a notice, when and why: the part of an entry both access logs show.
+fn who_and_why(registry: &vpr_auth::Registry, s: &StoredAuditEntry) -> Value {
+    let e = &s.entry;
+    let org = registry.partner(&e.actor_org);
+    json!({
+        "seq": s.seq,
+        "at": e.at,
+        "request_id": e.request_id,
+        "action": e.action,
+        "organisation": {"ods_code": e.actor_org, "name": org.map(|p| p.name.as_str()), "type": e.actor_org_type},
+        "system": e.actor_system,
+        "user": e.actor_user,
+        "role": e.actor_role,
+        "purpose": e.purpose,
+        "context_reference": e.context_ref,
+        "break_glass": e.break_glass,
+        "break_glass_justification": e.justification,
+        "agreement_version": e.agreement_version,
+    })
+}
+
+fn extend(base: &mut Value, extra: Value) -> Value {
+    if let (Some(b), Value::Object(x)) = (base.as_object_mut(), extra) {
+        b.extend(x);
+    }
+    base.take()
+}
 
 /// Paging: `before` is the `seq` of the last entry seen; `limit` at most 200.
 #[derive(Debug, Deserialize)]
@@ -88,28 +116,16 @@ pub async fn access_log(
         .map(|s| {
             let e = &s.entry;
             let this = e.notices.iter().find(|n| n.id == notice_id);
-            let org = registry.partner(&e.actor_org);
-            json!({
-                "seq": s.seq,
-                "at": e.at,
-                "request_id": e.request_id,
-                "action": e.action,
-                "organisation": {"ods_code": e.actor_org, "name": org.map(|p| p.name.as_str()), "type": e.actor_org_type},
-                "system": e.actor_system,
-                "user": e.actor_user,
-                "role": e.actor_role,
-                "purpose": e.purpose,
-                "context_reference": e.context_ref,
-                "break_glass": e.break_glass,
-                "break_glass_justification": e.justification,
+            let mut item = who_and_why(registry, s);
+            let extra = json!({
                 "decision": this.map(|n| n.decision.as_str()),
                 "view": this.and_then(|n| n.view.as_deref()),
                 "restricted": this.map(|n| n.restricted),
                 "version": this.map(|n| n.version),
                 "lawful_basis": this.map(|n| n.lawful_basis.clone()),
                 "clauses": this.map(|n| n.clauses.clone()),
-                "agreement_version": e.agreement_version,
-            })
+            });
+            extend(&mut item, extra)
         })
         .collect();
     let next_before = (items.len() as i64 == limit).then(|| entries.last().map(|s| s.seq)).flatten();
@@ -184,24 +200,11 @@ pub async fn feed(
         .iter()
         .map(|s| {
             let e = &s.entry;
-            let org = registry.partner(&e.actor_org);
-            json!({
+            let extra = json!({
                 "leaf_index": s.leaf_index,
-                "seq": s.seq,
-                "at": e.at,
-                "request_id": e.request_id,
-                "action": e.action,
-                "organisation": {"ods_code": e.actor_org, "name": org.map(|p| p.name.as_str()), "type": e.actor_org_type},
-                "system": e.actor_system,
-                "user": e.actor_user,
-                "role": e.actor_role,
-                "purpose": e.purpose,
-                "context_reference": e.context_ref,
-                "break_glass": e.break_glass,
-                "break_glass_justification": e.justification,
                 "notices": e.notices.iter().filter(|n| mine.contains(&n.id)).collect::<Vec<_>>(),
-                "agreement_version": e.agreement_version,
-            })
+            });
+            extend(&mut who_and_why(registry, s), extra)
         })
         .collect();
     let next_after = entries.last().and_then(|s| s.leaf_index).or(after);
