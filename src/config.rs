@@ -31,6 +31,8 @@ pub struct Config {
     pub notices: NoticesConfig,
     #[serde(default)]
     pub tokens: TokensConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
     #[serde(default)]
@@ -72,6 +74,63 @@ impl Default for TokensConfig {
     fn default() -> Self {
         Self { access_token_seconds: default_access(), max_assertion_seconds: default_assertion() }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    #[serde(default = "default_retry_for")]
+    pub retry_for_seconds: u64,
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_seconds: u64,
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_lease")]
+    pub lease_seconds: u64,
+    #[serde(default = "default_poll")]
+    pub poll_ms: u64,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retry_for_seconds: default_retry_for(),
+            initial_backoff_ms: default_initial_backoff(),
+            max_backoff_seconds: default_max_backoff(),
+            timeout_ms: default_timeout(),
+            concurrency: default_concurrency(),
+            lease_seconds: default_lease(),
+            poll_ms: default_poll(),
+            ca_file: None,
+        }
+    }
+}
+
+fn default_retry_for() -> u64 {
+    72 * 3600
+}
+fn default_initial_backoff() -> u64 {
+    1000
+}
+fn default_max_backoff() -> u64 {
+    3600
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_lease() -> u64 {
+    30
+}
+fn default_poll() -> u64 {
+    250
 }
 
 fn default_listen() -> String {
@@ -144,6 +203,7 @@ impl Config {
         cfg.agreement = base.join(&cfg.agreement);
         cfg.keys.data_keys = base.join(&cfg.keys.data_keys);
         cfg.keys.signing_keys = cfg.keys.signing_keys.iter().map(|p| base.join(p)).collect();
+        cfg.delivery.ca_file = cfg.delivery.ca_file.as_ref().map(|p| base.join(p));
         if let Some(rel) = cfg.database_url.strip_prefix("sqlite://") {
             if !Path::new(rel).is_absolute() {
                 cfg.database_url = format!("sqlite://{}", base.join(rel).display());

@@ -205,7 +205,7 @@ fn open_store(cfg: &Config) -> Result<Store> {
     Ok(Store::open(&cfg.database_url, cfg.database_pool_size, vault)?)
 }
 
-async fn serve(cfg: Config) -> Result<()> {
+async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<()> {
     if cfg.demo {
         tracing::warn!("DEMO MODE: fictional partners and demo-only keys are accepted; never use with real data");
     }
@@ -256,6 +256,23 @@ async fn serve(cfg: Config) -> Result<()> {
             leeway: Duration::from_secs(30),
         },
     );
+    let extra_roots_pem = match &cfg.delivery.ca_file {
+        Some(p) => vec![std::fs::read(p).with_context(|| format!("cannot read `delivery.ca_file` `{}`", p.display()))?],
+        None => Vec::new(),
+    };
+    let delivery = vpr_http::delivery::DeliverySettings {
+        retry_for: Duration::from_secs(cfg.delivery.retry_for_seconds),
+        initial_backoff: Duration::from_millis(cfg.delivery.initial_backoff_ms),
+        max_backoff: Duration::from_secs(cfg.delivery.max_backoff_seconds),
+        timeout: Duration::from_millis(cfg.delivery.timeout_ms),
+        concurrency: cfg.delivery.concurrency,
+        lease: Duration::from_secs(cfg.delivery.lease_seconds),
+        poll: Duration::from_millis(cfg.delivery.poll_ms),
+        max_subscription_days: agreement.max_review_interval_days,
+        allow_insecure_webhooks: cfg.demo,
+        extra_roots_pem,
+    };
+    let webhook_client = vpr_http::delivery::webhook_client(&delivery).map_err(anyhow::Error::msg)?;
     let state = AppState {
         store,
         tokens,
@@ -266,6 +283,8 @@ async fn serve(cfg: Config) -> Result<()> {
         clock: Arc::new(SystemClock),
         metrics: vpr_http::metrics::Metrics::new()?,
         openapi: Arc::new(vpr_http::openapi::build()),
+        delivery: Arc::new(delivery),
+        outbox: vpr_http::delivery::Outbox::default(),
     };
     tracing::info!(database = state.store.backend().name(), public_url = %cfg.public_url, "vpr-broker starting");
     let sealer = tokio::spawn(vpr_http::tasks::seal_audit(state.clone(), Duration::from_secs(1)));
@@ -274,6 +293,10 @@ async fn serve(cfg: Config) -> Result<()> {
         Duration::from_secs(cfg.notices.expiry_check_seconds),
     ));
     let retention = tokio::spawn(vpr_http::tasks::retain_audit(state.clone(), Duration::from_secs(3600)));
+    // Fan-out and webhook delivery run on a runtime of their own, so pushes to slow receivers
+    // never hold up the HTTP workers.
+    delivery_runtime.spawn(vpr_http::delivery::fan_out(state.clone()));
+    delivery_runtime.spawn(vpr_http::delivery::deliver(state.clone(), webhook_client));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     vpr_http::run(state, &cfg.listen, workers, Duration::from_secs(cfg.shutdown_grace_seconds)).await?;
     retention.abort();
@@ -414,5 +437,14 @@ fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn run_server(cfg: Config) -> Result<()> {
-    actix_web::rt::System::new().block_on(serve(cfg))
+    let delivery = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("delivery")
+        .enable_all()
+        .build()
+        .context("cannot start the delivery runtime")?;
+    let result = actix_web::rt::System::new().block_on(serve(cfg, delivery.handle().clone()));
+    // Pushes cut short here are sent again after a restart (receivers de-duplicate by event id).
+    delivery.shutdown_timeout(Duration::from_secs(2));
+    result
 }

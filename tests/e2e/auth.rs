@@ -24,7 +24,7 @@ both!(good_assertion_gets_a_working_token, |b: &TestBroker| {
     assert_eq!(r.headers()["cache-control"], "no-store");
     let body = json_of(r);
     assert_eq!(body["token_type"], "Bearer");
-    assert_eq!(body["scope"], "notices:write notices:read lookups");
+    assert_eq!(body["scope"], "notices:write notices:read lookups subscriptions");
     let token = body["access_token"].as_str().unwrap();
     let r = b.publish(token, &person_notice("9990000018"));
     assert_eq!(r.status(), 201);

@@ -4,6 +4,7 @@
 // Test code: a failed expectation should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod receiver;
 mod support;
 
 mod access_log;
@@ -14,4 +15,5 @@ mod lookups;
 mod notices;
 mod ops;
 mod review;
+mod subscriptions;
 mod validation;

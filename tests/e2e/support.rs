@@ -47,6 +47,26 @@ macro_rules! both {
     };
 }
 
+/// Runs a test body once per backend, for tests that start their own broker:
+/// `both_backends!(name, |backend| { ... })`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn sqlite() {
+                ($body)($crate::support::Backend::Sqlite);
+            }
+            #[test]
+            fn postgres() {
+                ($body)($crate::support::Backend::Postgres);
+            }
+        }
+    };
+}
+
 /// A partner system the test registry knows.
 #[derive(Clone)]
 pub struct Client {
@@ -69,25 +89,31 @@ pub const PARTNERS: &[PartnerRow] = &[
         "amb-cad",
         "XAM01",
         "ambulance-trust",
-        &["notices:write", "notices:read", "lookups"],
+        &["notices:write", "notices:read", "lookups", "subscriptions"],
         &["ambulance-dispatcher", "ambulance-clinician"],
     ),
     (
         "gp-green",
         "XGP01",
         "gp-practice",
-        &["notices:write", "notices:read", "lookups"],
+        &["notices:write", "notices:read", "lookups", "subscriptions"],
         &["gp-receptionist", "gp-clinician"],
     ),
-    ("police", "XPF01", "police-force", &["notices:read", "lookups"], &["police-officer", "police-call-handler"]),
+    (
+        "police",
+        "XPF01",
+        "police-force",
+        &["notices:read", "lookups", "subscriptions"],
+        &["police-officer", "police-call-handler"],
+    ),
     (
         "acute-ed",
         "XAC01",
         "acute-trust",
-        &["notices:write", "notices:read", "lookups"],
+        &["notices:write", "notices:read", "lookups", "subscriptions"],
         &["ed-clinician", "ed-receptionist", "security-management-specialist"],
     ),
-    ("council", "XLA01", "local-authority", &["notices:read", "lookups"], &["social-worker"]),
+    ("council", "XLA01", "local-authority", &["notices:read", "lookups", "subscriptions"], &["social-worker"]),
     ("icb-ig", "XIC01", "icb", &["notices:read", "lookups", "ig:write", "audit:read"], &["ig-lead", "dpo"]),
 ];
 
@@ -187,6 +213,28 @@ impl TestBroker {
         };
         b.spawn();
         Some(b)
+    }
+
+    /// A broker that delivers to plain-http loopback receivers (demo mode; fresh non-demo keys
+    /// all the same) and retries quickly.
+    pub fn start_delivering(backend: Backend, adjust: impl FnOnce(&mut toml::Table)) -> Option<Self> {
+        Self::start_with(backend, |cfg| {
+            cfg.insert("demo".into(), true.into());
+            let delivery: toml::Table = toml::from_str(
+                "initial_backoff_ms = 100\nmax_backoff_seconds = 1\ntimeout_ms = 1000\nlease_seconds = 2\npoll_ms = 50\nconcurrency = 16",
+            )
+            .expect("delivery table");
+            cfg.insert("delivery".into(), delivery.into());
+            adjust(cfg);
+        })
+    }
+
+    /// Edits the broker's config file (takes effect at the next start).
+    pub fn edit_config(&self, adjust: impl FnOnce(&mut toml::Table)) {
+        let mut cfg: toml::Table =
+            toml::from_str(&std::fs::read_to_string(self.config_path()).expect("config")).expect("toml");
+        adjust(&mut cfg);
+        std::fs::write(self.config_path(), toml::to_string(&cfg).expect("toml")).expect("write config");
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -304,15 +352,55 @@ impl TestBroker {
         self.http.post(self.url("/v1/notices")).bearer_auth(token).json(body).send().expect("publish")
     }
 
+    pub fn post_json(&self, token: &str, path: &str, body: &Value) -> Response {
+        self.http.post(self.url(path)).bearer_auth(token).json(body).send().expect("post")
+    }
+
+    pub fn put_json(&self, token: &str, path: &str, body: &Value) -> Response {
+        self.http.put(self.url(path)).bearer_auth(token).json(body).send().expect("put")
+    }
+
+    pub fn delete(&self, token: &str, path: &str) -> Response {
+        self.http.delete(self.url(path)).bearer_auth(token).send().expect("delete")
+    }
+
+    /// Creates a subscription; panics unless it is created.
+    pub fn subscribe(&self, token: &str, body: &Value) -> Value {
+        let r = self.post_json(token, "/v1/subscriptions", body);
+        let status = r.status();
+        let v: Value = r.json().expect("json");
+        assert_eq!(status, 201, "{v:#}");
+        v
+    }
+
+    /// Waits until `check` holds of the subscription resource, or panics after `timeout`.
+    pub fn wait_subscription(&self, token: &str, id: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v: Value = self.get(token, &format!("/v1/subscriptions/{id}")).json().expect("json");
+            if check(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "subscription never reached the expected state: {v:#}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn get(&self, token: &str, path: &str) -> Response {
         self.http.get(self.url(path)).bearer_auth(token).send().expect("get")
     }
 
     /// A direct database connection, to look at what is stored as an attacker with a copy would.
     pub fn db(&self) -> DbConnection {
+        use diesel::connection::SimpleConnection;
         use diesel::Connection;
         let (_, url) = DbBackend::from_url(&self.database_url).expect("url");
-        DbConnection::establish(&url).expect("db connection")
+        let mut conn = DbConnection::establish(&url).expect("db connection");
+        if let DbConnection::Sqlite(c) = &mut conn {
+            // The running broker writes too: wait for its lock rather than fail.
+            c.batch_execute("PRAGMA busy_timeout = 10000;").expect("busy timeout");
+        }
+        conn
     }
 
     pub fn count(&self, table: &str) -> i64 {
@@ -376,6 +464,56 @@ impl TestBroker {
     }
 }
 
+/// A second broker process on the same database, keys and registry (another replica).
+pub struct Replica {
+    pub base: String,
+    child: Option<Child>,
+}
+
+impl Replica {
+    pub fn kill_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+impl TestBroker {
+    /// Starts another replica of this broker on a new port, sharing its database.
+    pub fn replica(&self) -> Replica {
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut cfg: toml::Table =
+            toml::from_str(&std::fs::read_to_string(self.config_path()).expect("config")).expect("toml");
+        cfg.insert("listen".into(), format!("127.0.0.1:{port}").into());
+        let path = self.dir.path().join(format!("replica-{port}.toml"));
+        std::fs::write(&path, toml::to_string(&cfg).expect("toml")).expect("write config");
+        let log = std::fs::File::create(self.dir.path().join(format!("replica-{port}.log"))).expect("log");
+        let child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("VPR_LOG", "info")
+            .env_remove("VPR_DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn replica");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.http.get(format!("{base}/readyz")).send().is_ok_and(|r| r.status() == 200) {
+            assert!(Instant::now() < deadline, "replica not ready in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Replica { base, child: Some(child) }
+    }
+}
+
 impl Drop for TestBroker {
     fn drop(&mut self) {
         self.kill_hard();
@@ -403,6 +541,59 @@ pub fn person_notice(nhs: &str) -> Value {
         "lawful_basis": ["UKGDPR-6-1-c", "UKGDPR-9-2-h"],
         "restricted": {"incident_reference": "DATIX-0001"}
     })
+}
+
+/// A valid notice about an address in `postcode` (fictional).
+pub fn address_notice(postcode: &str, line1: &str) -> Value {
+    json!({
+        "subject": {"address": {"postcode": postcode, "line1": line1}},
+        "category": "threat-with-weapon",
+        "medical_factor_operative": false,
+        "risk_level": "high",
+        "safety_advice": ["attend-with-police", "weapons-reported"],
+        "advice_text": "Knife reported at the address.",
+        "incident_date": day(-3),
+        "review_date": day(120),
+        "subject_informed": {"withheld_because": "informing would put staff at risk"},
+        "lawful_basis": ["UKGDPR-6-1-c", "UKGDPR-9-2-h"]
+    })
+}
+
+/// The Python interpreter with the independent checkers installed (`scripts/test` sets it up);
+/// `None` outside CI when it is missing (the check is then skipped with a message).
+#[allow(clippy::panic)]
+pub fn python() -> Option<String> {
+    match std::env::var("VPR_TEST_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("VPR_TEST_PYTHON is not set under CI=true: run the tests with scripts/test")
+        }
+        _ => {
+            eprintln!("SKIPPING the independent checks: VPR_TEST_PYTHON is not set (run scripts/test)");
+            None
+        }
+    }
+}
+
+/// Runs one of the checkers in `tests/e2e/tools` with `input` on stdin; returns its output, or
+/// its error output if it failed.
+pub fn run_checker(python: &str, script: &str, input: &Value) -> Result<Value, String> {
+    use std::io::Write;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/tools").join(script);
+    let mut child = Command::new(python)
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the checker");
+    child.stdin.take().expect("stdin").write_all(input.to_string().as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("checker output");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("checker JSON"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 pub fn json_of(r: Response) -> Value {

@@ -2,10 +2,12 @@
 //! credentials with `private_key_jwt` client assertions (RFC 7523), and the broker's own
 //! short-lived signed access tokens.
 
+pub mod jose;
 pub mod keys;
 pub mod registry;
 pub mod tokens;
 
+pub use jose::EncryptionKey;
 pub use keys::{BrokerKeys, SigningKeyFile};
 pub use registry::{Partner, PartnerSystem, Registry, Scope};
 pub use tokens::{AccessClaims, Principal, TokenService, TokenSettings};

@@ -326,6 +326,7 @@ fn audit(args: AuditArgs) -> Result<()> {
             agreement_version: "bench".into(),
             outcome: 200,
             ig_review: None,
+            received_by: None,
         };
         let started = Instant::now();
         std::thread::scope(|s| {

@@ -5,6 +5,7 @@
 
 pub mod ids;
 pub mod notice;
+pub mod subscription;
 pub mod validate;
 pub mod vocab;
 

@@ -58,6 +58,14 @@ pub enum BodySchema {
     BreakGlassReview,
     /// `schemas/audit-query.schema.json`
     AuditQuery,
+    /// `schemas/subscription.schema.json`
+    Subscription,
+    /// `schemas/subscription-cohort.schema.json`
+    SubscriptionCohort,
+    /// `schemas/subscription-approval.schema.json`
+    SubscriptionApproval,
+    /// `schemas/redeliver.schema.json`
+    Redeliver,
 }
 
 impl BodySchema {
@@ -72,6 +80,10 @@ impl BodySchema {
             BodySchema::Objection => include_str!("../../../schemas/objection.schema.json"),
             BodySchema::BreakGlassReview => include_str!("../../../schemas/break-glass-review.schema.json"),
             BodySchema::AuditQuery => include_str!("../../../schemas/audit-query.schema.json"),
+            BodySchema::Subscription => include_str!("../../../schemas/subscription.schema.json"),
+            BodySchema::SubscriptionCohort => include_str!("../../../schemas/subscription-cohort.schema.json"),
+            BodySchema::SubscriptionApproval => include_str!("../../../schemas/subscription-approval.schema.json"),
+            BodySchema::Redeliver => include_str!("../../../schemas/redeliver.schema.json"),
         }
     }
 
@@ -84,6 +96,10 @@ impl BodySchema {
         static OBJECTION: OnceLock<Result<Validator, String>> = OnceLock::new();
         static BG_REVIEW: OnceLock<Result<Validator, String>> = OnceLock::new();
         static AUDIT_QUERY: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static SUBSCRIPTION: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static COHORT: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static APPROVAL: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static REDELIVER: OnceLock<Result<Validator, String>> = OnceLock::new();
         let cell = match self {
             BodySchema::Notice => &NOTICE,
             BodySchema::Withdraw => &WITHDRAW,
@@ -93,6 +109,10 @@ impl BodySchema {
             BodySchema::Objection => &OBJECTION,
             BodySchema::BreakGlassReview => &BG_REVIEW,
             BodySchema::AuditQuery => &AUDIT_QUERY,
+            BodySchema::Subscription => &SUBSCRIPTION,
+            BodySchema::SubscriptionCohort => &COHORT,
+            BodySchema::SubscriptionApproval => &APPROVAL,
+            BodySchema::Redeliver => &REDELIVER,
         };
         cell.get_or_init(|| compile_schema(self.source()))
     }

@@ -128,6 +128,37 @@ pub struct Read {
     pub candidates: Vec<(StoredNotice, Vec<String>)>,
     /// The status a refusal is answered with.
     pub refusal_status: u16,
+    /// For deliveries and feed reads: the subscription receiving the notices, and which of them
+    /// it was given before (so it is told of withdrawals).
+    pub recipient: Option<Recipient>,
+}
+
+/// A subscription on the receiving end of a read.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// The subscription.
+    pub subscription_id: Uuid,
+    /// Notices it was given before.
+    pub received: std::collections::HashSet<String>,
+    /// The broadest view its payload allows (`id-only` subscriptions get the existence view).
+    pub max_view: View,
+    /// A push: recorded with outcome 0, since the receiver's answer comes after the entry is
+    /// committed (it is kept in the subscription's delivery status).
+    pub push: bool,
+    /// The request id to record when there is no HTTP request (a push).
+    pub request_id: Option<String>,
+}
+
+impl Read {
+    /// A read by an API caller (not a subscription).
+    pub fn new(
+        action: &'static str,
+        subject_refs: Vec<String>,
+        candidates: Vec<(StoredNotice, Vec<String>)>,
+        refusal_status: u16,
+    ) -> Self {
+        Self { action, subject_refs, candidates, refusal_status, recipient: None }
+    }
 }
 
 /// Decides, minimises and audits a read. Runs on the blocking pool.
@@ -138,7 +169,7 @@ pub fn govern(
     read: Read,
     now: DateTime<Utc>,
 ) -> Result<Disclosure, ApiError> {
-    let Read { action, subject_refs, candidates, refusal_status } = read;
+    let Read { action, subject_refs, candidates, refusal_status, recipient } = read;
     if state.ungoverned_reads {
         // Benchmark baseline only (refused outside demo mode): no decision, no audit.
         let full =
@@ -165,8 +196,15 @@ pub fn govern(
                 objection_upheld: directives.objection_upheld,
                 consent_given: directives.consent_given,
                 has_context_reference: access.context_ref.is_some(),
+                previously_received: recipient.as_ref().is_some_and(|r| r.received.contains(&notice.id.to_string())),
             };
-            let decision = state.agreement.decide(&requester, &facts(state, &notice), &ctx);
+            let mut decision = state.agreement.decide(&requester, &facts(state, &notice), &ctx);
+            if let (Some(r), Some(view)) = (&recipient, decision.view) {
+                if view > r.max_view {
+                    decision.view = Some(r.max_view);
+                    decision.restricted = false;
+                }
+            }
             considered.push(Considered { notice, matched, decision });
         }
     }
@@ -178,7 +216,13 @@ pub fn govern(
         (None, _, 0) => "deny",
         _ => "partial",
     };
-    let outcome = if refused.is_some() || (action == "read" && permitted == 0) { refusal_status } else { 200 };
+    let outcome = if recipient.as_ref().is_some_and(|r| r.push) {
+        0
+    } else if refused.is_some() || (action == "read" && permitted == 0) {
+        refusal_status
+    } else {
+        200
+    };
     let mut basis = BTreeSet::new();
     let mut clauses = BTreeSet::new();
     for c in &considered {
@@ -188,7 +232,11 @@ pub fn govern(
     let entry = AuditEntry {
         id: Uuid::new_v4(),
         at: now,
-        request_id: current_request_id().unwrap_or_default(),
+        request_id: recipient
+            .as_ref()
+            .and_then(|r| r.request_id.clone())
+            .or_else(current_request_id)
+            .unwrap_or_default(),
         action: action.to_owned(),
         actor_org: principal.org.as_str().to_owned(),
         actor_org_type: principal.org_type.code().to_owned(),
@@ -218,6 +266,7 @@ pub fn govern(
         agreement_version: state.agreement.version.clone(),
         outcome,
         ig_review: (access.justification.is_some() && refused.is_none()).then(|| "pending".to_owned()),
+        received_by: recipient.as_ref().map(|r| r.subscription_id.to_string()),
     };
     // Minimise first, so nothing but the minimised form exists past this point.
     let results: Vec<Value> = considered
@@ -235,14 +284,27 @@ pub fn govern(
 /// An audit entry for `principal` doing `action` now, with every other field empty, for callers
 /// to fill in.
 pub fn audit_base(state: &AppState, principal: &Principal, action: &str, outcome: u16) -> AuditEntry {
+    audit_entry(state, principal.org.as_str(), principal.org_type.code(), &principal.client_id, action, outcome)
+}
+
+/// An audit entry for an actor named by its organisation, type and system (which may no longer
+/// be in the registry), doing `action` now.
+pub fn audit_entry(
+    state: &AppState,
+    org: &str,
+    org_type: &str,
+    system: &str,
+    action: &str,
+    outcome: u16,
+) -> AuditEntry {
     AuditEntry {
         id: Uuid::new_v4(),
         at: state.clock.now(),
         request_id: current_request_id().unwrap_or_default(),
         action: action.to_owned(),
-        actor_org: principal.org.as_str().to_owned(),
-        actor_org_type: principal.org_type.code().to_owned(),
-        actor_system: principal.client_id.clone(),
+        actor_org: org.to_owned(),
+        actor_org_type: org_type.to_owned(),
+        actor_system: system.to_owned(),
         actor_user: None,
         actor_role: None,
         purpose: None,
@@ -257,6 +319,7 @@ pub fn audit_base(state: &AppState, principal: &Principal, action: &str, outcome
         agreement_version: state.agreement.version.clone(),
         outcome,
         ig_review: None,
+        received_by: None,
     }
 }
 

@@ -169,6 +169,7 @@ impl From<StoreError> for ApiError {
             StoreError::VersionMismatch { current } => ApiError::PreconditionFailed { current },
             e @ StoreError::NotChangeable { .. } => ApiError::Conflict(e.to_string()),
             StoreError::IdempotencyConflict => ApiError::IdempotencyKeyReused,
+            e @ StoreError::SubscriptionClosed(_) => ApiError::Conflict(e.to_string()),
             e @ StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             e => ApiError::Internal(e.to_string()),
         }

@@ -1,6 +1,7 @@
 //! The broker's HTTP interface: the request pipeline, handlers, problem+json errors, OpenAPI,
 //! metrics and the background tasks that run beside the server.
 
+pub mod delivery;
 pub mod disclose;
 pub mod error;
 pub mod handlers;
@@ -65,4 +66,8 @@ pub struct AppState {
     pub unaudited_reads: bool,
     /// The OpenAPI document served at `/openapi.json`.
     pub openapi: Arc<serde_json::Value>,
+    /// Subscription delivery settings.
+    pub delivery: Arc<delivery::DeliverySettings>,
+    /// Wakes this replica's fan-out and delivery tasks.
+    pub outbox: delivery::Outbox,
 }

@@ -1,6 +1,8 @@
 //! Prometheus metrics, served at `/metrics`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// The broker's metrics.
 #[derive(Clone, Debug)]
@@ -14,6 +16,12 @@ pub struct Metrics {
     pub notice_changes: IntCounterVec,
     /// Token requests by outcome.
     pub token_requests: IntCounterVec,
+    /// Subscription events created by fan-out.
+    pub events_fanned_out: IntCounter,
+    /// Webhook pushes by outcome (delivered, failed, dead-lettered).
+    pub deliveries: IntCounterVec,
+    /// From a notice change to its acknowledged delivery.
+    pub delivery_latency: Histogram,
 }
 
 impl Metrics {
@@ -36,8 +44,27 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(notice_changes.clone()))?;
+        let events_fanned_out = IntCounter::new("subscription_events_total", "Subscription events created by fan-out")?;
+        let deliveries =
+            IntCounterVec::new(Opts::new("webhook_deliveries_total", "Webhook pushes by outcome"), &["outcome"])?;
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new("delivery_latency_seconds", "From a notice change to its acknowledged delivery")
+                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0, 3600.0]),
+        )?;
         registry.register(Box::new(token_requests.clone()))?;
-        Ok(Self { registry, http_requests, http_duration, notice_changes, token_requests })
+        registry.register(Box::new(events_fanned_out.clone()))?;
+        registry.register(Box::new(deliveries.clone()))?;
+        registry.register(Box::new(delivery_latency.clone()))?;
+        Ok(Self {
+            registry,
+            http_requests,
+            http_duration,
+            notice_changes,
+            token_requests,
+            events_fanned_out,
+            deliveries,
+            delivery_latency,
+        })
     }
 
     /// The Prometheus text exposition.

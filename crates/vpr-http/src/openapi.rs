@@ -58,6 +58,18 @@ contract_schema!(/// `schemas/objection.schema.json`
     ObjectionInputDoc, "ObjectionInput");
 contract_schema!(/// `schemas/audit-query.schema.json`
     AuditQueryDoc, "AuditQuery");
+contract_schema!(/// `schemas/subscription.schema.json`
+    SubscriptionInputDoc, "SubscriptionInput");
+contract_schema!(/// `schemas/subscription-resource.schema.json`
+    SubscriptionDoc, "Subscription");
+contract_schema!(/// The feed of a subscription's events.
+    EventFeedDoc, "EventFeed");
+contract_schema!(/// `schemas/subscription-cohort.schema.json`
+    CohortChangeDoc, "SubscriptionCohortChange");
+contract_schema!(/// `schemas/subscription-approval.schema.json`
+    ApprovalInputDoc, "SubscriptionApprovalInput");
+contract_schema!(/// `schemas/redeliver.schema.json`
+    RedeliverInputDoc, "RedeliverInput");
 
 /// The response-body contract for notices.
 pub const NOTICE_RESOURCE_SCHEMA: &str = include_str!("../../../schemas/notice-resource.schema.json");
@@ -65,6 +77,26 @@ pub const NOTICE_RESOURCE_SCHEMA: &str = include_str!("../../../schemas/notice-r
 pub const DISCLOSED_NOTICE_SCHEMA: &str = include_str!("../../../schemas/disclosed-notice.schema.json");
 /// The problem details contract.
 pub const PROBLEM_SCHEMA: &str = include_str!("../../../schemas/problem.schema.json");
+/// A subscription as its owner sees it.
+pub const SUBSCRIPTION_RESOURCE_SCHEMA: &str = include_str!("../../../schemas/subscription-resource.schema.json");
+/// One subscription event, pushed or read from the feed.
+pub const SUBSCRIPTION_EVENT_SCHEMA: &str = include_str!("../../../schemas/subscription-event.schema.json");
+
+/// References between contract files become references between components.
+fn component_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref") {
+                if r == "disclosed-notice.schema.json" {
+                    *r = "#/components/schemas/DisclosedNotice".into();
+                }
+            }
+            m.values_mut().for_each(component_refs);
+        }
+        Value::Array(a) => a.iter_mut().for_each(component_refs),
+        _ => {}
+    }
+}
 
 fn contract(source: &str) -> Value {
     let mut v: Value = serde_json::from_str(source).unwrap_or_else(|_| json!({}));
@@ -72,6 +104,7 @@ fn contract(source: &str) -> Value {
         m.remove("$schema");
         m.remove("$id");
     }
+    component_refs(&mut v);
     v
 }
 
@@ -113,6 +146,49 @@ pub fn build() -> Value {
         }),
     );
     schemas.insert("DisclosedNotice".into(), contract(DISCLOSED_NOTICE_SCHEMA));
+    schemas.insert("SubscriptionInput".into(), contract(vpr_domain::validate::BodySchema::Subscription.source()));
+    schemas.insert(
+        "SubscriptionCohortChange".into(),
+        contract(vpr_domain::validate::BodySchema::SubscriptionCohort.source()),
+    );
+    schemas.insert(
+        "SubscriptionApprovalInput".into(),
+        contract(vpr_domain::validate::BodySchema::SubscriptionApproval.source()),
+    );
+    schemas.insert("RedeliverInput".into(), contract(vpr_domain::validate::BodySchema::Redeliver.source()));
+    schemas.insert("Subscription".into(), contract(SUBSCRIPTION_RESOURCE_SCHEMA));
+    schemas.insert("SubscriptionEvent".into(), contract(SUBSCRIPTION_EVENT_SCHEMA));
+    schemas.insert(
+        "EventFeed".into(),
+        json!({
+            "type": "object", "required": ["subscription_id", "events", "next_after", "last_event_number"],
+            "properties": {
+                "subscription_id": {"type": "string", "format": "uuid"},
+                "tag": {"type": ["string", "null"]},
+                "feed_id": {"type": ["string", "null"], "format": "uuid", "description": "The audit entry recording this read (none when no events were returned)"},
+                "events": {"type": "array", "items": {"$ref": "#/components/schemas/SubscriptionEvent"}},
+                "next_after": {"type": "integer", "description": "Pass as `after` to continue"},
+                "last_event_number": {"type": "integer"}
+            }
+        }),
+    );
+    schemas.insert(
+        "WebhookEvent".into(),
+        json!({
+            "description": "The claims of a webhook body: a compact JWS (`typ` `vpr-event+jwt`, ES256, `kid` in `/.well-known/jwks.json`), encrypted to the subscriber's key as a compact JWE (`cty` `JWT`, `enc` A256GCM) when it registered one. Sent as `application/jose` with headers `VPR-Event-Id`, `VPR-Event-Number`, `VPR-Subscription-Id`, `VPR-Timestamp`, `VPR-Delivery-Attempt`. Any 2xx acknowledges.",
+            "type": "object", "required": ["iss", "aud", "sub", "iat", "jti", "subscription", "audit_id", "event"],
+            "properties": {
+                "iss": {"type": "string", "description": "The broker's public URL"},
+                "aud": {"type": "string", "description": "The subscribing system's client id"},
+                "sub": {"type": "string", "format": "uuid", "description": "The subscription"},
+                "iat": {"type": "integer"},
+                "jti": {"type": "string", "format": "uuid", "description": "The event id"},
+                "subscription": {"type": "object", "properties": {"id": {"type": "string"}, "tag": {"type": ["string", "null"]}}},
+                "audit_id": {"type": "string", "format": "uuid", "description": "The audit entry recording this disclosure"},
+                "event": {"$ref": "#/components/schemas/SubscriptionEvent"}
+            }
+        }),
+    );
     schemas.insert("Problem".into(), contract(PROBLEM_SCHEMA));
     schemas.insert(
         "NoticeVersions".into(),
@@ -146,7 +222,7 @@ pub fn build() -> Value {
                 "notices:write": "publish, amend, review and withdraw your organisation's notices",
                 "notices:read": "read notices",
                 "lookups": "look subjects up",
-                "subscriptions": "manage subscriptions",
+                "subscriptions": "subscribe to notice changes and read their feeds",
                 "audit:read": "read the audit log (IG)",
                 "ig:write": "record consents and objections (IG)"
             }}}
@@ -203,6 +279,11 @@ mod tests {
             ("/readyz", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),
+            ("/v1/subscriptions", "post"),
+            ("/v1/subscriptions", "get"),
+            ("/v1/subscriptions/{id}", "get"),
+            ("/v1/subscriptions/{id}", "delete"),
+            ("/v1/subscriptions/{id}/events", "get"),
         ] {
             assert!(doc["paths"][path][method].is_object(), "{method} {path} missing");
         }

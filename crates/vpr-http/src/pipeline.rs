@@ -77,3 +77,41 @@ where
 {
     web::block(f).await.map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))?
 }
+
+/// An integer query parameter in `min..=max`, or `default` when absent; a bad value is a
+/// validation problem naming the parameter.
+pub fn query_int(req: &HttpRequest, name: &str, min: i64, max: i64, default: i64) -> Result<i64, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).map_err(|_| {
+        ApiError::Validation(vec![vpr_domain::FieldError::new("", "query-string", "the query string is malformed")])
+    })?;
+    let mut values = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
+    let Some(raw) = values.next() else { return Ok(default) };
+    let bad = |rule: &str, detail: String| {
+        ApiError::Validation(vec![vpr_domain::FieldError::new(format!("/{name}"), rule, detail)])
+    };
+    if values.next().is_some() {
+        return Err(bad("repeated", format!("`{name}` is given twice")));
+    }
+    let n: i64 = raw.trim().parse().map_err(|_| bad("type", format!("`{name}` must be an integer")))?;
+    if !(min..=max).contains(&n) {
+        return Err(bad("range", format!("`{name}` must be {min} to {max}")));
+    }
+    Ok(n)
+}
+
+/// A text query parameter, if given once.
+pub fn query_text(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).map_err(|_| {
+        ApiError::Validation(vec![vpr_domain::FieldError::new("", "query-string", "the query string is malformed")])
+    })?;
+    let values: Vec<String> = pairs.into_iter().filter(|(k, _)| k == name).map(|(_, v)| v).collect();
+    match values.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        _ => Err(ApiError::Validation(vec![vpr_domain::FieldError::new(
+            format!("/{name}"),
+            "repeated",
+            format!("`{name}` is given twice"),
+        )])),
+    }
+}

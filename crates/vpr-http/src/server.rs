@@ -8,7 +8,9 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
 use crate::error::ApiError;
-use crate::handlers::{access_log, audit_proofs, break_glass, directives, lookups, notices, oauth, ops, review};
+use crate::handlers::{
+    access_log, audit_proofs, break_glass, directives, lookups, notices, oauth, ops, review, subscriptions,
+};
 use crate::AppState;
 
 /// Every route the broker serves. The OpenAPI document is generated from this same function.
@@ -39,7 +41,17 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(review::search)
         .service(review::summary)
         .service(review::subject_access_report)
-        .service(access_log::feed);
+        .service(access_log::feed)
+        .service(subscriptions::create)
+        .service(subscriptions::list)
+        .service(subscriptions::events)
+        .service(subscriptions::change_cohort)
+        .service(subscriptions::decide_approval)
+        .service(subscriptions::dead_letters)
+        .service(subscriptions::redeliver)
+        .service(subscriptions::read)
+        .service(subscriptions::replace)
+        .service(subscriptions::delete_subscription);
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {

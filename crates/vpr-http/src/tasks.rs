@@ -16,6 +16,9 @@ pub async fn expire_notices(state: AppState, every: Duration) {
         let result = tokio::task::spawn_blocking(move || store.expire_due(now.date_naive(), now)).await;
         match result {
             Ok(Ok(expired)) => {
+                if !expired.is_empty() {
+                    state.outbox.changed();
+                }
                 for n in &expired {
                     state.metrics.notice_changes.with_label_values(&[n.version.change.code()]).inc();
                     tracing::info!(notice_id = %n.id, review_date = %n.content.review_date, "notice expired");
@@ -103,6 +106,7 @@ pub async fn retain_audit(state: AppState, every: Duration) {
                     agreement_version: st.agreement.version.clone(),
                     outcome: 200,
                     ig_review: None,
+                    received_by: None,
                 };
                 st.store.append_audit(&entry)?;
             }

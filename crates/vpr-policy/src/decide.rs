@@ -94,6 +94,8 @@ pub struct AccessContext {
     pub consent_given: bool,
     /// An incident, encounter or case reference was given.
     pub has_context_reference: bool,
+    /// The recipient (a subscription) was given this notice before.
+    pub previously_received: bool,
 }
 
 /// The outcome for one notice.
@@ -134,7 +136,7 @@ fn cache_key(who: &Requester, n: &NoticeFacts, ctx: &AccessContext) -> String {
     let mut kinds = n.subject_kinds.clone();
     kinds.sort();
     format!(
-        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
         who.org,
         who.org_type.code(),
         who.role,
@@ -152,6 +154,7 @@ fn cache_key(who: &Requester, n: &NoticeFacts, ctx: &AccessContext) -> String {
         ctx.break_glass,
         ctx.objection_upheld,
         u8::from(ctx.consent_given) * 2 + u8::from(ctx.has_context_reference),
+        ctx.previously_received,
     )
 }
 
@@ -226,6 +229,7 @@ impl Agreement {
             ("objection_upheld".to_owned(), RestrictedExpression::new_bool(ctx.objection_upheld)),
             ("consent_given".to_owned(), RestrictedExpression::new_bool(ctx.consent_given)),
             ("has_context_reference".to_owned(), RestrictedExpression::new_bool(ctx.has_context_reference)),
+            ("previously_received".to_owned(), RestrictedExpression::new_bool(ctx.previously_received)),
         ]);
         let Ok(context) = context else { return deny(vec![]) };
         let authorizer = Authorizer::new();
@@ -280,6 +284,87 @@ impl Agreement {
                     basis.extend(b.split_whitespace().map(str::to_owned));
                 }
             }
+        }
+    }
+}
+
+/// What a subscription asks for, as the `subscribe` clauses see it.
+#[derive(Debug, Clone)]
+pub struct SubscriptionFacts {
+    /// Subject kinds it is limited to (empty: all).
+    pub subject_kinds: Vec<String>,
+    /// Limited to a cohort.
+    pub has_cohort: bool,
+    /// Limited to postcode areas or districts.
+    pub has_geography: bool,
+    /// `id-only` or `view`.
+    pub payload: String,
+    /// `webhook` or `feed`.
+    pub method: String,
+}
+
+impl Agreement {
+    /// Whether a subscription may start without an IG lead's approval: a permit names the
+    /// clauses (and their bases) that allow it; a denial means it waits for approval.
+    pub fn decide_subscription(
+        &self,
+        who: &Requester,
+        sub: &SubscriptionFacts,
+        purpose: &str,
+        has_context_reference: bool,
+    ) -> Decision {
+        let deny = Decision { permit: false, view: None, restricted: false, lawful_basis: vec![], clauses: vec![] };
+        let (Some(p_uid), Some(r_uid), Some(a_uid)) = (
+            uid("Vpr::Requester", &format!("{}/{}", who.system, who.role)),
+            uid("Vpr::SubscriptionRequest", "requested"),
+            uid("Vpr::Action", "subscribe"),
+        ) else {
+            return deny;
+        };
+        let principal = Entity::new(
+            p_uid.clone(),
+            HashMap::from([
+                ("org".to_owned(), RestrictedExpression::new_string(who.org.clone())),
+                ("org_type".to_owned(), RestrictedExpression::new_string(who.org_type.code().to_owned())),
+                ("role".to_owned(), RestrictedExpression::new_string(who.role.clone())),
+                ("system".to_owned(), RestrictedExpression::new_string(who.system.clone())),
+            ]),
+            HashSet::new(),
+        );
+        let resource = Entity::new(
+            r_uid.clone(),
+            HashMap::from([
+                ("subject_kinds".to_owned(), strings(&sub.subject_kinds)),
+                ("has_cohort".to_owned(), RestrictedExpression::new_bool(sub.has_cohort)),
+                ("has_geography".to_owned(), RestrictedExpression::new_bool(sub.has_geography)),
+                ("payload".to_owned(), RestrictedExpression::new_string(sub.payload.clone())),
+                ("method".to_owned(), RestrictedExpression::new_string(sub.method.clone())),
+            ]),
+            HashSet::new(),
+        );
+        let (Ok(principal), Ok(resource)) = (principal, resource) else { return deny };
+        let Ok(entities) = Entities::from_entities([principal, resource], None) else { return deny };
+        let Ok(context) = Context::from_pairs([
+            ("purpose".to_owned(), RestrictedExpression::new_string(purpose.to_owned())),
+            ("has_context_reference".to_owned(), RestrictedExpression::new_bool(has_context_reference)),
+        ]) else {
+            return deny;
+        };
+        let Ok(req) = Request::new(p_uid, a_uid, r_uid, context, Some(&self.schema)) else { return deny };
+        let resp = Authorizer::new().is_authorized(&req, &self.policies, &entities);
+        if resp.diagnostics().errors().next().is_some() || resp.decision() != CedarDecision::Allow {
+            return deny;
+        }
+        let reasons: Vec<PolicyId> = resp.diagnostics().reason().cloned().collect();
+        let mut clauses = BTreeSet::new();
+        let mut basis = BTreeSet::new();
+        self.collect(&reasons, &mut clauses, &mut basis);
+        Decision {
+            permit: true,
+            view: None,
+            restricted: false,
+            lawful_basis: basis.into_iter().collect(),
+            clauses: clauses.into_iter().collect(),
         }
     }
 }

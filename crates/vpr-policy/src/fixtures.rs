@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use vpr_domain::vocab::OrgType;
 
-use crate::{AccessContext, Agreement, NoticeFacts, PolicyError, Requester, View};
+use crate::{AccessContext, Agreement, Decision, NoticeFacts, PolicyError, Requester, SubscriptionFacts, View};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -14,9 +14,24 @@ struct Fixture {
     seed: String,
     principal: FixturePrincipal,
     purpose: String,
+    #[serde(default)]
     context: FixtureContext,
-    notice: FixtureNotice,
+    /// A read of this notice is decided...
+    notice: Option<FixtureNotice>,
+    /// ...or whether this subscription may start without IG approval.
+    subscription: Option<FixtureSubscription>,
     expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureSubscription {
+    #[serde(default)]
+    subject_kinds: Vec<String>,
+    has_cohort: bool,
+    has_geography: bool,
+    payload: String,
+    method: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -27,13 +42,19 @@ struct FixturePrincipal {
     role: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FixtureContext {
+    #[serde(default)]
     break_glass: bool,
+    #[serde(default)]
     objection_upheld: bool,
+    #[serde(default)]
     consent_given: bool,
+    #[serde(default)]
     has_context_reference: bool,
+    #[serde(default)]
+    previously_received: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +76,7 @@ struct FixtureNotice {
 struct Expect {
     decision: String,
     view: Option<View>,
+    #[serde(default)]
     restricted: bool,
     lawful_basis: Vec<String>,
     clauses: Vec<String>,
@@ -72,33 +94,53 @@ pub fn replay(agreement: &Agreement, fixtures_json: &str) -> Result<usize, Polic
             role: f.principal.role.clone(),
             system: "fixture".into(),
         };
-        let n = &f.notice;
-        let notice = NoticeFacts {
-            id: format!("fixture-{i}"),
-            publisher: n.publisher.clone(),
-            publisher_type: n.publisher_type,
-            category: n.category.clone(),
-            risk_level: n.risk_level.clone(),
-            medical_factor_operative: n.medical_factor_operative,
-            lawful_basis: n.lawful_basis.clone(),
-            subject_kinds: n.subject_kinds.clone(),
-            has_crime_reference: n.has_crime_reference,
-            active: n.active,
-        };
-        let ctx = AccessContext {
-            purpose: f.purpose.clone(),
-            break_glass: f.context.break_glass,
-            objection_upheld: f.context.objection_upheld,
-            consent_given: f.context.consent_given,
-            has_context_reference: f.context.has_context_reference,
-        };
-        let d = agreement.evaluate(&who, &notice, &ctx);
-        // The memoised path must give the same answer, first time and from the cache.
-        for _ in 0..2 {
-            if agreement.decide(&who, &notice, &ctx) != d {
-                failures.push(format!("  #{i} {}: the cached decision differs from the evaluated one", f.name));
+        let d = match (&f.notice, &f.subscription) {
+            (Some(n), None) => {
+                let notice = NoticeFacts {
+                    id: format!("fixture-{i}"),
+                    publisher: n.publisher.clone(),
+                    publisher_type: n.publisher_type,
+                    category: n.category.clone(),
+                    risk_level: n.risk_level.clone(),
+                    medical_factor_operative: n.medical_factor_operative,
+                    lawful_basis: n.lawful_basis.clone(),
+                    subject_kinds: n.subject_kinds.clone(),
+                    has_crime_reference: n.has_crime_reference,
+                    active: n.active,
+                };
+                let ctx = AccessContext {
+                    purpose: f.purpose.clone(),
+                    break_glass: f.context.break_glass,
+                    objection_upheld: f.context.objection_upheld,
+                    consent_given: f.context.consent_given,
+                    has_context_reference: f.context.has_context_reference,
+                    previously_received: f.context.previously_received,
+                };
+                let d = agreement.evaluate(&who, &notice, &ctx);
+                // The memoised path must give the same answer, first time and from the cache.
+                for _ in 0..2 {
+                    if agreement.decide(&who, &notice, &ctx) != d {
+                        failures.push(format!("  #{i} {}: the cached decision differs from the evaluated one", f.name));
+                    }
+                }
+                d
             }
-        }
+            (None, Some(sub)) => {
+                let facts = SubscriptionFacts {
+                    subject_kinds: sub.subject_kinds.clone(),
+                    has_cohort: sub.has_cohort,
+                    has_geography: sub.has_geography,
+                    payload: sub.payload.clone(),
+                    method: sub.method.clone(),
+                };
+                agreement.decide_subscription(&who, &facts, &f.purpose, f.context.has_context_reference)
+            }
+            _ => {
+                failures.push(format!("  #{i} {}: give exactly one of `notice` and `subscription`", f.name));
+                continue;
+            }
+        };
+        let d: Decision = d;
         let mut basis = f.expect.lawful_basis.clone();
         basis.sort();
         let mut clauses = f.expect.clauses.clone();

@@ -12,7 +12,7 @@ mod decide;
 pub mod fixtures;
 
 pub use agreement::{Agreement, BreakGlass, Party, Purpose, Role};
-pub use decide::{AccessContext, Decision, NoticeFacts, Requester, View};
+pub use decide::{AccessContext, Decision, NoticeFacts, Requester, SubscriptionFacts, View};
 
 /// Why an agreement could not be loaded or a fixture failed.
 #[derive(Debug, thiserror::Error)]

@@ -74,6 +74,11 @@ pub struct AuditEntry {
     pub outcome: u16,
     /// `pending` when IG must review (break-glass).
     pub ig_review: Option<String>,
+    /// For a delivery or feed read: the subscription that received the permitted notices. Not
+    /// part of the sealed entry; recorded beside it in the same transaction, so a subscriber
+    /// that was given a notice is always told when it is withdrawn or expires.
+    #[serde(skip)]
+    pub received_by: Option<String>,
 }
 
 /// A stored entry, with its sequence number.
@@ -260,6 +265,7 @@ fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&Audit
     let mut rows = Vec::with_capacity(entries.len());
     let mut notice_refs = Vec::new();
     let mut subject_refs = Vec::new();
+    let mut received = Vec::new();
     for e in entries {
         let id = e.id.to_string();
         let justification = e
@@ -270,6 +276,9 @@ fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&Audit
         let mut seen = std::collections::BTreeSet::new();
         for n in e.notices.iter().filter(|n| seen.insert(n.id.as_str())) {
             notice_refs.push((nrefs::notice_id.eq(n.id.clone()), nrefs::audit_id.eq(id.clone())));
+            if let (Some(sub), "permit") = (&e.received_by, n.decision.as_str()) {
+                received.push((sub.clone(), n.id.clone()));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for r in e.subject_refs.iter().filter(|r| seen.insert(r.as_str())) {
@@ -300,24 +309,12 @@ fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&Audit
         ));
     }
     let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    // A few multi-row statements per batch, not one round trip per row (chunks stay well under
-    // both backends' bind-parameter limits).
-    // Multi-row inserts are not available through `MultiConnection`, so each runs on the
-    // backend's own connection.
-    macro_rules! insert_all {
-        ($conn:expr, $table:expr, $rows:expr, $per:expr) => {
-            for chunk in $rows.chunks($per) {
-                match &mut *$conn {
-                    crate::db::DbConnection::Pg(c) => diesel::insert_into($table).values(chunk).execute(c)?,
-                    crate::db::DbConnection::Sqlite(c) => diesel::insert_into($table).values(chunk).execute(c)?,
-                };
-            }
-        };
-    }
+    // A few multi-row statements per batch, not one round trip per row.
     write_tx(&mut conn, |conn| {
-        insert_all!(conn, ae::table, rows, 512);
-        insert_all!(conn, nrefs::table, notice_refs, 2000);
-        insert_all!(conn, srefs::table, subject_refs, 2000);
+        crate::db::insert_chunks!(conn, ae::table, rows, 512);
+        crate::db::insert_chunks!(conn, nrefs::table, notice_refs, 2000);
+        crate::db::insert_chunks!(conn, srefs::table, subject_refs, 2000);
+        crate::subscriptions::record_received(conn, &received)?;
         Ok(())
     })
 }
@@ -411,6 +408,7 @@ impl Store {
                         agreement_version: r.agreement_version,
                         outcome: u16::try_from(r.outcome).unwrap_or_default(),
                         ig_review: r.ig_review,
+                        received_by: None,
                     },
                 })
             })

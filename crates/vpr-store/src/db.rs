@@ -160,3 +160,18 @@ pub fn write_tx<T>(
         }
     }
 }
+
+/// Inserts `rows` into `table` in multi-row statements of `per` rows. Multi-row inserts are not
+/// available through `MultiConnection`, so each runs on the backend's own connection; chunks
+/// stay well under both backends' bind-parameter limits.
+macro_rules! insert_chunks {
+    ($conn:expr, $table:expr, $rows:expr, $per:expr) => {
+        for chunk in $rows.chunks($per) {
+            match &mut *$conn {
+                $crate::db::DbConnection::Pg(c) => diesel::insert_into($table).values(chunk).execute(c)?,
+                $crate::db::DbConnection::Sqlite(c) => diesel::insert_into($table).values(chunk).execute(c)?,
+            };
+        }
+    };
+}
+pub(crate) use insert_chunks;

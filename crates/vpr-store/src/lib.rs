@@ -10,6 +10,7 @@ pub mod notices;
 pub mod review;
 pub mod schema;
 pub mod seal;
+pub mod subscriptions;
 pub mod testdb;
 pub mod tokens;
 pub mod vault;
@@ -63,6 +64,9 @@ pub enum StoreError {
     /// An idempotency key was reused for a different request.
     #[error("idempotency key was already used for a different request")]
     IdempotencyConflict,
+    /// The subscription can no longer be changed.
+    #[error("a subscription that is `{0}` cannot be changed")]
+    SubscriptionClosed(String),
 }
 
 /// The broker's store: a connection pool and the vault for identifiers at rest.

@@ -255,6 +255,7 @@ impl Store {
             let row = self.seal_version(&id, 1, &step, at)?;
             diesel::insert_into(notice_versions::table).values(&row).execute(conn)?;
             self.write_match_keys(conn, &id, c)?;
+            crate::subscriptions::record_notice_event(conn, &id, 1, ChangeKind::Created, at)?;
             if let Some((key, hash)) = &new.idempotency {
                 diesel::insert_into(idempotency_keys::table)
                     .values((
@@ -274,7 +275,12 @@ impl Store {
         Ok(notices::table.find(id).select(NoticeRow::as_select()).first(conn).optional()?)
     }
 
-    fn version_in(&self, conn: &mut DbConnection, id: &str, version: i64) -> Result<Option<StoredNotice>, StoreError> {
+    pub(crate) fn version_in(
+        &self,
+        conn: &mut DbConnection,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredNotice>, StoreError> {
         let Some(head) = self.head_in(conn, id)? else {
             return Ok(None);
         };
@@ -459,6 +465,8 @@ impl Store {
         if step.kind == ChangeKind::Amended {
             self.write_match_keys(conn, &head.id, content)?;
         }
+        // The outbox: subscribers learn of the change from this row, committed with it.
+        crate::subscriptions::record_notice_event(conn, &head.id, next, step.kind, at)?;
         let mut new_head = head.clone();
         new_head.current_version = next;
         self.open_version(row, &new_head)

@@ -144,3 +144,89 @@ diesel::table! {
         frontier -> Text,
     }
 }
+
+diesel::table! {
+    subscriptions (id) {
+        id -> Text,
+        owner_ods -> Text,
+        owner_system -> Text,
+        status -> Text,
+        purpose -> Text,
+        role -> Text,
+        context_ref -> Nullable<Text>,
+        criteria -> Text,
+        payload -> Text,
+        channel -> Text,
+        method -> Text,
+        endpoint -> Nullable<Text>,
+        encryption_jwk -> Nullable<Text>,
+        tag -> Nullable<Text>,
+        expires_at -> Timestamp,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        approval -> Text,
+        last_event_number -> BigInt,
+        delivered_upto -> BigInt,
+        delivery_state -> Text,
+        attempts -> Integer,
+        failing_since -> Nullable<Timestamp>,
+        next_attempt_at -> Timestamp,
+        last_attempt_at -> Nullable<Timestamp>,
+        last_delivered_at -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    subscription_cohort (subscription_id, blind_index) {
+        subscription_id -> Text,
+        blind_index -> Text,
+    }
+}
+
+diesel::table! {
+    notice_events (seq) {
+        seq -> BigInt,
+        notice_id -> Text,
+        version -> BigInt,
+        kind -> Text,
+        at -> Timestamp,
+        fanned_out_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    subscription_events (subscription_id, event_number) {
+        subscription_id -> Text,
+        event_number -> BigInt,
+        event_id -> Text,
+        notice_id -> Text,
+        notice_version -> BigInt,
+        kind -> Text,
+        occurred_at -> Timestamp,
+        matched -> Bool,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    subscription_notice_seen (subscription_id, notice_id) {
+        subscription_id -> Text,
+        notice_id -> Text,
+    }
+}
+
+diesel::table! {
+    subscription_dead_letters (subscription_id, event_number, dead_at) {
+        subscription_id -> Text,
+        event_number -> BigInt,
+        dead_at -> Timestamp,
+        attempts -> Integer,
+        last_error -> Text,
+        resolved_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(subscriptions, subscription_cohort, subscription_events, notice_events);

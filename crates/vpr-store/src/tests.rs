@@ -284,6 +284,7 @@ fn audit_entry(n: usize, at: chrono::DateTime<Utc>) -> audit::AuditEntry {
         agreement_version: "test".into(),
         outcome: 200,
         ig_review: None,
+        received_by: None,
     }
 }
 
@@ -385,4 +386,152 @@ fn replicas_sharing_one_postgres_seal_one_consistent_log() {
     assert_eq!(report.entries, 3 * per_replica as u64);
     assert_eq!(report.unsealed, 0);
     assert!(report.checkpoints > 3, "several sealers signed checkpoints: {}", report.checkpoints);
+}
+
+fn subscription(
+    id: uuid::Uuid,
+    criteria: vpr_domain::subscription::Criteria,
+    cohort: Option<Vec<String>>,
+) -> subscriptions::NewSubscription {
+    subscriptions::NewSubscription {
+        id,
+        owner_ods: "XAM01".into(),
+        owner_system: "amb-cad".into(),
+        status: subscriptions::status::ACTIVE.into(),
+        purpose: "staff-safety".into(),
+        role: "ambulance-dispatcher".into(),
+        context_ref: None,
+        criteria,
+        payload: vpr_domain::subscription::Payload::View,
+        channel: "vpr".into(),
+        method: vpr_domain::subscription::DeliveryMethod::Webhook,
+        endpoint: Some("https://cad.example/hook".into()),
+        encryption_jwk: None,
+        tag: Some("t".into()),
+        expires_at: Utc::now() + Duration::days(30),
+        approval: serde_json::json!({"decided_by": "agreement"}),
+        cohort,
+    }
+}
+
+#[test]
+fn changes_fan_out_numbered_per_subscription_and_withdrawals_follow_earlier_recipients() {
+    use vpr_domain::subscription::Criteria;
+    let b = backends();
+    for (name, store) in &b.stores {
+        let now = Utc::now();
+        let everything = uuid::Uuid::new_v4();
+        let high_only = uuid::Uuid::new_v4();
+        let cohort_id = uuid::Uuid::new_v4();
+        store.create_subscription(&subscription(everything, Criteria::default(), None), now).unwrap();
+        let high = Criteria { min_risk_level: Some(RiskLevel::High), ..Default::default() };
+        store.create_subscription(&subscription(high_only, high, None), now).unwrap();
+        let member = store.vault().blind_index(MatchKind::NhsNumber, "9990000026");
+        let in_cohort = Criteria { cohort: true, ..Default::default() };
+        store.create_subscription(&subscription(cohort_id, in_cohort, Some(vec![member])), now).unwrap();
+        assert_eq!(store.cohort_size(cohort_id).unwrap(), 1, "{name}");
+
+        let a = created(store.publish(&new_notice("9990000018", None), now).unwrap());
+        let c = created(store.publish(&new_notice("9990000026", None), now).unwrap());
+        assert_eq!(store.outbox_backlog().unwrap(), 2, "{name}");
+        let done = store.fan_out(100, now).unwrap();
+        assert_eq!(done, subscriptions::FanOut { events: 2, deliveries: 5 }, "{name}");
+        assert_eq!(store.outbox_backlog().unwrap(), 0, "{name}");
+        // Lowered below `high_only`'s threshold: the amendment still reaches it, marked unmatched.
+        let mut lowered = a.content.clone();
+        lowered.risk_level = RiskLevel::Low;
+        store.change(a.id, "RX9", "cad", None, Change::Amend(Box::new(lowered)), now).unwrap();
+        store
+            .change(a.id, "RX9", "cad", None, Change::Withdraw { reason: "gone".into(), entered_in_error: false }, now)
+            .unwrap();
+        store.fan_out(100, now).unwrap();
+        let e = store.events_after(high_only, 0, 10).unwrap();
+        let kinds: Vec<(i64, &str, bool)> = e.iter().map(|e| (e.number, e.kind.as_str(), e.matched)).collect();
+        assert_eq!(
+            kinds,
+            vec![(1, "created", true), (2, "created", true), (3, "amended", false), (4, "withdrawn", false)],
+            "{name}"
+        );
+        assert_eq!(e[0].notice_id, a.id, "{name}");
+        let cohort_events = store.events_after(cohort_id, 0, 10).unwrap();
+        assert_eq!(cohort_events.iter().map(|e| e.notice_id).collect::<Vec<_>>(), vec![c.id], "{name}");
+        let all = store.subscription(everything).unwrap().unwrap();
+        assert_eq!(all.delivery.last_event_number, 4, "{name}");
+        // Event ids are unique across subscriptions (receivers de-duplicate by them).
+        let ids: std::collections::HashSet<_> =
+            store.events_after(everything, 0, 10).unwrap().iter().chain(e.iter()).map(|e| e.event_id).collect();
+        assert_eq!(ids.len(), 8, "{name}");
+        // A deleted subscription gets nothing more.
+        store
+            .set_subscription_status(
+                everything,
+                &[subscriptions::status::ACTIVE],
+                subscriptions::status::DELETED,
+                None,
+                now,
+            )
+            .unwrap()
+            .unwrap();
+        store
+            .change(c.id, "RX9", "cad", None, Change::Withdraw { reason: "gone".into(), entered_in_error: false }, now)
+            .unwrap();
+        store.fan_out(100, now).unwrap();
+        assert_eq!(store.subscription(everything).unwrap().unwrap().delivery.last_event_number, 4, "{name}");
+        assert_eq!(store.events_after(cohort_id, 0, 10).unwrap().len(), 2, "{name}");
+    }
+}
+
+#[test]
+fn deliveries_are_leased_acknowledged_retried_and_dead_lettered() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let now = Utc::now();
+        let id = uuid::Uuid::new_v4();
+        store.create_subscription(&subscription(id, Default::default(), None), now).unwrap();
+        for nhs in ["9990000018", "9990000026"] {
+            store.publish(&new_notice(nhs, None), now).unwrap();
+        }
+        store.fan_out(100, now).unwrap();
+        let lease = now + Duration::seconds(30);
+        let claimed = store.claim_due("r1", 10, now, lease).unwrap();
+        assert_eq!(claimed.len(), 1, "{name}");
+        // Held by r1: another replica cannot take it until the lease passes.
+        assert!(store.claim_due("r2", 10, now, lease).unwrap().is_empty(), "{name}");
+        assert!(store.ack_delivery(id, "r1", 1, now, lease).unwrap(), "{name}");
+        assert!(!store.ack_delivery(id, "r2", 2, now, lease).unwrap(), "{name}: a replica without the lease");
+        let give_up_after = Duration::hours(72);
+        let fail = |at: chrono::DateTime<Utc>, owner: &str| {
+            store.fail_delivery(
+                id,
+                owner,
+                subscriptions::FailedAttempt {
+                    number: 2,
+                    error: "the receiver answered 500",
+                    at,
+                    retry_at: at + Duration::seconds(1),
+                    give_up_after,
+                },
+            )
+        };
+        assert_eq!(fail(now, "r1").unwrap(), subscriptions::Failure::Retry(now + Duration::seconds(1)), "{name}");
+        let s = store.subscription(id).unwrap().unwrap();
+        assert_eq!((s.delivery.delivered_upto, s.delivery.attempts), (1, 1), "{name}");
+        assert!(store.claim_due("r2", 10, now, lease).unwrap().is_empty(), "{name}: not due yet");
+        let later = now + Duration::seconds(2);
+        assert_eq!(store.claim_due("r2", 10, later, later + Duration::seconds(30)).unwrap().len(), 1, "{name}");
+        // 72 hours of failures later the event is dead-lettered and the subscription suspended.
+        assert_eq!(fail(now + Duration::hours(73), "r2").unwrap(), subscriptions::Failure::DeadLettered, "{name}");
+        let s = store.subscription(id).unwrap().unwrap();
+        assert_eq!(s.delivery.state, subscriptions::delivery_state::SUSPENDED, "{name}");
+        assert_eq!(store.dead_letters(id).unwrap()[0].event_number, 2, "{name}");
+        let far = now + Duration::hours(80);
+        assert!(store.claim_due("r3", 10, far, far).unwrap().is_empty(), "{name}: suspended");
+        // Redelivery resumes from the first undelivered event; a replay goes back further.
+        assert!(!store.redeliver(id, Some(9), far).unwrap(), "{name}");
+        assert!(store.redeliver(id, Some(1), far).unwrap(), "{name}");
+        let s = store.subscription(id).unwrap().unwrap();
+        assert_eq!((s.delivery.state.as_str(), s.delivery.delivered_upto), ("active", 0), "{name}");
+        assert!(store.dead_letters(id).unwrap()[0].resolved_at.is_some(), "{name}");
+        assert_eq!(store.claim_due("r3", 10, far, far + Duration::seconds(30)).unwrap().len(), 1, "{name}");
+    }
 }

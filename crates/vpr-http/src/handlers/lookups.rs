@@ -61,7 +61,7 @@ pub async fn lookup(
                 }
             }
         }
-        let read = Read { action: "lookup", subject_refs, candidates, refusal_status: 403 };
+        let read = Read::new("lookup", subject_refs, candidates, 403);
         govern(&st, &principal, &access, read, now)
     })
     .await?;

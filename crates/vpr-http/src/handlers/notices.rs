@@ -139,6 +139,7 @@ pub async fn publish(
     let published = blocking(move || store.publish(&new, now).map_err(ApiError::from)).await?;
     match published {
         Published::Created(n) => {
+            state.outbox.changed();
             count(&state, &n);
             tracing::info!(notice_id = %n.id, org = %principal.org, "notice published");
             let location = format!("/v1/notices/{}", n.id);
@@ -250,7 +251,7 @@ pub async fn read(
     let disclosure = blocking(move || {
         let subject_refs =
             st.store.blind_indexes_of(n.id)?.into_iter().map(|b| format!("notice-subject:{b}")).collect();
-        let read = Read { action: "read", subject_refs, candidates: vec![(n, vec![])], refusal_status: 403 };
+        let read = Read::new("read", subject_refs, vec![(n, vec![])], 403);
         govern(&st, &principal, &access, read, now)
     })
     .await?;
@@ -327,6 +328,7 @@ async fn change(
     let now = state.clock.now();
     let (org, system) = (principal.org.as_str().to_owned(), principal.client_id.clone());
     let n = blocking(move || store.change(id, &org, &system, expected, change, now).map_err(ApiError::from)).await?;
+    state.outbox.changed();
     count(state, &n);
     tracing::info!(notice_id = %n.id, version = n.version.version, change = %n.version.change, "notice changed");
     Ok(respond(state, &mut HttpResponse::Ok(), &n))

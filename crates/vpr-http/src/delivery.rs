@@ -1,0 +1,507 @@
+//! Delivery of subscription events: the fan-out of committed notice changes, and webhook pushes
+//! that are decided and audited one by one when they are made, signed (and encrypted to the
+//! subscriber's key if it gave one), retried with exponential back-off and jitter, and
+//! dead-lettered only after the retry window. Per subscription, events go strictly in order:
+//! event N+1 is not sent until event N is acknowledged.
+//!
+//! Safe with several replicas: fan-out takes a lock; each subscription is delivered under a
+//! lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so two replicas never push it at once. A
+//! replica that dies mid-delivery leaves a lease that expires; the next one resumes from the
+//! last acknowledged event, so a receiver may see an event twice (it de-duplicates by event id)
+//! but never misses one.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use tokio::sync::{Notify, Semaphore};
+use uuid::Uuid;
+use vpr_auth::{EncryptionKey, Principal, Scope};
+use vpr_domain::subscription::Payload;
+use vpr_policy::View;
+use vpr_store::audit::AuditEntry;
+use vpr_store::subscriptions::{FailedAttempt, Failure, Subscription, SubscriptionEvent};
+
+use crate::disclose::{audit_entry, govern, AccessRequest, Read, Recipient};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Delivery settings, handed in by the binary.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Keep retrying a failing event this long before dead-lettering it.
+    pub retry_for: Duration,
+    /// First retry delay; doubles with each failure.
+    pub initial_backoff: Duration,
+    /// Longest delay between retries.
+    pub max_backoff: Duration,
+    /// A receiver must answer within this.
+    pub timeout: Duration,
+    /// Most webhook requests in flight at once.
+    pub concurrency: usize,
+    /// How long a replica holds a subscription while pushing it.
+    pub lease: Duration,
+    /// How often to look for work that another replica committed.
+    pub poll: Duration,
+    /// Longest a subscription may run before it must be renewed.
+    pub max_subscription_days: i64,
+    /// Demo mode: plain-http and loopback webhook URLs are accepted.
+    pub allow_insecure_webhooks: bool,
+    /// Extra trusted root certificates (PEM) for webhook TLS, e.g. a private network's CA.
+    pub extra_roots_pem: Vec<Vec<u8>>,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            retry_for: Duration::from_secs(72 * 3600),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+            concurrency: 64,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(250),
+            max_subscription_days: 365,
+            allow_insecure_webhooks: false,
+            extra_roots_pem: Vec::new(),
+        }
+    }
+}
+
+/// Wake-ups between the request handlers and the delivery tasks of this replica.
+#[derive(Debug, Clone, Default)]
+pub struct Outbox {
+    fan_out: Arc<Notify>,
+    deliver: Arc<Notify>,
+}
+
+impl Outbox {
+    /// A notice change was committed: fan it out now rather than at the next poll.
+    pub fn changed(&self) {
+        self.fan_out.notify_one();
+    }
+
+    /// Deliveries may be due now (a redelivery was asked for).
+    pub fn due(&self) {
+        self.deliver.notify_one();
+    }
+}
+
+/// The wire name of an event kind.
+pub fn event_type(kind: &str) -> String {
+    format!("notice-{kind}")
+}
+
+/// The identity a subscription's deliveries are decided for: its system, as the registry
+/// describes it now (a system removed from the registry, or without the `subscriptions` scope,
+/// has none, and its deliveries are refused).
+pub fn subscriber(state: &AppState, sub: &Subscription) -> Option<Principal> {
+    let registry = state.tokens.registry();
+    let system = registry.system(&sub.owner_system)?;
+    let partner = registry.partner(system.ods_code.as_str())?;
+    if partner.ods_code.as_str() != sub.owner_ods || !system.scopes.contains(&Scope::Subscriptions) {
+        return None;
+    }
+    Some(Principal {
+        client_id: system.client_id.clone(),
+        system_name: system.name.clone(),
+        org: partner.ods_code.clone(),
+        org_name: partner.name.clone(),
+        org_type: partner.org_type,
+        scopes: system.scopes.clone(),
+        token_id: String::new(),
+    })
+}
+
+/// Events decided for one recipient, as the wire shows them (webhook bodies and feed items).
+#[derive(Debug)]
+pub struct Decided {
+    /// The audit entry recording the decisions.
+    pub audit_id: Uuid,
+    /// Why the subscriber itself was refused, if it was (every event is then withheld).
+    pub refused: Option<String>,
+    /// One body per event, in order.
+    pub events: Vec<Value>,
+}
+
+/// Decides, minimises and audits `events` for `sub` (on the blocking pool). Each event carries
+/// the notice as it stands now, in the view the agreement allows now; an event the agreement
+/// does not allow is `withheld` (its number kept, nothing about the notice in it).
+pub fn decide_events(
+    state: &AppState,
+    sub: &Subscription,
+    events: &[SubscriptionEvent],
+    action: &'static str,
+    push: bool,
+    request_id: String,
+) -> Result<Decided, ApiError> {
+    let now = state.clock.now();
+    let Some(principal) = subscriber(state, sub) else {
+        let why = "the subscribing system is no longer in the registry with the `subscriptions` scope".to_owned();
+        let entry = AuditEntry {
+            request_id,
+            actor_user: Some(format!("subscription:{}", sub.id)),
+            actor_role: Some(sub.role.clone()),
+            purpose: Some(sub.purpose.clone()),
+            context_ref: sub.context_ref.clone(),
+            decision: "refused".into(),
+            ..audit_entry(state, &sub.owner_ods, "unknown", &sub.owner_system, action, if push { 0 } else { 403 })
+        };
+        let id = entry.id;
+        state.store.append_audit(&entry).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+        return Ok(Decided { audit_id: id, refused: Some(why), events: events.iter().map(withheld).collect() });
+    };
+    let mut ids: Vec<Uuid> = events.iter().map(|e| e.notice_id).collect();
+    ids.sort();
+    ids.dedup();
+    let mut candidates = Vec::new();
+    let mut subject_refs = BTreeSet::new();
+    for id in &ids {
+        if let Some(n) = state.store.get(*id)? {
+            for b in state.store.blind_indexes_of(*id)? {
+                subject_refs.insert(format!("notice-subject:{b}"));
+            }
+            candidates.push((n, vec![]));
+        }
+    }
+    let id_strings: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let received = state.store.received(sub.id, &id_strings)?;
+    let access = AccessRequest {
+        purpose: sub.purpose.clone(),
+        user_id: format!("subscription:{}", sub.id),
+        role: sub.role.clone(),
+        context_ref: sub.context_ref.clone(),
+        justification: None,
+    };
+    let max_view = match sub.payload {
+        Payload::IdOnly => View::Existence,
+        Payload::View => View::Full,
+    };
+    let read = Read {
+        recipient: Some(Recipient { subscription_id: sub.id, received, max_view, push, request_id: Some(request_id) }),
+        ..Read::new(action, subject_refs.into_iter().collect(), candidates, 403)
+    };
+    let disclosure = govern(state, &principal, &access, read, now)?;
+    let by_id: HashMap<String, Value> = disclosure
+        .results
+        .into_iter()
+        .filter_map(|v| v.get("id").and_then(Value::as_str).map(str::to_owned).map(|id| (id, v.clone())))
+        .collect();
+    let bodies = events
+        .iter()
+        .map(|e| match by_id.get(&e.notice_id.to_string()) {
+            Some(view) => json!({
+                "event_id": e.event_id,
+                "event_number": e.number,
+                "type": event_type(&e.kind),
+                "occurred_at": e.occurred_at,
+                "notice_id": e.notice_id,
+                "notice_version": e.notice_version,
+                "matched_criteria": e.matched,
+                "notice": view,
+            }),
+            None => withheld(e),
+        })
+        .collect();
+    Ok(Decided { audit_id: disclosure.audit_id, refused: disclosure.refused, events: bodies })
+}
+
+/// An event the subscriber may not be told about: its number and id only.
+fn withheld(e: &SubscriptionEvent) -> Value {
+    json!({"event_id": e.event_id, "event_number": e.number, "type": "withheld", "occurred_at": e.occurred_at})
+}
+
+/// The signed (and, if the subscriber gave a key, encrypted) body of one webhook push.
+pub fn webhook_body(state: &AppState, sub: &Subscription, event: &Value, audit_id: Uuid) -> Result<String, String> {
+    let settings = state.tokens.settings();
+    let claims = json!({
+        "iss": settings.issuer,
+        "aud": sub.owner_system,
+        "sub": sub.id,
+        "iat": state.clock.now().timestamp(),
+        "jti": event.get("event_id"),
+        "subscription": {"id": sub.id, "tag": sub.tag},
+        "audit_id": audit_id,
+        "event": event,
+    });
+    let jws = state.tokens.keys().sign_event(&claims).map_err(|e| e.to_string())?;
+    match &sub.encryption_jwk {
+        None => Ok(jws),
+        Some(text) => {
+            let map: Map<String, Value> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            let key = EncryptionKey::from_jwk(&map)?;
+            key.encrypt(&jws).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The delay before retry number `attempts` (1 = the first retry): exponential, capped, with
+/// jitter (between half and all of it) so receivers coming back are not stampeded.
+pub fn backoff(settings: &DeliverySettings, attempts: i32) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    let full = settings.initial_backoff.saturating_mul(2u32.saturating_pow(exp)).min(settings.max_backoff);
+    let half = full / 2;
+    half + full.mul_f64(rand::random::<f64>() * 0.5)
+}
+
+/// Fans committed notice changes out to subscriptions: on a wake-up from this replica's
+/// handlers, or at the poll interval for changes other replicas committed. Also expires
+/// subscriptions past their date.
+pub async fn fan_out(state: AppState) {
+    let settings = state.delivery.clone();
+    let mut last_expiry = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = state.outbox.fan_out.notified() => {}
+            () = tokio::time::sleep(settings.poll) => {}
+        }
+        let st = state.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut total = 0;
+            loop {
+                let done = st.store.fan_out(500, st.clock.now())?;
+                total += done.deliveries;
+                if done.events == 0 {
+                    return Ok::<_, vpr_store::StoreError>(total);
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                state.metrics.events_fanned_out.inc_by(u64::try_from(n).unwrap_or_default());
+                state.outbox.due();
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "fan-out failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "fan-out panicked"),
+        }
+        if last_expiry.elapsed() >= Duration::from_secs(60) {
+            last_expiry = std::time::Instant::now();
+            let st = state.clone();
+            if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || st.store.expire_subscriptions(st.clock.now())).await
+            {
+                if n > 0 {
+                    tracing::info!(expired = n, "subscriptions past their expiry");
+                }
+            }
+        }
+    }
+}
+
+/// Builds the HTTP client for webhooks: no redirects followed, a timeout, and any extra roots.
+pub fn webhook_client(settings: &DeliverySettings) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("vpr-broker/", env!("CARGO_PKG_VERSION")));
+    for pem in &settings.extra_roots_pem {
+        let cert =
+            reqwest::Certificate::from_pem(pem).map_err(|e| format!("a webhook CA certificate is invalid: {e}"))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| format!("cannot build the webhook client: {e}"))
+}
+
+/// Pushes due webhook events, per subscription in order, until the process ends.
+pub async fn deliver(state: AppState, client: reqwest::Client) {
+    let settings = state.delivery.clone();
+    let owner = format!("replica-{}", Uuid::new_v4());
+    let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    loop {
+        tokio::select! {
+            () = state.outbox.deliver.notified() => {}
+            () = tokio::time::sleep(settings.poll) => {}
+        }
+        loop {
+            let free = permits.available_permits();
+            if free == 0 {
+                break;
+            }
+            let st = state.clone();
+            let o = owner.clone();
+            let lease = chrono::Duration::from_std(settings.lease).unwrap_or_default();
+            let claimed = tokio::task::spawn_blocking(move || {
+                let now = st.clock.now();
+                st.store.claim_due(&o, i64::try_from(free).unwrap_or(1), now, now + lease)
+            })
+            .await;
+            let subs = match claimed {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "claiming due deliveries failed; will retry");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming due deliveries panicked");
+                    break;
+                }
+            };
+            if subs.is_empty() {
+                break;
+            }
+            for sub in subs {
+                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let (st, c, o) = (state.clone(), client.clone(), owner.clone());
+                tokio::spawn(async move {
+                    push_subscription(&st, &c, &o, sub).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+/// Pushes one leased subscription's due events in order, until it is caught up, a push fails,
+/// or the lease is lost.
+async fn push_subscription(state: &AppState, client: &reqwest::Client, owner: &str, mut sub: Subscription) {
+    let sid = sub.id;
+    let settings = state.delivery.clone();
+    let lease = chrono::Duration::from_std(settings.lease).unwrap_or_default();
+    loop {
+        let st = state.clone();
+        let after = sub.delivery.delivered_upto;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let current = st.store.subscription(sid)?;
+            let events = st.store.events_after(sid, after, 50)?;
+            Ok::<_, vpr_store::StoreError>((current, events))
+        })
+        .await;
+        let (current, events) = match loaded {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::warn!(subscription = %sid, error = %e, "loading events failed; will retry");
+                return release(state, sid, owner).await;
+            }
+            Err(_) => return release(state, sid, owner).await,
+        };
+        match current {
+            Some(c) if !matches!(c.status.as_str(), "deleted" | "rejected" | "pending-approval") => {
+                let upto = sub.delivery.delivered_upto;
+                sub = c;
+                sub.delivery.delivered_upto = upto;
+            }
+            _ => return release(state, sid, owner).await,
+        }
+        if events.is_empty() {
+            return release(state, sid, owner).await;
+        }
+        for event in events {
+            match push_one(state, client, &sub, &event).await {
+                Ok(()) => {
+                    let st = state.clone();
+                    let o = owner.to_owned();
+                    let n = event.number;
+                    let acked = tokio::task::spawn_blocking(move || {
+                        let now = st.clock.now();
+                        st.store.ack_delivery(sid, &o, n, now, now + lease)
+                    })
+                    .await;
+                    state.metrics.deliveries.with_label_values(&["delivered"]).inc();
+                    let latency = (state.clock.now() - event.occurred_at).num_milliseconds();
+                    state.metrics.delivery_latency.observe(latency.max(0) as f64 / 1000.0);
+                    match acked {
+                        Ok(Ok(true)) => sub.delivery.delivered_upto = event.number,
+                        // The lease was lost (another replica has the subscription): stop here.
+                        _ => return,
+                    }
+                }
+                Err(why) => {
+                    state.metrics.deliveries.with_label_values(&["failed"]).inc();
+                    let st = state.clone();
+                    let o = owner.to_owned();
+                    let attempts = sub.delivery.attempts.saturating_add(1);
+                    let wait = chrono::Duration::from_std(backoff(&settings, attempts)).unwrap_or_default();
+                    let give_up_after = chrono::Duration::from_std(settings.retry_for).unwrap_or_default();
+                    let n = event.number;
+                    let error = why.clone();
+                    let failed = tokio::task::spawn_blocking(move || {
+                        let now = st.clock.now();
+                        let attempt =
+                            FailedAttempt { number: n, error: &error, at: now, retry_at: now + wait, give_up_after };
+                        st.store.fail_delivery(sid, &o, attempt)
+                    })
+                    .await;
+                    match failed {
+                        Ok(Ok(Failure::DeadLettered)) => {
+                            state.metrics.deliveries.with_label_values(&["dead-lettered"]).inc();
+                            tracing::warn!(subscription = %sid, event = n, error = %why, "delivery dead-lettered: retries ran out; the subscription is suspended until redelivery is asked for");
+                        }
+                        Ok(Ok(Failure::Retry(at))) => {
+                            tracing::info!(subscription = %sid, event = n, error = %why, retry_at = %at, "delivery failed; will retry");
+                        }
+                        Ok(Ok(Failure::LeaseLost)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(subscription = %sid, error = %e, "recording a failed delivery failed")
+                        }
+                        Err(e) => {
+                            tracing::error!(subscription = %sid, error = %e, "recording a failed delivery panicked")
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn release(state: &AppState, sid: Uuid, owner: &str) {
+    let st = state.clone();
+    let o = owner.to_owned();
+    let _ = tokio::task::spawn_blocking(move || st.store.release_lease(sid, &o)).await;
+}
+
+/// Decides, audits, signs and sends one event. Any 2xx acknowledges it.
+async fn push_one(
+    state: &AppState,
+    client: &reqwest::Client,
+    sub: &Subscription,
+    event: &SubscriptionEvent,
+) -> Result<(), String> {
+    let Some(url) = sub.endpoint.clone() else { return Err("the subscription has no webhook URL".into()) };
+    let attempt = sub.delivery.attempts.saturating_add(1);
+    let st = state.clone();
+    let (s, e) = (sub.clone(), event.clone());
+    let request_id = format!("delivery:{}:{}:{attempt}", sub.id, event.number);
+    let prepared = tokio::task::spawn_blocking(move || {
+        let decided = decide_events(&st, &s, std::slice::from_ref(&e), "deliver", true, request_id)
+            .map_err(|err| format!("not sent: {err}"))?;
+        let body = decided.events.into_iter().next().unwrap_or(Value::Null);
+        webhook_body(&st, &s, &body, decided.audit_id).map_err(|err| format!("not sent: {err}"))
+    })
+    .await
+    .map_err(|e| format!("not sent: {e}"))??;
+    let sent_at: DateTime<Utc> = state.clock.now();
+    let response = client
+        .post(&url)
+        .header(reqwest::header::CONTENT_TYPE, "application/jose")
+        .header("VPR-Event-Id", event.event_id.to_string())
+        .header("VPR-Event-Number", event.number.to_string())
+        .header("VPR-Subscription-Id", sub.id.to_string())
+        .header("VPR-Timestamp", sent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .header("VPR-Delivery-Attempt", attempt.to_string())
+        .body(prepared)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                format!("no answer within {} s", state.delivery.timeout.as_secs_f64())
+            } else if e.is_connect() {
+                "could not connect to the receiver".to_owned()
+            } else {
+                format!("request failed: {}", e.without_url())
+            }
+        })?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else if status.is_redirection() {
+        Err(format!("the receiver answered {status}: redirects are not followed"))
+    } else {
+        Err(format!("the receiver answered {status}"))
+    }
+}

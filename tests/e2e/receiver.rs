@@ -1,0 +1,186 @@
+//! A real HTTP webhook receiver for the tests, on its own port and thread, that can be taken
+//! down, made to fail, made slow, or made to acknowledge too late (so the broker sends again).
+//! It records every request; what it processed is de-duplicated by event id, as a real
+//! receiver would.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Processes the event and answers 200 at once.
+    Ack,
+    /// Answers with this status without processing.
+    Fail(u16),
+    /// Hangs this long without processing (the broker times out first).
+    Hang(Duration),
+    /// Processes the event, then answers 200 only after this long (past the broker's timeout,
+    /// so the broker sends it again and it is acknowledged twice).
+    AckLate(Duration),
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub event_id: String,
+    pub number: i64,
+    pub subscription: String,
+    pub attempt: String,
+    pub content_type: String,
+    pub body: String,
+    pub processed: bool,
+}
+
+struct Inner {
+    mode: Mode,
+    hits: Vec<Hit>,
+}
+
+pub struct Receiver {
+    pub port: u16,
+    pub url: String,
+    inner: Arc<Mutex<Inner>>,
+    server: Mutex<Option<(ServerHandle, std::thread::JoinHandle<()>)>>,
+}
+
+async fn handle(req: HttpRequest, body: web::Bytes, inner: web::Data<Arc<Mutex<Inner>>>) -> HttpResponse {
+    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let mode = inner.lock().unwrap().mode;
+    let processed = matches!(mode, Mode::Ack | Mode::AckLate(_));
+    inner.lock().unwrap().hits.push(Hit {
+        event_id: header("vpr-event-id"),
+        number: header("vpr-event-number").parse().unwrap_or(-1),
+        subscription: header("vpr-subscription-id"),
+        attempt: header("vpr-delivery-attempt"),
+        content_type: header("content-type"),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        processed,
+    });
+    match mode {
+        Mode::Ack => HttpResponse::Ok().finish(),
+        Mode::Fail(status) => {
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).body("receiver failing")
+        }
+        Mode::Hang(d) | Mode::AckLate(d) => {
+            actix_web::rt::time::sleep(d).await;
+            HttpResponse::Ok().finish()
+        }
+    }
+}
+
+impl Receiver {
+    /// Starts a receiver on a free loopback port, answering `Ack`.
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let r = Self {
+            port,
+            url: format!("http://127.0.0.1:{port}/vpr/events"),
+            inner: Arc::new(Mutex::new(Inner { mode: Mode::Ack, hits: Vec::new() })),
+            server: Mutex::new(None),
+        };
+        r.up();
+        r
+    }
+
+    /// Brings the receiver (back) up on its port.
+    pub fn up(&self) {
+        let inner = self.inner.clone();
+        let port = self.port;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let sys = actix_web::rt::System::new();
+            sys.block_on(async move {
+                let data = web::Data::new(inner);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                // The port may linger briefly after the receiver went down.
+                let server = loop {
+                    let d = data.clone();
+                    match HttpServer::new(move || App::new().app_data(d.clone()).default_service(web::to(handle)))
+                        .workers(1)
+                        .shutdown_timeout(0)
+                        .bind(("127.0.0.1", port))
+                    {
+                        Ok(s) => break s.run(),
+                        Err(e) if Instant::now() < deadline => {
+                            let _ = e;
+                            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("receiver cannot bind {port}: {e}"),
+                    }
+                };
+                tx.send(server.handle()).unwrap();
+                let _ = server.await;
+            });
+        });
+        let handle = rx.recv_timeout(Duration::from_secs(15)).expect("receiver started");
+        *self.server.lock().unwrap() = Some((handle, thread));
+    }
+
+    /// Takes the receiver down: nothing listens on its port.
+    pub fn down(&self) {
+        let taken = self.server.lock().unwrap().take();
+        if let Some((handle, thread)) = taken {
+            futures_executor(handle.stop(false));
+            let _ = thread.join();
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.inner.lock().unwrap().mode = mode;
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.inner.lock().unwrap().hits.clone()
+    }
+
+    /// The event numbers processed, in arrival order, each once (the first time its id arrived).
+    pub fn deduplicated(&self) -> Vec<i64> {
+        let mut seen = HashSet::new();
+        self.hits().into_iter().filter(|h| h.processed && seen.insert(h.event_id.clone())).map(|h| h.number).collect()
+    }
+
+    /// Processed requests that repeated an event already processed.
+    pub fn duplicates(&self) -> usize {
+        let processed = self.hits().into_iter().filter(|h| h.processed).count();
+        processed - self.deduplicated().len()
+    }
+
+    /// Waits until `n` distinct events were processed; false on timeout.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.deduplicated().len() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        self.deduplicated().len() >= n
+    }
+
+    /// The first processed body of each event, in event order.
+    pub fn bodies(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        let mut v: Vec<Hit> =
+            self.hits().into_iter().filter(|h| h.processed && seen.insert(h.event_id.clone())).collect();
+        v.sort_by_key(|h| h.number);
+        v.into_iter().map(|h| h.body).collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// Runs a future to completion on a throwaway runtime (the server handle's stop is async).
+fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
