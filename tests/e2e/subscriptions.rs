@@ -136,7 +136,10 @@ both_backends!(webhooks_deliver_every_event_once_in_order_through_outages_and_cr
     let n3 = publish_address(&b, &acute, "LS7 2AA", "3 Test Street");
     amend_risk(&b, &acute, &n1, "LS6 1AA", "1 Test Street", "moderate");
     withdraw(&b, &acute, &n3);
-    assert!(steady.wait_for(5, Duration::from_secs(30)), "{}", b.log());
+    if !steady.wait_for(5, Duration::from_secs(30)) {
+        let state = json_of(b.get(&amb, &format!("/v1/subscriptions/{}", subs[0])));
+        panic!("steady got {:?}\n{state:#}\n{}", steady.deduplicated(), b.log());
+    }
     // The late receiver processed its first event but answered after the timeout: sent again.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while late.duplicates() == 0 {
@@ -332,25 +335,43 @@ fn without_clause(b: &TestBroker, clause: &str) -> std::path::PathBuf {
     dir.join("agreement.json")
 }
 
-fn deliveries_audited(b: &TestBroker) -> Vec<(String, String, i32, String)> {
+/// Each notice decision recorded by a push, in order: (agreement version, notice, decision,
+/// clauses, outcome). A backlog may be decided in one entry, so entries are flattened.
+fn deliveries_audited(b: &TestBroker) -> Vec<(String, String, String, Vec<String>, i32)> {
     use diesel::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
     struct Row {
         #[diesel(sql_type = diesel::sql_types::Text)]
-        decision: String,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        clauses: String,
+        notices: String,
         #[diesel(sql_type = diesel::sql_types::Integer)]
         outcome: i32,
         #[diesel(sql_type = diesel::sql_types::Text)]
         agreement_version: String,
     }
     let rows: Vec<Row> = diesel::sql_query(
-        "SELECT decision, clauses, outcome, agreement_version FROM audit_entries WHERE action = 'deliver' ORDER BY seq",
+        "SELECT notices, outcome, agreement_version FROM audit_entries WHERE action = 'deliver' ORDER BY seq",
     )
     .load(&mut b.db())
     .unwrap();
-    rows.into_iter().map(|r| (r.decision, r.clauses, r.outcome, r.agreement_version)).collect()
+    rows.into_iter()
+        .flat_map(|r| {
+            let notices: Vec<Value> = serde_json::from_str(&r.notices).unwrap();
+            notices
+                .into_iter()
+                .map(|n| {
+                    let clauses =
+                        n["clauses"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+                    (
+                        r.agreement_version.clone(),
+                        n["id"].as_str().unwrap().to_owned(),
+                        n["decision"].as_str().unwrap().to_owned(),
+                        clauses,
+                        r.outcome,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 both_backends!(
@@ -360,9 +381,11 @@ both_backends!(
         let amb = b.token("amb-cad");
         let acute = b.token("acute-ed");
         let r = Receiver::start();
-        b.subscribe(&amb, &ambulance_subscription(Some(&r.url), json!({})));
+        let id = b.subscribe(&amb, &ambulance_subscription(Some(&r.url), json!({})))["id"].as_str().unwrap().to_owned();
         let n = publish_address(&b, &acute, "LS6 1AA", "1 Test Street");
         assert!(r.wait_for(1, Duration::from_secs(20)));
+        // Acknowledged (otherwise, after the restart below, it would rightly be sent again).
+        b.wait_subscription(&amb, &id, Duration::from_secs(10), |s| s["events"]["delivered_upto"] == 1);
         // The ICS removes the clause that let ambulance crews see notices for staff safety.
         let changed = without_clause(&b, "SS-1");
         b.kill_hard();
@@ -390,13 +413,24 @@ both_backends!(
         assert_eq!(events[3]["notice"]["decision"]["clauses"], json!(["RT-1"]));
         assert!(events[3]["notice"].get("category").is_none());
         let audited = deliveries_audited(&b);
-        assert_eq!(audited.len(), 4, "{audited:?}");
-        assert_eq!(audited[0].0, "permit");
-        for (decision, clauses, outcome, version) in &audited[1..3] {
-            assert_eq!((decision.as_str(), clauses.as_str(), *outcome), ("deny", "[]", 0));
-            assert_eq!(version, "NA-ICS-VPR-2026.2-test");
-        }
-        assert_eq!((audited[3].0.as_str(), audited[3].1.as_str()), ("permit", "[\"RT-1\"]"));
+        let before: Vec<_> = audited.iter().filter(|a| a.0 == "NA-ICS-VPR-2026.1-demo").collect();
+        let after: Vec<_> = audited.iter().filter(|a| a.0 == "NA-ICS-VPR-2026.2-test").collect();
+        assert_eq!(before.len(), 1, "{audited:?}");
+        assert_eq!(
+            (before[0].1.as_str(), before[0].2.as_str(), before[0].3.clone()),
+            (n.as_str(), "permit", vec!["SS-1".to_owned()])
+        );
+        // The refusals, each audited (no clause permits them now) ...
+        let mut denied: Vec<&str> = after.iter().filter(|a| a.2 == "deny").map(|a| a.1.as_str()).collect();
+        denied.sort_unstable();
+        let mut expected = vec![n.as_str(), other.as_str()];
+        expected.sort_unstable();
+        assert_eq!(denied, expected, "{audited:?}");
+        // ... and the retraction.
+        let permitted: Vec<_> = after.iter().filter(|a| a.2 == "permit").collect();
+        assert_eq!(permitted.len(), 1, "{audited:?}");
+        assert_eq!((permitted[0].1.as_str(), permitted[0].3.clone()), (n.as_str(), vec!["RT-1".to_owned()]));
+        assert!(audited.iter().all(|a| a.4 == 0), "pushes are recorded with outcome 0");
     }
 );
 
@@ -723,20 +757,27 @@ fn replicas_sharing_one_postgres_deliver_every_event_in_order() {
     for i in 0..10 {
         publish_via(if i % 2 == 0 { &b.base } else { &replica.base }, i);
     }
-    // One replica dies mid-delivery; the other carries on.
-    replica.kill_hard();
-    for i in 10..20 {
-        publish_via(&b.base, i);
-    }
     let named: Vec<(String, &Receiver)> = receivers.iter().enumerate().map(|(i, r)| (format!("r{i}"), r)).collect();
     let refs: Vec<(&str, &Receiver)> = named.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-    wait_all(&refs, 20, &b);
+    wait_all(&refs, 10, &b);
+    // Two live replicas never push the same subscription together: no duplicates at all.
+    for r in &receivers {
+        assert_eq!((r.deduplicated(), r.duplicates()), ((1..=10).collect::<Vec<i64>>(), 0));
+    }
+    // One replica dies while pushing; the other carries on from the last acknowledged events.
+    for i in 10..20 {
+        publish_via(if i % 2 == 0 { &b.base } else { &replica.base }, i);
+    }
+    replica.kill_hard();
+    for i in 20..25 {
+        publish_via(&b.base, i);
+    }
+    wait_all(&refs, 25, &b);
     let mut duplicates = 0;
     for r in &receivers {
-        assert_eq!(r.deduplicated(), (1..=20).collect::<Vec<i64>>());
+        assert_eq!(r.deduplicated(), (1..=25).collect::<Vec<i64>>());
         duplicates += r.duplicates();
     }
-    // At-least-once, but a lease keeps replicas from pushing the same subscription together:
-    // duplicates come only from the replica killed mid-push.
-    assert!(duplicates <= receivers.len(), "{duplicates} duplicates");
+    // At least once: what the dead replica had pushed but not yet recorded may come again.
+    eprintln!("{duplicates} duplicate pushes after a replica was killed mid-delivery");
 }

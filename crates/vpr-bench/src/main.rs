@@ -1,6 +1,8 @@
 //! vpr-bench: benchmarks run against real broker processes, printing figures measured side by
 //! side in one run. Not a test: it asserts nothing, it measures.
 //!
+//! `webhooks`: see [`webhooks`].
+//!
 //! `lookups`: governed look-ups (token check, policy decision, database, durable audit write)
 //! against the same look-ups with decision and audit switched off, on SQLite and PostgreSQL:
 //! closed-loop throughput, and latency at a fixed offered rate (open loop, measured from each
@@ -25,7 +27,12 @@ enum Bench {
     Lookups(Args),
     /// Audit log: durable appends per second, sealing per second, and `audit verify` time.
     Audit(AuditArgs),
+    /// Webhook delivery: one notice fanned out to many subscribers, and publish-to-delivery
+    /// latency at a steady publish rate.
+    Webhooks(webhooks::WebhookArgs),
 }
+
+mod webhooks;
 
 #[derive(clap::Args, Debug)]
 struct AuditArgs {
@@ -87,6 +94,11 @@ fn free_port() -> Result<u16> {
 /// How a benchmark broker answers look-ups: `governed` (the real pipeline), `unaudited`
 /// (decided but not audited: the audit's cost) or `ungoverned` (neither decided nor audited).
 fn start(args: &Args, backend: &str, mode: &str) -> Result<Broker> {
+    start_broker(&args.broker, &args.agreement, backend, mode, "")
+}
+
+/// Starts a broker in demo mode on `backend`, with `extra` TOML appended to its configuration.
+fn start_broker(broker: &Path, agreement: &Path, backend: &str, mode: &str, extra: &str) -> Result<Broker> {
     let (ungoverned, unaudited) = (mode == "ungoverned", mode == "unaudited");
     let dir = tempfile::tempdir()?;
     let (database_url, pg) = match backend {
@@ -101,31 +113,31 @@ fn start(args: &Args, backend: &str, mode: &str) -> Result<Broker> {
     let public = vpr_auth::keys::public_jwk(&key.jwk)?;
     let registry = json!({"registry_version": 1, "ics": {"name": "Bench ICS"}, "partners": [{
         "ods_code": "XAM01", "name": "Bench ambulance trust", "type": "ambulance-trust", "contact": {"telephone": "0113 496 0999"},
-        "systems": [{"client_id": "bench-cad", "name": "CAD", "scopes": ["notices:write", "notices:read", "lookups"],
+        "systems": [{"client_id": "bench-cad", "name": "CAD", "scopes": ["notices:write", "notices:read", "lookups", "subscriptions"],
             "roles": ["ambulance-dispatcher"], "jwks": {"keys": [Value::Object(public.as_ref().clone())]}}]}]});
     std::fs::write(dir.path().join("registry.json"), registry.to_string())?;
     std::fs::write(dir.path().join("signing.jwk"), SigningKeyFile::generate("bench-broker", false)?.to_json())?;
     std::fs::write(dir.path().join("data.json"), serde_json::to_string(&vpr_store::DataKeyFile::generate(false))?)?;
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
-    let agreement = std::fs::canonicalize(&args.agreement)?;
+    let agreement = std::fs::canonicalize(agreement)?;
     std::fs::write(
         dir.path().join("broker.toml"),
         format!(
             "config_version = 1\ndemo = true\nbenchmark_ungoverned_reads = {ungoverned}\nbenchmark_unaudited_reads = {unaudited}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
              database_url = \"{database_url}\"\ndatabase_pool_size = 16\nregistry = \"registry.json\"\nagreement = \"{}\"\n\
-             [keys]\nsigning_keys = [\"signing.jwk\"]\ndata_keys = \"data.json\"\n[tokens]\naccess_token_seconds = 3600\n",
+             [keys]\nsigning_keys = [\"signing.jwk\"]\ndata_keys = \"data.json\"\n[tokens]\naccess_token_seconds = 3600\n{extra}",
             agreement.display()
         ),
     )?;
-    let child = Command::new(&args.broker)
+    let child = Command::new(broker)
         .args(["serve", "--config"])
         .arg(dir.path().join("broker.toml"))
         .env("VPR_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("cannot start {}", args.broker.display()))?;
+        .with_context(|| format!("cannot start {}", broker.display()))?;
     let broker = Broker { child, base, key: key.jwk, _dir: dir, _pg: pg };
     let http = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -272,6 +284,7 @@ fn main() -> Result<()> {
     match Bench::parse() {
         Bench::Lookups(args) => lookups(args),
         Bench::Audit(args) => audit(args),
+        Bench::Webhooks(args) => webhooks::run(args),
     }
 }
 

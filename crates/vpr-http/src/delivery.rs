@@ -22,7 +22,7 @@ use vpr_auth::{EncryptionKey, Principal, Scope};
 use vpr_domain::subscription::Payload;
 use vpr_policy::View;
 use vpr_store::audit::AuditEntry;
-use vpr_store::subscriptions::{FailedAttempt, Failure, Subscription, SubscriptionEvent};
+use vpr_store::subscriptions::{Ack, FailedAttempt, Failure, Subscription, SubscriptionEvent};
 
 use crate::disclose::{audit_entry, govern, AccessRequest, Read, Recipient};
 use crate::error::ApiError;
@@ -159,10 +159,8 @@ pub fn decide_events(
     let mut candidates = Vec::new();
     let mut subject_refs = BTreeSet::new();
     for id in &ids {
-        if let Some(n) = state.store.get(*id)? {
-            for b in state.store.blind_indexes_of(*id)? {
-                subject_refs.insert(format!("notice-subject:{b}"));
-            }
+        if let Some((n, blind)) = state.store.current_notice(*id)? {
+            subject_refs.extend(blind.iter().map(|b| format!("notice-subject:{b}")));
             candidates.push((n, vec![]));
         }
     }
@@ -350,9 +348,53 @@ pub async fn deliver(state: AppState, client: reqwest::Client) {
                 tokio::spawn(async move {
                     push_subscription(&st, &c, &o, sub).await;
                     drop(permit);
+                    // A permit is free: claim more now rather than at the next poll.
+                    st.outbox.due();
                 });
             }
         }
+    }
+}
+
+/// Events loaded per round while pushing one subscription.
+const BATCH: i64 = 50;
+
+/// Acknowledgements being recorded while the next events are pushed: the next push need not
+/// wait for the last one's commit. After a crash the cursor may lag a little, so a receiver may
+/// get an event again (it de-duplicates by id); order and completeness are unaffected.
+#[derive(Default)]
+struct Acks {
+    in_flight: Vec<tokio::task::JoinHandle<Result<bool, vpr_store::StoreError>>>,
+}
+
+impl Acks {
+    fn record(&mut self, state: &AppState, ack: Ack) {
+        let st = state.clone();
+        self.in_flight.push(tokio::task::spawn_blocking(move || st.store.ack_delivery(ack)));
+    }
+
+    /// Whether an acknowledgement already recorded found the lease gone.
+    async fn lease_lost(&mut self) -> bool {
+        let mut lost = false;
+        let mut pending = Vec::new();
+        for handle in self.in_flight.drain(..) {
+            if handle.is_finished() {
+                lost |= !matches!(handle.await, Ok(Ok(true)));
+            } else {
+                pending.push(handle);
+            }
+        }
+        self.in_flight = pending;
+        lost
+    }
+
+    /// Waits for every acknowledgement; true if all held the lease.
+    async fn settle(&mut self) -> bool {
+        let mut ok = true;
+        for handle in self.in_flight.drain(..) {
+            ok &= matches!(handle.await, Ok(Ok(true)));
+        }
+        ok
     }
 }
 
@@ -360,14 +402,15 @@ pub async fn deliver(state: AppState, client: reqwest::Client) {
 /// or the lease is lost.
 async fn push_subscription(state: &AppState, client: &reqwest::Client, owner: &str, mut sub: Subscription) {
     let sid = sub.id;
-    let settings = state.delivery.clone();
-    let lease = chrono::Duration::from_std(settings.lease).unwrap_or_default();
+    let mut acks = Acks::default();
+    // The claimed row is current; later rounds reload it (its settings or status may change).
+    let mut reload = false;
     loop {
         let st = state.clone();
         let after = sub.delivery.delivered_upto;
         let loaded = tokio::task::spawn_blocking(move || {
-            let current = st.store.subscription(sid)?;
-            let events = st.store.events_after(sid, after, 50)?;
+            let current = if reload { st.store.subscription(sid)? } else { None };
+            let events = st.store.events_after(sid, after, BATCH)?;
             Ok::<_, vpr_store::StoreError>((current, events))
         })
         .await;
@@ -375,77 +418,113 @@ async fn push_subscription(state: &AppState, client: &reqwest::Client, owner: &s
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 tracing::warn!(subscription = %sid, error = %e, "loading events failed; will retry");
+                acks.settle().await;
                 return release(state, sid, owner).await;
             }
-            Err(_) => return release(state, sid, owner).await,
-        };
-        match current {
-            Some(c) if !matches!(c.status.as_str(), "deleted" | "rejected" | "pending-approval") => {
-                let upto = sub.delivery.delivered_upto;
-                sub = c;
-                sub.delivery.delivered_upto = upto;
+            Err(_) => {
+                acks.settle().await;
+                return release(state, sid, owner).await;
             }
-            _ => return release(state, sid, owner).await,
+        };
+        if reload {
+            match current {
+                Some(c) if !matches!(c.status.as_str(), "deleted" | "rejected" | "pending-approval") => {
+                    let upto = sub.delivery.delivered_upto;
+                    sub = c;
+                    sub.delivery.delivered_upto = upto;
+                }
+                _ => {
+                    acks.settle().await;
+                    return release(state, sid, owner).await;
+                }
+            }
         }
+        reload = true;
         if events.is_empty() {
+            acks.settle().await;
             return release(state, sid, owner).await;
         }
-        for event in events {
-            match push_one(state, client, &sub, &event).await {
-                Ok(()) => {
-                    let st = state.clone();
-                    let o = owner.to_owned();
-                    let n = event.number;
-                    let acked = tokio::task::spawn_blocking(move || {
-                        let now = st.clock.now();
-                        st.store.ack_delivery(sid, &o, n, now, now + lease)
-                    })
-                    .await;
-                    state.metrics.deliveries.with_label_values(&["delivered"]).inc();
-                    let latency = (state.clock.now() - event.occurred_at).num_milliseconds();
-                    state.metrics.delivery_latency.observe(latency.max(0) as f64 / 1000.0);
-                    match acked {
-                        Ok(Ok(true)) => sub.delivery.delivered_upto = event.number,
-                        // The lease was lost (another replica has the subscription): stop here.
-                        _ => return,
-                    }
-                }
+        // A short round is all that is due: its last acknowledgement gives the lease back too.
+        let last =
+            if i64::try_from(events.len()).unwrap_or(BATCH) < BATCH { events.last().map(|e| e.number) } else { None };
+        let at_once = if sub.delivery.attempts > 0 { 1 } else { DECIDE_AT_ONCE };
+        for run in events.chunks(at_once) {
+            let bodies = match prepare(state, &sub, run).await {
+                Ok(b) => b,
                 Err(why) => {
-                    state.metrics.deliveries.with_label_values(&["failed"]).inc();
-                    let st = state.clone();
-                    let o = owner.to_owned();
-                    let attempts = sub.delivery.attempts.saturating_add(1);
-                    let wait = chrono::Duration::from_std(backoff(&settings, attempts)).unwrap_or_default();
-                    let give_up_after = chrono::Duration::from_std(settings.retry_for).unwrap_or_default();
-                    let n = event.number;
-                    let error = why.clone();
-                    let failed = tokio::task::spawn_blocking(move || {
-                        let now = st.clock.now();
-                        let attempt =
-                            FailedAttempt { number: n, error: &error, at: now, retry_at: now + wait, give_up_after };
-                        st.store.fail_delivery(sid, &o, attempt)
-                    })
-                    .await;
-                    match failed {
-                        Ok(Ok(Failure::DeadLettered)) => {
-                            state.metrics.deliveries.with_label_values(&["dead-lettered"]).inc();
-                            tracing::warn!(subscription = %sid, event = n, error = %why, "delivery dead-lettered: retries ran out; the subscription is suspended until redelivery is asked for");
-                        }
-                        Ok(Ok(Failure::Retry(at))) => {
-                            tracing::info!(subscription = %sid, event = n, error = %why, retry_at = %at, "delivery failed; will retry");
-                        }
-                        Ok(Ok(Failure::LeaseLost)) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(subscription = %sid, error = %e, "recording a failed delivery failed")
-                        }
-                        Err(e) => {
-                            tracing::error!(subscription = %sid, error = %e, "recording a failed delivery panicked")
-                        }
+                    acks.settle().await;
+                    let head = run.first().map_or(0, |e| e.number);
+                    return failed(state, &sub, owner, head, why).await;
+                }
+            };
+            for (event, body) in run.iter().zip(bodies) {
+                if acks.lease_lost().await {
+                    // Another replica has the subscription now: stop here.
+                    acks.settle().await;
+                    return;
+                }
+                if let Err(why) = send(state, client, &sub, event, body).await {
+                    acks.settle().await;
+                    return failed(state, &sub, owner, event.number, why).await;
+                }
+                state.metrics.deliveries.with_label_values(&["delivered"]).inc();
+                let latency = (state.clock.now() - event.occurred_at).num_milliseconds();
+                state.metrics.delivery_latency.observe(latency.max(0) as f64 / 1000.0);
+                sub.delivery.delivered_upto = event.number;
+                sub.delivery.attempts = 0;
+                let now = state.clock.now();
+                let release = last == Some(event.number);
+                let lease = chrono::Duration::from_std(state.delivery.lease).unwrap_or_default();
+                let ack = Ack {
+                    subscription: sid,
+                    owner: owner.to_owned(),
+                    number: event.number,
+                    at: now,
+                    lease_until: now + lease,
+                    release,
+                };
+                if release {
+                    // Earlier acknowledgements first: the lease goes back with the last.
+                    if acks.settle().await {
+                        acks.record(state, ack);
+                        acks.settle().await;
                     }
                     return;
                 }
+                acks.record(state, ack);
             }
         }
+    }
+}
+
+/// Records a failed push: a retry with back-off, or once the retry window has passed, a dead
+/// letter and a suspended subscription.
+async fn failed(state: &AppState, sub: &Subscription, owner: &str, number: i64, why: String) {
+    state.metrics.deliveries.with_label_values(&["failed"]).inc();
+    let settings = &state.delivery;
+    let st = state.clone();
+    let (sid, o) = (sub.id, owner.to_owned());
+    let attempts = sub.delivery.attempts.saturating_add(1);
+    let wait = chrono::Duration::from_std(backoff(settings, attempts)).unwrap_or_default();
+    let give_up_after = chrono::Duration::from_std(settings.retry_for).unwrap_or_default();
+    let error = why.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let now = st.clock.now();
+        let attempt = FailedAttempt { number, error: &error, at: now, retry_at: now + wait, give_up_after };
+        st.store.fail_delivery(sid, &o, attempt)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Failure::DeadLettered)) => {
+            state.metrics.deliveries.with_label_values(&["dead-lettered"]).inc();
+            tracing::warn!(subscription = %sid, event = number, error = %why, "delivery dead-lettered: retries ran out; the subscription is suspended until redelivery is asked for");
+        }
+        Ok(Ok(Failure::Retry(at))) => {
+            tracing::info!(subscription = %sid, event = number, error = %why, retry_at = %at, "delivery failed; will retry");
+        }
+        Ok(Ok(Failure::LeaseLost)) => {}
+        Ok(Err(e)) => tracing::warn!(subscription = %sid, error = %e, "recording a failed delivery failed"),
+        Err(e) => tracing::error!(subscription = %sid, error = %e, "recording a failed delivery panicked"),
     }
 }
 
@@ -455,36 +534,51 @@ async fn release(state: &AppState, sid: Uuid, owner: &str) {
     let _ = tokio::task::spawn_blocking(move || st.store.release_lease(sid, &o)).await;
 }
 
-/// Decides, audits, signs and sends one event. Any 2xx acknowledges it.
-async fn push_one(
+/// Events decided together, in one audit entry, when a subscription has several due: under load
+/// a backlog drains without one audit commit per event. A subscription retrying its head event
+/// decides that event alone.
+const DECIDE_AT_ONCE: usize = 16;
+
+/// Decides and audits a run of a subscription's events (committed before any is sent), then
+/// signs (and encrypts) each: the bodies, in order.
+async fn prepare(state: &AppState, sub: &Subscription, events: &[SubscriptionEvent]) -> Result<Vec<String>, String> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(Vec::new()) };
+    let attempt = sub.delivery.attempts.saturating_add(1);
+    let request_id = format!("delivery:{}:{}-{}:{attempt}", sub.id, first.number, last.number);
+    let (st, s, e) = (state.clone(), sub.clone(), events.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let decided =
+            decide_events(&st, &s, &e, "deliver", true, request_id).map_err(|err| format!("not sent: {err}"))?;
+        decided
+            .events
+            .iter()
+            .map(|body| webhook_body(&st, &s, body, decided.audit_id).map_err(|err| format!("not sent: {err}")))
+            .collect()
+    })
+    .await
+    .map_err(|e| format!("not sent: {e}"))?
+}
+
+/// Sends one prepared event. Any 2xx acknowledges it.
+async fn send(
     state: &AppState,
     client: &reqwest::Client,
     sub: &Subscription,
     event: &SubscriptionEvent,
+    body: String,
 ) -> Result<(), String> {
-    let Some(url) = sub.endpoint.clone() else { return Err("the subscription has no webhook URL".into()) };
+    let Some(url) = sub.endpoint.as_deref() else { return Err("the subscription has no webhook URL".into()) };
     let attempt = sub.delivery.attempts.saturating_add(1);
-    let st = state.clone();
-    let (s, e) = (sub.clone(), event.clone());
-    let request_id = format!("delivery:{}:{}:{attempt}", sub.id, event.number);
-    let prepared = tokio::task::spawn_blocking(move || {
-        let decided = decide_events(&st, &s, std::slice::from_ref(&e), "deliver", true, request_id)
-            .map_err(|err| format!("not sent: {err}"))?;
-        let body = decided.events.into_iter().next().unwrap_or(Value::Null);
-        webhook_body(&st, &s, &body, decided.audit_id).map_err(|err| format!("not sent: {err}"))
-    })
-    .await
-    .map_err(|e| format!("not sent: {e}"))??;
     let sent_at: DateTime<Utc> = state.clock.now();
     let response = client
-        .post(&url)
+        .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/jose")
         .header("VPR-Event-Id", event.event_id.to_string())
         .header("VPR-Event-Number", event.number.to_string())
         .header("VPR-Subscription-Id", sub.id.to_string())
         .header("VPR-Timestamp", sent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .header("VPR-Delivery-Attempt", attempt.to_string())
-        .body(prepared)
+        .body(body)
         .send()
         .await
         .map_err(|e| {

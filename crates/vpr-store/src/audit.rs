@@ -157,107 +157,26 @@ mod hex_bytes {
     }
 }
 
-/// One request's entry waiting for the group commit, with where to send the outcome.
-type Pending = (AuditEntry, std::sync::mpsc::SyncSender<Result<(), String>>);
-
-/// Group commit for the audit log: requests hand their entries to one writer thread, which
-/// commits everything waiting in one durable transaction and then acknowledges each. Every
-/// request still waits for its own entry to be durable; the cost of a commit (an fsync) is
-/// shared instead of paid per request.
-#[derive(Debug, Clone)]
-pub struct AuditWriter {
-    /// Started on the first append, so read-only uses (e.g. `audit verify`) start no threads.
-    queue: std::sync::Arc<std::sync::Mutex<Option<std::sync::mpsc::SyncSender<Pending>>>>,
-    pool: crate::db::DbPool,
-    vault: crate::Vault,
-    writers: usize,
-}
+/// Group commit for the audit log: requests hand their entries to writer threads, which commit
+/// everything waiting in one durable transaction and then acknowledge each. Every request still
+/// waits for its own entry to be durable; the cost of a commit (an fsync) is shared.
+pub(crate) type AuditWriter = crate::group::GroupCommit<AuditEntry, ()>;
 
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-impl AuditWriter {
-    /// Starts `writers` writer threads sharing one queue: one for SQLite (it has one writer
-    /// anyway), several for PostgreSQL, so an entry arriving during a commit need not wait for
-    /// it. The threads end when the last handle is dropped.
-    pub(crate) fn new(pool: crate::db::DbPool, vault: crate::Vault, writers: usize) -> Self {
-        Self { queue: std::sync::Arc::new(std::sync::Mutex::new(None)), pool, vault, writers }
-    }
-
-    fn start(
-        pool: &crate::db::DbPool,
-        vault: &crate::Vault,
-        writers: usize,
-    ) -> Result<std::sync::mpsc::SyncSender<Pending>, StoreError> {
-        let (queue, inbox) = std::sync::mpsc::sync_channel::<Pending>(4096);
-        let inbox = std::sync::Arc::new(std::sync::Mutex::new(inbox));
-        for n in 0..writers.max(1) {
-            let (pool, vault, inbox) = (pool.clone(), vault.clone(), inbox.clone());
-            std::thread::Builder::new()
-                .name(format!("audit-writer-{n}"))
-                .spawn(move || writer_loop(&pool, &vault, &inbox))
-                .map_err(|e| StoreError::Unavailable(format!("cannot start the audit writer: {e}")))?;
-        }
-        Ok(queue)
-    }
-    fn append(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        let queue = {
-            let mut guard = self.queue.lock().map_err(|_| StoreError::Unavailable("the audit writer failed".into()))?;
-            match guard.as_ref() {
-                Some(q) => q.clone(),
-                None => {
-                    let q = Self::start(&self.pool, &self.vault, self.writers)?;
-                    *guard = Some(q.clone());
-                    q
-                }
-            }
-        };
-        let (reply, outcome) = std::sync::mpsc::sync_channel(1);
-        queue.send((entry, reply)).map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
-        match outcome.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(StoreError::Unavailable(format!("audit write failed: {why}"))),
-            Err(_) => Err(StoreError::Unavailable("the audit writer has stopped".into())),
-        }
-    }
-}
-
-fn writer_loop(
-    pool: &crate::db::DbPool,
-    vault: &crate::Vault,
-    inbox: &std::sync::Mutex<std::sync::mpsc::Receiver<Pending>>,
-) {
-    loop {
-        // Take what is waiting (at least one entry) while holding the queue, then commit it
-        // without holding it, so another writer can gather the next batch meanwhile.
-        let batch = {
-            let Ok(queue) = inbox.lock() else { return };
-            let Ok(first) = queue.recv() else { return };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            batch
-        };
-        let entries: Vec<&AuditEntry> = batch.iter().map(|(e, _)| e).collect();
-        match write_batch(pool, vault, &entries) {
-            Ok(()) => {
-                for (_, reply) in &batch {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            // One bad entry must not fail its neighbours: retry each on its own.
-            Err(_) => {
-                for (e, reply) in &batch {
-                    let one = write_batch(pool, vault, &[e]).map_err(|err| err.to_string());
-                    let _ = reply.send(one);
-                }
-            }
-        }
-    }
+/// The audit writer: `writers` threads (one for SQLite, several for PostgreSQL, so an entry
+/// arriving during a commit need not wait for it).
+pub(crate) fn audit_writer(pool: crate::db::DbPool, vault: crate::Vault, writers: usize) -> AuditWriter {
+    crate::group::GroupCommit::new(
+        "audit-writer",
+        writers,
+        MAX_BATCH,
+        std::sync::Arc::new(move |entries: &[&AuditEntry]| {
+            write_batch(&pool, &vault, entries)?;
+            Ok(vec![(); entries.len()])
+        }),
+    )
 }
 
 fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&AuditEntry]) -> Result<(), StoreError> {
@@ -323,7 +242,7 @@ impl Store {
     /// Appends an entry durably: returns only once it is committed (group commit). Nothing may
     /// be disclosed unless this returns `Ok`.
     pub fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
-        self.audit_writer.append(e.clone())
+        self.audit_writer.submit(e.clone())
     }
 
     /// Audit entries after `after_seq`, oldest first, at most `limit`.

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod db;
 pub mod directives;
+mod group;
 pub mod notices;
 pub mod review;
 pub mod schema;
@@ -76,6 +77,8 @@ pub struct Store {
     backend: Backend,
     vault: Vault,
     audit_writer: audit::AuditWriter,
+    ack_writer: subscriptions::AckWriter,
+    recent: std::sync::Arc<notices::RecentNotices>,
 }
 
 impl std::fmt::Debug for Store {
@@ -92,8 +95,9 @@ impl Store {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,
         };
-        let audit_writer = audit::AuditWriter::new(pool.clone(), vault.clone(), writers);
-        Ok(Self { pool, backend, vault, audit_writer })
+        let audit_writer = audit::audit_writer(pool.clone(), vault.clone(), writers);
+        let ack_writer = subscriptions::ack_writer(pool.clone(), writers.min(2));
+        Ok(Self { pool, backend, vault, audit_writer, ack_writer, recent: Default::default() })
     }
 
     /// The backend in use.

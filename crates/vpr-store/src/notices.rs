@@ -299,6 +299,30 @@ impl Store {
         self.version_in(&mut conn, &id, head.current_version)
     }
 
+    /// The current version of a notice with the blind indexes of its subject, served from a
+    /// small cache of recently read notices when the current version is unchanged (one fan-out
+    /// delivers the same notice to many subscribers). The version is checked on every call, so
+    /// a change is seen at once; entries live at most a minute.
+    pub fn current_notice(&self, id: Uuid) -> Result<Option<(StoredNotice, Vec<String>)>, StoreError> {
+        let mut conn = self.conn()?;
+        let key = id.to_string();
+        let Some(head) = self.head_in(&mut conn, &key)? else {
+            return Ok(None);
+        };
+        if let Some(hit) = self.recent.get(id, head.current_version) {
+            return Ok(Some(hit));
+        }
+        let Some(n) = self.version_in(&mut conn, &key, head.current_version)? else {
+            return Ok(None);
+        };
+        let mut blind: Vec<String> =
+            n.content.subject.match_keys().iter().map(|(k, v)| self.vault.blind_index(*k, v)).collect();
+        blind.sort();
+        blind.dedup();
+        self.recent.put(id, head.current_version, &n, &blind);
+        Ok(Some((n, blind)))
+    }
+
     /// Every version of a notice, oldest first.
     pub fn versions(&self, id: Uuid) -> Result<Vec<StoredNotice>, StoreError> {
         let mut conn = self.conn()?;
@@ -509,5 +533,37 @@ impl Store {
             }
         }
         Ok(expired)
+    }
+}
+
+/// A cached notice: its version, when it was read, the notice and its subject's blind indexes.
+type Recent = (i64, std::time::Instant, StoredNotice, Vec<String>);
+
+/// Recently read current notices, keyed by id and checked against the current version.
+#[derive(Debug, Default)]
+pub(crate) struct RecentNotices {
+    map: std::sync::Mutex<std::collections::HashMap<Uuid, Recent>>,
+}
+
+impl RecentNotices {
+    const LIMIT: usize = 4096;
+    const TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn get(&self, id: Uuid, version: i64) -> Option<(StoredNotice, Vec<String>)> {
+        let map = self.map.lock().ok()?;
+        let (v, at, n, blind) = map.get(&id)?;
+        (*v == version && at.elapsed() < Self::TTL).then(|| (n.clone(), blind.clone()))
+    }
+
+    fn put(&self, id: Uuid, version: i64, n: &StoredNotice, blind: &[String]) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= Self::LIMIT {
+                map.retain(|_, (_, at, _, _)| at.elapsed() < Self::TTL);
+                if map.len() >= Self::LIMIT {
+                    map.clear();
+                }
+            }
+            map.insert(id, (version, std::time::Instant::now(), n.clone(), blind.to_vec()));
+        }
     }
 }

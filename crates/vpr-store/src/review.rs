@@ -205,6 +205,9 @@ impl Store {
     pub fn prune_audit(&self, before: DateTime<Utc>, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;
         write_tx(&mut conn, |conn| {
+            // Sealing must not run meanwhile (on PostgreSQL each statement sees its own
+            // snapshot): the sealer's lock makes the bounds below one consistent view.
+            crate::seal::lock_sealer(conn)?;
             // The first sealed entry that must be kept bounds the prefix.
             let keep_from: Option<i64> = ae::table
                 .filter(ae::leaf_index.is_not_null())
@@ -213,33 +216,41 @@ impl Store {
                 .first(conn)?;
             let sealed: Option<i64> = ae::table.select(diesel::dsl::max(ae::leaf_index)).first(conn)?;
             let bound = keep_from.unwrap_or_else(|| sealed.map_or(0, |m| m + 1));
-            let doomed = ae::table.filter(ae::leaf_index.lt(bound)).filter(ae::pruned_at.is_null()).select(ae::id);
+            // Only entries past retention, whatever the bound says.
+            let old = before.naive_utc();
+            let doomed = ae::table
+                .filter(ae::leaf_index.lt(bound))
+                .filter(ae::at.lt(old))
+                .filter(ae::pruned_at.is_null())
+                .select(ae::id);
             diesel::delete(nrefs::table.filter(nrefs::audit_id.eq_any(doomed))).execute(conn)?;
             diesel::delete(srefs::table.filter(srefs::audit_id.eq_any(doomed))).execute(conn)?;
-            let n = diesel::update(ae::table.filter(ae::leaf_index.lt(bound)).filter(ae::pruned_at.is_null()))
-                .set((
-                    ae::pruned_at.eq(Some(now.naive_utc())),
-                    ae::request_id.eq(""),
-                    ae::action.eq(""),
-                    ae::actor_org.eq(""),
-                    ae::actor_org_type.eq(""),
-                    ae::actor_system.eq(""),
-                    ae::actor_user.eq(None::<String>),
-                    ae::actor_role.eq(None::<String>),
-                    ae::purpose.eq(None::<String>),
-                    ae::context_ref.eq(None::<String>),
-                    ae::break_glass.eq(false),
-                    ae::justification.eq(None::<Vec<u8>>),
-                    ae::subject_refs.eq("[]"),
-                    ae::decision.eq(""),
-                    ae::notices.eq("[]"),
-                    ae::lawful_basis.eq("[]"),
-                    ae::clauses.eq("[]"),
-                    ae::agreement_version.eq(""),
-                    ae::outcome.eq(0),
-                    ae::ig_review.eq(None::<String>),
-                ))
-                .execute(conn)?;
+            let n = diesel::update(
+                ae::table.filter(ae::leaf_index.lt(bound)).filter(ae::at.lt(old)).filter(ae::pruned_at.is_null()),
+            )
+            .set((
+                ae::pruned_at.eq(Some(now.naive_utc())),
+                ae::request_id.eq(""),
+                ae::action.eq(""),
+                ae::actor_org.eq(""),
+                ae::actor_org_type.eq(""),
+                ae::actor_system.eq(""),
+                ae::actor_user.eq(None::<String>),
+                ae::actor_role.eq(None::<String>),
+                ae::purpose.eq(None::<String>),
+                ae::context_ref.eq(None::<String>),
+                ae::break_glass.eq(false),
+                ae::justification.eq(None::<Vec<u8>>),
+                ae::subject_refs.eq("[]"),
+                ae::decision.eq(""),
+                ae::notices.eq("[]"),
+                ae::lawful_basis.eq("[]"),
+                ae::clauses.eq("[]"),
+                ae::agreement_version.eq(""),
+                ae::outcome.eq(0),
+                ae::ig_review.eq(None::<String>),
+            ))
+            .execute(conn)?;
             Ok(n)
         })
     }

@@ -85,7 +85,7 @@ fn frontier_of(size: i64, text: &str) -> Result<Frontier, StoreError> {
         .ok_or_else(|| StoreError::Corrupt("the audit seal state is not a valid frontier".into()))
 }
 
-fn lock_sealer(conn: &mut DbConnection) -> Result<(), StoreError> {
+pub(crate) fn lock_sealer(conn: &mut DbConnection) -> Result<(), StoreError> {
     if let DbConnection::Pg(_) = conn {
         // One sealer at a time across replicas; released at commit.
         diesel::sql_query("SELECT pg_advisory_xact_lock(7215001)").execute(conn)?;

@@ -294,6 +294,68 @@ pub struct DeadLetter {
     pub resolved_at: Option<DateTime<Utc>>,
 }
 
+/// A receiver's acknowledgement of one event, to record.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// The subscription.
+    pub subscription: Uuid,
+    /// The replica holding its lease.
+    pub owner: String,
+    /// The event acknowledged.
+    pub number: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The lease, renewed to this.
+    pub lease_until: DateTime<Utc>,
+    /// Give the lease back too (the last event due was acknowledged).
+    pub release: bool,
+}
+
+/// Acknowledgements are group-committed: one transaction for all that arrive together.
+pub(crate) type AckWriter = crate::group::GroupCommit<Ack, bool>;
+
+/// The acknowledgement writer (`writers` threads).
+pub(crate) fn ack_writer(pool: crate::db::DbPool, writers: usize) -> AckWriter {
+    crate::group::GroupCommit::new(
+        "ack-writer",
+        writers,
+        512,
+        std::sync::Arc::new(move |acks: &[&Ack]| {
+            let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            write_tx(&mut conn, |conn| {
+                if let DbConnection::Pg(_) = conn {
+                    // An acknowledgement lost in a crash only means the event is pushed again,
+                    // which receivers de-duplicate: it need not wait for the WAL to reach disk.
+                    // (Notices, audit entries and fan-out keep synchronous commit.)
+                    diesel::sql_query("SET LOCAL synchronous_commit = off").execute(conn)?;
+                }
+                acks.iter().map(|a| record_ack(conn, a)).collect()
+            })
+        }),
+    )
+}
+
+/// Records one acknowledgement. Acknowledgements may commit out of order (they are pipelined),
+/// so the cursor only ever moves forward; false means the lease is no longer this replica's.
+fn record_ack(conn: &mut DbConnection, a: &Ack) -> Result<bool, StoreError> {
+    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+    // Placeholders appear in numeric order: SQLite numbers `$N` parameters by first appearance.
+    let release = if a.release { ", lease_owner = NULL" } else { "" };
+    let sql = format!(
+        "UPDATE subscriptions SET delivered_upto = CASE WHEN delivered_upto < $1 THEN $1 ELSE delivered_upto END, \
+         attempts = 0, failing_since = NULL, last_error = NULL, last_attempt_at = $2, last_delivered_at = $2, \
+         lease_until = $3{release} WHERE id = $4 AND lease_owner = $5"
+    );
+    let n = diesel::sql_query(sql)
+        .bind::<BigInt, _>(a.number)
+        .bind::<Timestamp, _>(db_time(a.at))
+        .bind::<Nullable<Timestamp>, _>((!a.release).then(|| db_time(a.lease_until)))
+        .bind::<Text, _>(a.subscription.to_string())
+        .bind::<Text, _>(&a.owner)
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
 /// What one fan-out step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FanOut {
@@ -582,19 +644,23 @@ impl Store {
             }
             let mut rows = Vec::new();
             let mut touched = BTreeSet::new();
+            // Recipients given events in this batch (not yet in the table): a notice created and
+            // withdrawn in one batch must still reach whoever got its creation.
+            let mut batch_prior: HashMap<String, HashSet<String>> = HashMap::new();
             for (_, notice_id, version, kind, at) in &pending {
                 let Some(notice) = self.version_in(conn, notice_id, *version)? else { continue };
                 let retraction = !matches!(
                     ChangeKind::from_code(kind),
                     Some(ChangeKind::Created | ChangeKind::Amended | ChangeKind::Reviewed)
                 );
-                let prior: HashSet<String> = se::table
+                let mut prior: HashSet<String> = se::table
                     .filter(se::notice_id.eq(notice_id))
                     .select(se::subscription_id)
                     .distinct()
                     .load::<String>(conn)?
                     .into_iter()
                     .collect();
+                prior.extend(batch_prior.get(notice_id).into_iter().flatten().cloned());
                 let in_cohort: HashSet<String> = if retraction {
                     HashSet::new()
                 } else {
@@ -622,6 +688,7 @@ impl Store {
                     let Some(n) = numbers.get_mut(sub) else { continue };
                     *n += 1;
                     touched.insert(sub.clone());
+                    batch_prior.entry(notice_id.clone()).or_default().insert(sub.clone());
                     rows.push((
                         se::subscription_id.eq(sub.clone()),
                         se::event_number.eq(*n),
@@ -724,34 +791,11 @@ impl Store {
         rows.into_iter().map(EventRow::decode).collect()
     }
 
-    /// Records that the receiver acknowledged event `number`, renewing the lease. False if the
-    /// lease was lost (another replica now delivers this subscription).
-    pub fn ack_delivery(
-        &self,
-        id: Uuid,
-        owner: &str,
-        number: i64,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
-        let n = diesel::update(
-            s::table
-                .filter(s::id.eq(id.to_string()))
-                .filter(s::lease_owner.eq(owner))
-                .filter(s::delivered_upto.lt(number)),
-        )
-        .set((
-            s::delivered_upto.eq(number),
-            s::attempts.eq(0),
-            s::failing_since.eq(None::<NaiveDateTime>),
-            s::last_error.eq(None::<String>),
-            s::last_attempt_at.eq(db_time(now)),
-            s::last_delivered_at.eq(db_time(now)),
-            s::lease_until.eq(db_time(lease_until)),
-        ))
-        .execute(&mut conn)?;
-        Ok(n == 1)
+    /// Records that the receiver acknowledged an event (group-committed with other
+    /// acknowledgements). False if the lease was lost: another replica now delivers this
+    /// subscription.
+    pub fn ack_delivery(&self, ack: Ack) -> Result<bool, StoreError> {
+        self.ack_writer.submit(ack)
     }
 
     /// Records a failed attempt at event `number`: schedules the retry at `retry_at`, or once

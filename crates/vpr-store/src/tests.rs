@@ -433,9 +433,24 @@ fn changes_fan_out_numbered_per_subscription_and_withdrawals_follow_earlier_reci
 
         let a = created(store.publish(&new_notice("9990000018", None), now).unwrap());
         let c = created(store.publish(&new_notice("9990000026", None), now).unwrap());
-        assert_eq!(store.outbox_backlog().unwrap(), 2, "{name}");
+        // Created and withdrawn before any fan-out: the withdrawal still follows the creation.
+        let gone = created(store.publish(&new_notice("9990000034", None), now).unwrap());
+        store
+            .change(
+                gone.id,
+                "RX9",
+                "cad",
+                None,
+                Change::Withdraw { reason: "error".into(), entered_in_error: true },
+                now,
+            )
+            .unwrap();
+        assert_eq!(store.outbox_backlog().unwrap(), 4, "{name}");
         let done = store.fan_out(100, now).unwrap();
-        assert_eq!(done, subscriptions::FanOut { events: 2, deliveries: 5 }, "{name}");
+        assert_eq!(done, subscriptions::FanOut { events: 4, deliveries: 9 }, "{name}");
+        let both: Vec<(String, uuid::Uuid)> =
+            store.events_after(everything, 2, 10).unwrap().into_iter().map(|e| (e.kind, e.notice_id)).collect();
+        assert_eq!(both, vec![("created".to_owned(), gone.id), ("entered-in-error".to_owned(), gone.id)], "{name}");
         assert_eq!(store.outbox_backlog().unwrap(), 0, "{name}");
         // Lowered below `high_only`'s threshold: the amendment still reaches it, marked unmatched.
         let mut lowered = a.content.clone();
@@ -449,18 +464,25 @@ fn changes_fan_out_numbered_per_subscription_and_withdrawals_follow_earlier_reci
         let kinds: Vec<(i64, &str, bool)> = e.iter().map(|e| (e.number, e.kind.as_str(), e.matched)).collect();
         assert_eq!(
             kinds,
-            vec![(1, "created", true), (2, "created", true), (3, "amended", false), (4, "withdrawn", false)],
+            vec![
+                (1, "created", true),
+                (2, "created", true),
+                (3, "created", true),
+                (4, "entered-in-error", false),
+                (5, "amended", false),
+                (6, "withdrawn", false)
+            ],
             "{name}"
         );
         assert_eq!(e[0].notice_id, a.id, "{name}");
         let cohort_events = store.events_after(cohort_id, 0, 10).unwrap();
         assert_eq!(cohort_events.iter().map(|e| e.notice_id).collect::<Vec<_>>(), vec![c.id], "{name}");
         let all = store.subscription(everything).unwrap().unwrap();
-        assert_eq!(all.delivery.last_event_number, 4, "{name}");
+        assert_eq!(all.delivery.last_event_number, 6, "{name}");
         // Event ids are unique across subscriptions (receivers de-duplicate by them).
         let ids: std::collections::HashSet<_> =
             store.events_after(everything, 0, 10).unwrap().iter().chain(e.iter()).map(|e| e.event_id).collect();
-        assert_eq!(ids.len(), 8, "{name}");
+        assert_eq!(ids.len(), 12, "{name}");
         // A deleted subscription gets nothing more.
         store
             .set_subscription_status(
@@ -476,7 +498,7 @@ fn changes_fan_out_numbered_per_subscription_and_withdrawals_follow_earlier_reci
             .change(c.id, "RX9", "cad", None, Change::Withdraw { reason: "gone".into(), entered_in_error: false }, now)
             .unwrap();
         store.fan_out(100, now).unwrap();
-        assert_eq!(store.subscription(everything).unwrap().unwrap().delivery.last_event_number, 4, "{name}");
+        assert_eq!(store.subscription(everything).unwrap().unwrap().delivery.last_event_number, 6, "{name}");
         assert_eq!(store.events_after(cohort_id, 0, 10).unwrap().len(), 2, "{name}");
     }
 }
@@ -497,8 +519,23 @@ fn deliveries_are_leased_acknowledged_retried_and_dead_lettered() {
         assert_eq!(claimed.len(), 1, "{name}");
         // Held by r1: another replica cannot take it until the lease passes.
         assert!(store.claim_due("r2", 10, now, lease).unwrap().is_empty(), "{name}");
-        assert!(store.ack_delivery(id, "r1", 1, now, lease).unwrap(), "{name}");
-        assert!(!store.ack_delivery(id, "r2", 2, now, lease).unwrap(), "{name}: a replica without the lease");
+        let ack = |owner: &str, number: i64, release: bool| subscriptions::Ack {
+            subscription: id,
+            owner: owner.into(),
+            number,
+            at: now,
+            lease_until: lease,
+            release,
+        };
+        assert!(store.ack_delivery(ack("r1", 1, false)).unwrap(), "{name}");
+        assert!(!store.ack_delivery(ack("r2", 2, false)).unwrap(), "{name}: a replica without the lease");
+        // Pipelined acknowledgements may commit out of order: the cursor never moves back.
+        assert!(store.ack_delivery(ack("r1", 2, false)).unwrap(), "{name}");
+        assert!(store.ack_delivery(ack("r1", 1, false)).unwrap(), "{name}");
+        assert_eq!(store.subscription(id).unwrap().unwrap().delivery.delivered_upto, 2, "{name}");
+        store.redeliver(id, Some(2), now).unwrap();
+        let lease_again = store.claim_due("r1", 10, now, lease).unwrap();
+        assert_eq!(lease_again.len(), 1, "{name}");
         let give_up_after = Duration::hours(72);
         let fail = |at: chrono::DateTime<Utc>, owner: &str| {
             store.fail_delivery(
@@ -533,5 +570,33 @@ fn deliveries_are_leased_acknowledged_retried_and_dead_lettered() {
         assert_eq!((s.delivery.state.as_str(), s.delivery.delivered_upto), ("active", 0), "{name}");
         assert!(store.dead_letters(id).unwrap()[0].resolved_at.is_some(), "{name}");
         assert_eq!(store.claim_due("r3", 10, far, far + Duration::seconds(30)).unwrap().len(), 1, "{name}");
+    }
+}
+
+#[test]
+fn retention_racing_the_sealer_never_prunes_a_recent_entry() {
+    let b = backends();
+    for (name, s) in &b.stores {
+        let now = Utc::now();
+        let cutoff = now - Duration::days(8 * 365);
+        let pruned = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for n in 0..60 {
+                    s.append_audit(&audit_entry(n, Utc::now())).unwrap();
+                    s.seal_pending(3, Utc::now(), &sign_plain).unwrap();
+                }
+            });
+            scope.spawn(|| {
+                for _ in 0..200 {
+                    let n = s.prune_audit(cutoff, Utc::now()).unwrap();
+                    pruned.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        });
+        while s.seal_pending(100, now, &sign_plain).unwrap().is_some() {}
+        assert_eq!(pruned.load(std::sync::atomic::Ordering::SeqCst), 0, "{name}: a recent entry was pruned");
+        let report = s.verify_audit(&open_plain).unwrap();
+        assert!(report.problems.is_empty() && report.pruned == 0 && report.entries == 60, "{name}: {report:?}");
     }
 }

@@ -33,6 +33,8 @@ CREATE TABLE subscriptions (
     lease_owner TEXT,
     lease_until TIMESTAMP
 );
+-- Delivery state is updated several times per event: leave room on each page for HOT updates.
+ALTER TABLE subscriptions SET (fillfactor = 70);
 CREATE INDEX subscriptions_owner ON subscriptions (owner_ods, created_at);
 CREATE INDEX subscriptions_due ON subscriptions (method, delivery_state, next_attempt_at);
 
