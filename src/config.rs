@@ -124,7 +124,7 @@ fn default_timeout() -> u64 {
     10_000
 }
 fn default_concurrency() -> usize {
-    64
+    128
 }
 fn default_lease() -> u64 {
     30

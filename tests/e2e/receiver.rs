@@ -184,3 +184,155 @@ impl Drop for Receiver {
 fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
+
+/// A certificate authority and a server certificate for `127.0.0.1` it issued, made for a test.
+pub struct TestPki {
+    pub ca_pem: Vec<u8>,
+    pub server_cert_pem: Vec<u8>,
+    pub server_key_pem: Vec<u8>,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        use openssl::asn1::Asn1Time;
+        use openssl::bn::BigNum;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::hash::MessageDigest;
+        use openssl::nid::Nid;
+        use openssl::pkey::PKey;
+        use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+        use openssl::x509::{X509NameBuilder, X509};
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = || PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let name = |cn: &str| {
+            let mut n = X509NameBuilder::new().unwrap();
+            n.append_entry_by_text("CN", cn).unwrap();
+            n.build()
+        };
+        let ca_key = key();
+        let mut ca = X509::builder().unwrap();
+        ca.set_version(2).unwrap();
+        ca.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap()).unwrap();
+        ca.set_subject_name(&name("vpr-broker test CA")).unwrap();
+        ca.set_issuer_name(&name("vpr-broker test CA")).unwrap();
+        ca.set_pubkey(&ca_key).unwrap();
+        ca.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+        ca.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+        ca.append_extension(BasicConstraints::new().critical().ca().build().unwrap()).unwrap();
+        ca.sign(&ca_key, MessageDigest::sha256()).unwrap();
+        let ca = ca.build();
+        let server_key = key();
+        let mut cert = X509::builder().unwrap();
+        cert.set_version(2).unwrap();
+        cert.set_serial_number(&BigNum::from_u32(2).unwrap().to_asn1_integer().unwrap()).unwrap();
+        cert.set_subject_name(&name("127.0.0.1")).unwrap();
+        cert.set_issuer_name(ca.subject_name()).unwrap();
+        cert.set_pubkey(&server_key).unwrap();
+        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+        cert.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+        let san = SubjectAlternativeName::new().ip("127.0.0.1").build(&cert.x509v3_context(Some(&ca), None)).unwrap();
+        cert.append_extension(san).unwrap();
+        cert.sign(&ca_key, MessageDigest::sha256()).unwrap();
+        Self {
+            ca_pem: ca.to_pem().unwrap(),
+            server_cert_pem: cert.build().to_pem().unwrap(),
+            server_key_pem: server_key.private_key_to_pem_pkcs8().unwrap(),
+        }
+    }
+}
+
+/// An HTTPS webhook receiver (one request per connection), answering 200 to every push and
+/// recording it.
+pub struct TlsReceiver {
+    pub url: String,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsReceiver {
+    pub fn start(pki: &TestPki) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let identity =
+            tokio_native_tls::native_tls::Identity::from_pkcs8(&pki.server_cert_pem, &pki.server_key_pem).unwrap();
+        let acceptor =
+            tokio_native_tls::TlsAcceptor::from(tokio_native_tls::native_tls::TlsAcceptor::new(identity).unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let recorded = hits.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let (tcp, _) = tokio::select! {
+                        _ = &mut stopped => return,
+                        accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    };
+                    let (acceptor, recorded) = (acceptor.clone(), recorded.clone());
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 8192];
+                        // Headers, then the body by Content-Length.
+                        let (head, body_start) = loop {
+                            let Ok(n) = tls.read(&mut chunk).await else { return };
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break (String::from_utf8_lossy(&buf[..i]).into_owned(), i + 4);
+                            }
+                        };
+                        let header = |name: &str| {
+                            head.lines()
+                                .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)))
+                                .map(|(_, v)| v.trim().to_owned())
+                                .unwrap_or_default()
+                        };
+                        let length: usize = header("content-length").parse().unwrap_or(0);
+                        while buf.len() < body_start + length {
+                            let Ok(n) = tls.read(&mut chunk).await else { return };
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        recorded.lock().unwrap().push(Hit {
+                            event_id: header("vpr-event-id"),
+                            number: header("vpr-event-number").parse().unwrap_or(-1),
+                            subscription: header("vpr-subscription-id"),
+                            attempt: header("vpr-delivery-attempt"),
+                            content_type: header("content-type"),
+                            body: String::from_utf8_lossy(&buf[body_start..body_start + length]).into_owned(),
+                            processed: true,
+                        });
+                        let _ =
+                            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                        let _ = tls.shutdown().await;
+                    });
+                }
+            });
+        });
+        Self { url: format!("https://127.0.0.1:{port}/vpr/events"), hits, stop: Some(stop), thread: Some(thread) }
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TlsReceiver {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -781,3 +781,44 @@ fn replicas_sharing_one_postgres_deliver_every_event_in_order() {
     // At least once: what the dead replica had pushed but not yet recorded may come again.
     eprintln!("{duplicates} duplicate pushes after a replica was killed mid-delivery");
 }
+
+both_backends!(webhooks_are_delivered_over_tls_to_receivers_the_broker_trusts, |backend: Backend| {
+    use crate::receiver::{TestPki, TlsReceiver};
+    let pki = TestPki::new();
+    let receiver = TlsReceiver::start(&pki);
+    // One broker trusts the receiver's private CA (`delivery.ca_file`); one does not.
+    let Some(trusting) = TestBroker::start_delivering(backend, |_| {}) else { return };
+    std::fs::write(trusting.dir.path().join("webhook-ca.pem"), &pki.ca_pem).unwrap();
+    trusting.kill_hard();
+    trusting.edit_config(|cfg| {
+        cfg["delivery"].as_table_mut().unwrap().insert("ca_file".into(), "webhook-ca.pem".into());
+    });
+    trusting.spawn();
+    let Some(other) = TestBroker::start_delivering(backend, |_| {}) else { return };
+    let mut ids = Vec::new();
+    for b in [&trusting, &other] {
+        let amb = b.token("amb-cad");
+        ids.push(
+            b.subscribe(&amb, &ambulance_subscription(Some(&receiver.url), json!({})))["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        publish_address(b, &b.token("acute-ed"), "LS6 1AA", "1 Test Street");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while receiver.hits().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing arrived over TLS\n{}", trusting.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hit = &receiver.hits()[0];
+    assert_eq!((hit.number, hit.subscription.as_str()), (1, ids[0].as_str()));
+    assert_eq!(verified_claims(&trusting, &hit.body)["event"]["type"], "notice-created");
+    // The broker without the CA refuses the receiver's certificate and keeps retrying.
+    let amb = other.token("amb-cad");
+    let s = other
+        .wait_subscription(&amb, &ids[1], Duration::from_secs(20), |s| s["events"]["attempts"].as_i64() >= Some(2));
+    assert_eq!(s["events"]["delivered_upto"], 0);
+    assert!(s["events"]["last_error"].as_str().unwrap().contains("certificate"), "{s:#}");
+    assert!(receiver.hits().iter().all(|h| h.subscription != ids[1]), "nothing reached the receiver without trust");
+});

@@ -45,7 +45,7 @@ pub struct WebhookArgs {
     #[arg(long, default_value_t = 10)]
     latency_subscribers: usize,
     /// The broker's `delivery.concurrency`.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     concurrency: usize,
 }
 
@@ -249,6 +249,26 @@ pub fn run(args: WebhookArgs) -> Result<()> {
                 Some(at.saturating_duration_since(*publish_at).as_secs_f64() * 1000.0)
             })
             .collect();
+        // A timeline, by when the notice was published: a stall shows as a bump, a shortfall as a
+        // climb.
+        let mut windows: Vec<Vec<f64>> = vec![Vec::new(); usize::try_from(args.seconds.div_ceil(2)).unwrap_or(1)];
+        for (_, number, at) in &arrivals {
+            if let Some(publish_at) = usize::try_from(*number - 1).ok().and_then(|i| scheduled.get(i)) {
+                let w = usize::try_from(publish_at.duration_since(started).as_secs() / 2).unwrap_or(0);
+                if let Some(v) = windows.get_mut(w) {
+                    v.push(at.saturating_duration_since(*publish_at).as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        let timeline: Vec<String> = windows
+            .iter_mut()
+            .enumerate()
+            .map(|(i, w)| {
+                w.sort_by(|a, b| a.total_cmp(b));
+                format!("{}s:{:.0}/{:.0}", i * 2, percentile(w, 0.5), percentile(w, 0.99))
+            })
+            .collect();
+        println!("{backend:<9} latency timeline (p50/p99 ms by 2 s of publishing): {}", timeline.join(" "));
         latencies.sort_by(|a, b| a.total_cmp(b));
         let p99 = percentile(&latencies, 0.99);
         println!(

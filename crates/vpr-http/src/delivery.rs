@@ -60,7 +60,7 @@ impl Default for DeliverySettings {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(3600),
             timeout: Duration::from_secs(10),
-            concurrency: 64,
+            concurrency: 128,
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(250),
             max_subscription_days: 365,
@@ -497,6 +497,21 @@ async fn push_subscription(state: &AppState, client: &reqwest::Client, owner: &s
     }
 }
 
+/// The innermost cause of an HTTP client error (e.g. a refused connection or a certificate that
+/// does not verify), for the subscription's `last_error`. URLs are not included.
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = cause.to_string();
+    if text.is_empty() {
+        "unknown".into()
+    } else {
+        text
+    }
+}
+
 /// Records a failed push: a retry with back-off, or once the retry window has passed, a dead
 /// letter and a suspended subscription.
 async fn failed(state: &AppState, sub: &Subscription, owner: &str, number: i64, why: String) {
@@ -585,9 +600,9 @@ async fn send(
             if e.is_timeout() {
                 format!("no answer within {} s", state.delivery.timeout.as_secs_f64())
             } else if e.is_connect() {
-                "could not connect to the receiver".to_owned()
+                format!("could not connect to the receiver: {}", root_cause(&e))
             } else {
-                format!("request failed: {}", e.without_url())
+                format!("request failed: {}", root_cause(&e))
             }
         })?;
     let status = response.status();

@@ -165,7 +165,6 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         approval -> Text,
-        last_event_number -> BigInt,
         delivered_upto -> BigInt,
         delivery_state -> Text,
         attempts -> Integer,
@@ -229,4 +228,18 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(subscriptions, subscription_cohort, subscription_events, notice_events);
+diesel::table! {
+    subscription_counters (subscription_id) {
+        subscription_id -> Text,
+        last_event_number -> BigInt,
+    }
+}
+
+diesel::joinable!(subscription_counters -> subscriptions (subscription_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    subscriptions,
+    subscription_counters,
+    subscription_cohort,
+    subscription_events,
+    notice_events
+);

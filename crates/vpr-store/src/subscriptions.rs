@@ -18,8 +18,8 @@ use vpr_domain::vocab::ChangeKind;
 
 use crate::db::{write_tx, DbConnection};
 use crate::schema::{
-    notice_events as ne, subscription_cohort as sc, subscription_dead_letters as dl, subscription_events as se,
-    subscription_notice_seen as seen, subscriptions as s,
+    notice_events as ne, subscription_cohort as sc, subscription_counters as cnt, subscription_dead_letters as dl,
+    subscription_events as se, subscription_notice_seen as seen, subscriptions as s,
 };
 use crate::{Store, StoreError};
 
@@ -173,7 +173,6 @@ struct Row {
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
     approval: String,
-    last_event_number: i64,
     delivered_upto: i64,
     delivery_state: String,
     attempts: i32,
@@ -189,7 +188,7 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Row {
-    fn decode(self) -> Result<Subscription, StoreError> {
+    fn decode(self, last_event_number: i64) -> Result<Subscription, StoreError> {
         let method = match self.method.as_str() {
             "webhook" => DeliveryMethod::Webhook,
             "feed" => DeliveryMethod::Feed,
@@ -215,7 +214,7 @@ impl Row {
             updated_at: self.updated_at.and_utc(),
             approval: serde_json::from_str(&self.approval).map_err(corrupt)?,
             delivery: DeliveryStatus {
-                last_event_number: self.last_event_number,
+                last_event_number,
                 delivered_upto: self.delivered_upto,
                 state: self.delivery_state,
                 attempts: self.attempts,
@@ -329,7 +328,16 @@ pub(crate) fn ack_writer(pool: crate::db::DbPool, writers: usize) -> AckWriter {
                     // (Notices, audit entries and fan-out keep synchronous commit.)
                     diesel::sql_query("SET LOCAL synchronous_commit = off").execute(conn)?;
                 }
-                acks.iter().map(|a| record_ack(conn, a)).collect()
+                // Rows are locked in one order by every writer, so batches never deadlock.
+                let mut order: Vec<usize> = (0..acks.len()).collect();
+                order.sort_by_key(|&i| acks.get(i).map(|a| (a.subscription, a.number)));
+                let mut results = vec![false; acks.len()];
+                for i in order {
+                    if let (Some(a), Some(r)) = (acks.get(i), results.get_mut(i)) {
+                        *r = record_ack(conn, a)?;
+                    }
+                }
+                Ok(results)
             })
         }),
     )
@@ -465,6 +473,9 @@ impl Store {
                     s::next_attempt_at.eq(at),
                 ))
                 .execute(conn)?;
+            diesel::insert_into(cnt::table)
+                .values((cnt::subscription_id.eq(&id), cnt::last_event_number.eq(0i64)))
+                .execute(conn)?;
             if let Some(blind) = &new.cohort {
                 insert_cohort(conn, &id, blind)?;
             }
@@ -476,8 +487,13 @@ impl Store {
     /// A subscription.
     pub fn subscription(&self, id: Uuid) -> Result<Option<Subscription>, StoreError> {
         let mut conn = self.conn()?;
-        let row: Option<Row> = s::table.find(id.to_string()).select(Row::as_select()).first(&mut conn).optional()?;
-        row.map(Row::decode).transpose()
+        let row: Option<(Row, i64)> = s::table
+            .inner_join(cnt::table)
+            .filter(s::id.eq(id.to_string()))
+            .select((Row::as_select(), cnt::last_event_number))
+            .first(&mut conn)
+            .optional()?;
+        row.map(|(r, n)| r.decode(n)).transpose()
     }
 
     /// Members of a subscription's cohort (distinct identifiers).
@@ -495,15 +511,19 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Subscription>, StoreError> {
         let mut conn = self.conn()?;
-        let mut q =
-            s::table.select(Row::as_select()).order((s::created_at.desc(), s::id.desc())).limit(limit).into_boxed();
+        let mut q = s::table
+            .inner_join(cnt::table)
+            .select((Row::as_select(), cnt::last_event_number))
+            .order((s::created_at.desc(), s::id.desc()))
+            .limit(limit)
+            .into_boxed::<<DbConnection as Connection>::Backend>();
         if let Some(o) = owner {
             q = q.filter(s::owner_ods.eq(o.to_owned()));
         }
         if let Some(st) = status_is {
             q = q.filter(s::status.eq(st.to_owned()));
         }
-        q.load(&mut conn)?.into_iter().map(Row::decode).collect()
+        q.load::<(Row, i64)>(&mut conn)?.into_iter().map(|(r, n)| r.decode(n)).collect()
     }
 
     /// Replaces a subscription's settings and cohort (its owner's `PUT`), keeping its events and
@@ -632,8 +652,9 @@ impl Store {
                 return Ok(FanOut::default());
             }
             let subs: Vec<(String, String, String, i64)> = s::table
+                .inner_join(cnt::table)
                 .filter(s::status.eq_any(RECEIVING))
-                .select((s::id, s::status, s::criteria, s::last_event_number))
+                .select((s::id, s::status, s::criteria, cnt::last_event_number))
                 .load(conn)?;
             let mut criteria: HashMap<String, (bool, Criteria)> = HashMap::new();
             let mut numbers: HashMap<String, i64> = HashMap::new();
@@ -710,8 +731,8 @@ impl Store {
                 // Ids are UUIDs made here and numbers are integers, never input: inlined.
                 let values: Vec<String> = chunk.iter().map(|(id, n)| format!("('{id}', {n})")).collect();
                 diesel::sql_query(format!(
-                    "UPDATE subscriptions SET last_event_number = v.column2 FROM (VALUES {}) AS v \
-                     WHERE subscriptions.id = v.column1",
+                    "UPDATE subscription_counters SET last_event_number = v.column2 FROM (VALUES {}) AS v \
+                     WHERE subscription_counters.subscription_id = v.column1",
                     values.join(", ")
                 ))
                 .execute(conn)?;
@@ -741,9 +762,10 @@ impl Store {
         }
         let mut conn = self.conn()?;
         let due: Option<String> = s::table
+            .inner_join(cnt::table)
             .filter(s::method.eq("webhook"))
             .filter(s::delivery_state.eq(delivery_state::ACTIVE))
-            .filter(s::delivered_upto.lt(s::last_event_number))
+            .filter(s::delivered_upto.lt(cnt::last_event_number))
             .filter(s::next_attempt_at.le(db_time(now)))
             .select(s::id)
             .first(&mut conn)
@@ -752,14 +774,15 @@ impl Store {
             return Ok(Vec::new());
         }
         let lock = match &*conn {
-            DbConnection::Pg(_) => " FOR UPDATE SKIP LOCKED",
+            DbConnection::Pg(_) => " FOR UPDATE OF s SKIP LOCKED",
             DbConnection::Sqlite(_) => "",
         };
         let sql = format!(
             "UPDATE subscriptions SET lease_owner = $1, lease_until = $2 WHERE id IN (\
-               SELECT id FROM subscriptions WHERE method = 'webhook' AND status IN ('active', 'expired', 'revoked') \
-               AND delivery_state = 'active' AND delivered_upto < last_event_number AND next_attempt_at <= $3 \
-               AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT $4{lock}) \
+               SELECT s.id FROM subscriptions s JOIN subscription_counters c ON c.subscription_id = s.id \
+               WHERE s.method = 'webhook' AND s.status IN ('active', 'expired', 'revoked') \
+               AND s.delivery_state = 'active' AND s.delivered_upto < c.last_event_number AND s.next_attempt_at <= $3 \
+               AND (s.lease_until IS NULL OR s.lease_until < $3) ORDER BY s.next_attempt_at LIMIT $4{lock}) \
              RETURNING id"
         );
         let claimed: Vec<Claimed> = write_tx(&mut conn, |conn| {
@@ -774,8 +797,12 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<Row> = s::table.filter(s::id.eq_any(&ids)).select(Row::as_select()).load(&mut conn)?;
-        rows.into_iter().map(Row::decode).collect()
+        let rows: Vec<(Row, i64)> = s::table
+            .inner_join(cnt::table)
+            .filter(s::id.eq_any(&ids))
+            .select((Row::as_select(), cnt::last_event_number))
+            .load(&mut conn)?;
+        rows.into_iter().map(|(r, n)| r.decode(n)).collect()
     }
 
     /// A subscription's events after `after`, oldest first, at most `limit`.
@@ -865,7 +892,7 @@ impl Store {
         let mut conn = self.conn()?;
         let sid = id.to_string();
         write_tx(&mut conn, |conn| {
-            let last: i64 = s::table.find(&sid).select(s::last_event_number).first(conn)?;
+            let last: i64 = cnt::table.find(&sid).select(cnt::last_event_number).first(conn)?;
             if from_event.is_some_and(|f| f > last) {
                 return Ok(false);
             }

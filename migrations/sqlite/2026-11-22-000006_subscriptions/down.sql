@@ -3,4 +3,5 @@ DROP TABLE subscription_notice_seen;
 DROP TABLE subscription_events;
 DROP TABLE notice_events;
 DROP TABLE subscription_cohort;
+DROP TABLE subscription_counters;
 DROP TABLE subscriptions;

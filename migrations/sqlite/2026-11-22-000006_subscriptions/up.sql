@@ -20,8 +20,8 @@ CREATE TABLE subscriptions (
     created_at TIMESTAMP NOT NULL,
     updated_at TIMESTAMP NOT NULL,
     approval TEXT NOT NULL,
-    -- Delivery state: events are numbered per subscription and pushed strictly in order.
-    last_event_number BIGINT NOT NULL DEFAULT 0,
+    -- Delivery state: events are pushed strictly in order; `delivered_upto` is the last
+    -- acknowledged. Written by the replica holding the lease.
     delivered_upto BIGINT NOT NULL DEFAULT 0,
     delivery_state TEXT NOT NULL DEFAULT 'active',
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -35,6 +35,13 @@ CREATE TABLE subscriptions (
 );
 CREATE INDEX subscriptions_owner ON subscriptions (owner_ods, created_at);
 CREATE INDEX subscriptions_due ON subscriptions (method, delivery_state, next_attempt_at);
+
+-- Events numbered so far, per subscription: written only by the fan-out (one replica at a time),
+-- apart from the delivery state, so fan-out and delivery never wait on each other's row locks.
+CREATE TABLE subscription_counters (
+    subscription_id TEXT PRIMARY KEY NOT NULL REFERENCES subscriptions (id),
+    last_event_number BIGINT NOT NULL
+);
 
 CREATE TABLE subscription_cohort (
     subscription_id TEXT NOT NULL REFERENCES subscriptions (id),
