@@ -822,3 +822,49 @@ both_backends!(webhooks_are_delivered_over_tls_to_receivers_the_broker_trusts, |
     assert!(s["events"]["last_error"].as_str().unwrap().contains("certificate"), "{s:#}");
     assert!(receiver.hits().iter().all(|h| h.subscription != ids[1]), "nothing reached the receiver without trust");
 });
+
+both_backends!(a_publisher_is_told_of_each_disclosure_of_its_notices, |backend: Backend| {
+    let Some(b) = TestBroker::start_delivering(backend, |_| {}) else { return };
+    let acute = b.token("acute-ed");
+    let r = Receiver::start();
+    let body = json!({
+        "purpose": "vpr-management", "role": "security-management-specialist", "topic": "disclosures",
+        "criteria": {}, "payload": "view", "delivery": {"method": "webhook", "url": r.url},
+        "expires_at": (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339(), "tag": "lsms-alerts",
+    });
+    let sub = b.subscribe(&acute, &body);
+    assert_eq!((sub["status"].as_str(), sub["approval"]["clauses"].clone()), (Some("active"), json!(["SUB-4"])));
+    assert_eq!(sub["topic"], "disclosures");
+    // A system that cannot publish cannot subscribe to disclosures.
+    assert_eq!(b.post_json(&b.token("police"), "/v1/subscriptions", &body).status(), 403);
+    let n = publish_address(&b, &acute, "LS6 1AA", "1 Test Street");
+    let lookup = |token: &str, role: &str, purpose: &str| {
+        let q = json!({"purpose": purpose, "requester": {"user_id": "user-42", "role": role},
+                       "subject": {"address": {"postcode": "LS6 1AA", "line1": "1 Test Street"}}});
+        assert_eq!(b.post_json(token, "/v1/lookups", &q).status(), 200);
+    };
+    lookup(&b.token("amb-cad"), "ambulance-dispatcher", "staff-safety");
+    lookup(&b.token("police"), "police-officer", "crime-prevention");
+    assert!(r.wait_for(2, Duration::from_secs(20)), "{:?}\n{}", r.deduplicated(), b.log());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(r.deduplicated(), vec![1, 2], "its own pushes are not disclosures to report");
+    let events: Vec<Value> = r.bodies().iter().map(|body| verified_claims(&b, body)["event"].clone()).collect();
+    for e in &events {
+        assert_is_event(e);
+        assert_eq!((e["type"].as_str(), e["notice_id"].as_str()), (Some("notice-disclosed"), Some(n.as_str())));
+    }
+    let (ambulance, police) = (&events[0]["disclosure"], &events[1]["disclosure"]);
+    assert_eq!(ambulance["organisation"]["ods_code"], "XAM01");
+    assert_eq!(
+        (ambulance["role"].as_str(), ambulance["user"].as_str()),
+        (Some("ambulance-dispatcher"), Some("user-42"))
+    );
+    assert_eq!((ambulance["decision"].as_str(), ambulance["clauses"].clone()), (Some("permit"), json!(["SS-1"])));
+    assert_eq!(police["decision"], "deny", "refused attempts are reported too");
+    // The same events from the feed; each push and read is itself audited, naming no notice.
+    let id = sub["id"].as_str().unwrap();
+    let feed = json_of(b.get(&acute, &format!("/v1/subscriptions/{id}/events")));
+    assert_eq!(feed["events"][0]["disclosure"]["audit_id"], ambulance["audit_id"]);
+    assert!(b.count("audit_entries WHERE action = 'access-log-push'") >= 1);
+    assert_eq!(b.count("audit_entries WHERE action LIKE 'access-log%' AND notices <> '[]'"), 0);
+});

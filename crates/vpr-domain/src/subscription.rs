@@ -41,6 +41,39 @@ impl Payload {
     }
 }
 
+/// What a subscription is told of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topic {
+    /// Changes to notices that match the criteria.
+    #[default]
+    Notices,
+    /// Each disclosure of the subscriber's own notices (its access log, pushed).
+    Disclosures,
+}
+
+impl Topic {
+    /// The wire code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Topic::Notices => "notices",
+            Topic::Disclosures => "disclosures",
+        }
+    }
+
+    /// Looks a wire code up.
+    pub fn from_code(code: &str) -> Option<Self> {
+        match code {
+            "notices" => Some(Topic::Notices),
+            "disclosures" => Some(Topic::Disclosures),
+            _ => None,
+        }
+    }
+}
+
+/// The purpose a `disclosures` subscription serves: the publisher managing its own notices.
+pub const DISCLOSURES_PURPOSE: &str = "vpr-management";
+
 /// How events reach the subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -130,6 +163,9 @@ pub struct SubscriptionInput {
     pub role: String,
     /// Standing case or service reference.
     pub context_reference: Option<String>,
+    /// Notice changes (default) or disclosures of one's own notices.
+    #[serde(default)]
+    pub topic: Topic,
     /// What to be told of.
     pub criteria: CriteriaInput,
     /// What each delivery carries.
@@ -203,6 +239,8 @@ pub struct SubscriptionSpec {
     pub role: String,
     /// Standing reference.
     pub context_reference: Option<String>,
+    /// What it is told of.
+    pub topic: Topic,
     /// Criteria (without the cohort members).
     pub criteria: Criteria,
     /// The cohort's subjects, normalised, when given.
@@ -353,6 +391,28 @@ impl SubscriptionRules {
                 ),
             ));
         }
+        if input.topic == Topic::Disclosures {
+            let c = &input.criteria;
+            if !c.categories.is_empty()
+                || c.min_risk_level.is_some()
+                || !c.subject_kinds.is_empty()
+                || !c.postcodes.is_empty()
+                || c.cohort.is_some()
+            {
+                errs.push(FieldError::new(
+                    "/criteria",
+                    "criteria-not-applicable",
+                    "a `disclosures` subscription takes no criteria: it covers every notice your organisation published",
+                ));
+            }
+            if input.purpose != DISCLOSURES_PURPOSE {
+                errs.push(FieldError::new(
+                    "/purpose",
+                    "purpose-for-topic",
+                    format!("a `disclosures` subscription serves `{DISCLOSURES_PURPOSE}`"),
+                ));
+            }
+        }
         if input.tag.as_deref().is_some_and(|t| t.trim().is_empty()) {
             errs.push(FieldError::new("/tag", "not-blank", "the tag must not be blank"));
         }
@@ -368,6 +428,7 @@ impl SubscriptionRules {
             purpose: input.purpose,
             role: input.role,
             context_reference: input.context_reference.map(|r| r.trim().to_owned()),
+            topic: input.topic,
             criteria: Criteria {
                 categories,
                 min_risk_level: input.criteria.min_risk_level,
@@ -607,6 +668,18 @@ mod tests {
             .subscription(&body(json!({"delivery": {"method": "feed", "url": "https://x.example/"}})))
             .unwrap_err();
         assert!(!errs.is_empty());
+        let errs = rules()
+            .subscription(&body(json!({"topic": "disclosures", "criteria": {"postcodes": ["LS"]}})))
+            .unwrap_err();
+        assert_eq!(
+            rules_of(&errs),
+            vec![
+                ("/criteria".into(), "criteria-not-applicable".into()),
+                ("/purpose".into(), "purpose-for-topic".into())
+            ]
+        );
+        let ok = rules().subscription(&body(json!({"topic": "disclosures", "purpose": "vpr-management"}))).unwrap();
+        assert_eq!(ok.topic, Topic::Disclosures);
         let errs = rules()
             .subscription(&body(json!({"delivery": {"method": "webhook", "url": "https://x.example/", "encryption_key": {"kty": "EC", "d": "secret"}}})))
             .unwrap_err();

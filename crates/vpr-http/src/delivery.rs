@@ -19,12 +19,12 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 use vpr_auth::{EncryptionKey, Principal, Scope};
-use vpr_domain::subscription::Payload;
+use vpr_domain::subscription::{Payload, Topic};
 use vpr_policy::View;
 use vpr_store::audit::AuditEntry;
 use vpr_store::subscriptions::{Ack, FailedAttempt, Failure, Subscription, SubscriptionEvent};
 
-use crate::disclose::{audit_entry, govern, AccessRequest, Read, Recipient};
+use crate::disclose::{audit_base, audit_entry, govern, AccessRequest, Read, Recipient};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -153,6 +153,9 @@ pub fn decide_events(
         state.store.append_audit(&entry).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
         return Ok(Decided { audit_id: id, refused: Some(why), events: events.iter().map(withheld).collect() });
     };
+    if sub.topic == Topic::Disclosures {
+        return disclosures(state, &principal, sub, events, action, push, request_id);
+    }
     let mut ids: Vec<Uuid> = events.iter().map(|e| e.notice_id).collect();
     ids.sort();
     ids.dedup();
@@ -204,6 +207,73 @@ pub fn decide_events(
         })
         .collect();
     Ok(Decided { audit_id: disclosure.audit_id, refused: disclosure.refused, events: bodies })
+}
+
+/// Disclosures of the subscriber's own notices: its access log, pushed. The publisher is the
+/// controller and sees its access log without a policy decision; the push is audited (as
+/// `access-log-push`, naming no notice, so it does not itself become a disclosure to report).
+fn disclosures(
+    state: &AppState,
+    principal: &Principal,
+    sub: &Subscription,
+    events: &[SubscriptionEvent],
+    action: &'static str,
+    push: bool,
+    request_id: String,
+) -> Result<Decided, ApiError> {
+    let ids: Vec<Uuid> = events.iter().filter_map(|e| e.audit_id).collect();
+    let entries: HashMap<Uuid, vpr_store::audit::StoredAuditEntry> =
+        state.store.audit_entries_by_id(&ids)?.into_iter().map(|e| (e.entry.id, e)).collect();
+    let (first, last) = (events.first().map_or(0, |e| e.number), events.last().map_or(0, |e| e.number));
+    let entry = AuditEntry {
+        request_id,
+        actor_user: Some(format!("subscription:{}", sub.id)),
+        actor_role: Some(sub.role.clone()),
+        purpose: Some(sub.purpose.clone()),
+        context_ref: Some(format!("subscription={};events={first}-{last}", sub.id)),
+        decision: "permit".into(),
+        ..audit_base(
+            state,
+            principal,
+            &format!("access-log-{}", if push { "push" } else { action }),
+            if push { 0 } else { 200 },
+        )
+    };
+    let audit_id = entry.id;
+    state.store.append_audit(&entry).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+    let registry = state.tokens.registry();
+    let bodies = events
+        .iter()
+        .map(|e| {
+            let Some(stored) = e.audit_id.and_then(|id| entries.get(&id)) else { return withheld(e) };
+            let disclosure = match sub.payload {
+                Payload::IdOnly => json!({"audit_id": stored.entry.id}),
+                Payload::View => {
+                    let mut d = crate::handlers::access_log::who_and_why(registry, stored);
+                    let this = stored.entry.notices.iter().find(|n| n.id == e.notice_id.to_string());
+                    if let (Some(map), Some(n)) = (d.as_object_mut(), this) {
+                        map.insert("audit_id".into(), json!(stored.entry.id));
+                        map.insert("decision".into(), json!(n.decision));
+                        map.insert("view".into(), json!(n.view));
+                        map.insert("restricted".into(), json!(n.restricted));
+                        map.insert("lawful_basis".into(), json!(n.lawful_basis));
+                        map.insert("clauses".into(), json!(n.clauses));
+                    }
+                    d
+                }
+            };
+            json!({
+                "event_id": e.event_id,
+                "event_number": e.number,
+                "type": event_type(&e.kind),
+                "occurred_at": e.occurred_at,
+                "notice_id": e.notice_id,
+                "notice_version": e.notice_version,
+                "disclosure": disclosure,
+            })
+        })
+        .collect();
+    Ok(Decided { audit_id, refused: None, events: bodies })
 }
 
 /// An event the subscriber may not be told about: its number and id only.
@@ -262,9 +332,12 @@ pub async fn fan_out(state: AppState) {
                 let done = st.store.fan_out(500, st.clock.now())?;
                 total += done.deliveries;
                 if done.events == 0 {
-                    return Ok::<_, vpr_store::StoreError>(total);
+                    break;
                 }
             }
+            // Disclosures follow the sealed log (sealed about every second).
+            total += st.store.fan_out_disclosures(2000, st.clock.now())?;
+            Ok::<_, vpr_store::StoreError>(total)
         })
         .await;
         match result {

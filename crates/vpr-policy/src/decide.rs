@@ -291,6 +291,8 @@ impl Agreement {
 /// What a subscription asks for, as the `subscribe` clauses see it.
 #[derive(Debug, Clone)]
 pub struct SubscriptionFacts {
+    /// `notices` or `disclosures`.
+    pub topic: String,
     /// Subject kinds it is limited to (empty: all).
     pub subject_kinds: Vec<String>,
     /// Limited to a cohort.
@@ -334,6 +336,7 @@ impl Agreement {
         let resource = Entity::new(
             r_uid.clone(),
             HashMap::from([
+                ("topic".to_owned(), RestrictedExpression::new_string(sub.topic.clone())),
                 ("subject_kinds".to_owned(), strings(&sub.subject_kinds)),
                 ("has_cohort".to_owned(), RestrictedExpression::new_bool(sub.has_cohort)),
                 ("has_geography".to_owned(), RestrictedExpression::new_bool(sub.has_geography)),

@@ -26,6 +26,8 @@ struct Fixture {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FixtureSubscription {
+    #[serde(default = "notices")]
+    topic: String,
     #[serde(default)]
     subject_kinds: Vec<String>,
     has_cohort: bool,
@@ -82,6 +84,10 @@ struct Expect {
     clauses: Vec<String>,
 }
 
+fn notices() -> String {
+    "notices".into()
+}
+
 /// Replays every fixture; returns how many passed, or every failure.
 pub fn replay(agreement: &Agreement, fixtures_json: &str) -> Result<usize, PolicyError> {
     let fixtures: Vec<Fixture> = serde_json::from_str(fixtures_json)
@@ -127,6 +133,7 @@ pub fn replay(agreement: &Agreement, fixtures_json: &str) -> Result<usize, Polic
             }
             (None, Some(sub)) => {
                 let facts = SubscriptionFacts {
+                    topic: sub.topic.clone(),
                     subject_kinds: sub.subject_kinds.clone(),
                     has_cohort: sub.has_cohort,
                     has_geography: sub.has_geography,

@@ -253,6 +253,17 @@ impl Store {
         self.decode(rows)
     }
 
+    /// Audit entries by id (in no particular order; unknown ids are left out).
+    pub fn audit_entries_by_id(&self, ids: &[Uuid]) -> Result<Vec<StoredAuditEntry>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let rows: Vec<AuditRow> = ae::table.filter(ae::id.eq_any(&ids)).load(&mut conn)?;
+        self.decode(rows)
+    }
+
     /// The audit entries concerning one notice, newest first, before `before_seq` (for stable
     /// paging), at most `limit`.
     pub fn notice_access_log(

@@ -165,6 +165,7 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         approval -> Text,
+        topic -> Text,
         delivered_upto -> BigInt,
         delivery_state -> Text,
         attempts -> Integer,
@@ -206,6 +207,7 @@ diesel::table! {
         kind -> Text,
         occurred_at -> Timestamp,
         matched -> Bool,
+        audit_id -> Nullable<Text>,
         created_at -> Timestamp,
     }
 }
@@ -243,3 +245,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     subscription_events,
     notice_events
 );
+
+diesel::table! {
+    disclosure_fanout_state (id) {
+        id -> Integer,
+        after_leaf -> BigInt,
+    }
+}

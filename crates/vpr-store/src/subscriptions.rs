@@ -13,13 +13,14 @@ use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
-use vpr_domain::subscription::{Criteria, DeliveryMethod, Payload};
+use vpr_domain::subscription::{Criteria, DeliveryMethod, Payload, Topic};
 use vpr_domain::vocab::ChangeKind;
 
 use crate::db::{write_tx, DbConnection};
 use crate::schema::{
-    notice_events as ne, subscription_cohort as sc, subscription_counters as cnt, subscription_dead_letters as dl,
-    subscription_events as se, subscription_notice_seen as seen, subscriptions as s,
+    audit_entries as ae, disclosure_fanout_state as dfs, notice_events as ne, notices as nt, subscription_cohort as sc,
+    subscription_counters as cnt, subscription_dead_letters as dl, subscription_events as se,
+    subscription_notice_seen as seen, subscriptions as s,
 };
 use crate::{Store, StoreError};
 
@@ -64,6 +65,8 @@ pub struct NewSubscription {
     pub role: String,
     /// Standing reference.
     pub context_ref: Option<String>,
+    /// What it is told of.
+    pub topic: Topic,
     /// Criteria.
     pub criteria: Criteria,
     /// Payload.
@@ -126,6 +129,8 @@ pub struct Subscription {
     pub role: String,
     /// Standing reference.
     pub context_ref: Option<String>,
+    /// What it is told of.
+    pub topic: Topic,
     /// Criteria.
     pub criteria: Criteria,
     /// Payload.
@@ -173,6 +178,7 @@ struct Row {
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
     approval: String,
+    topic: String,
     delivered_upto: i64,
     delivery_state: String,
     attempts: i32,
@@ -202,6 +208,7 @@ impl Row {
             purpose: self.purpose,
             role: self.role,
             context_ref: self.context_ref,
+            topic: Topic::from_code(&self.topic).ok_or_else(|| corrupt("unknown topic"))?,
             criteria: serde_json::from_str(&self.criteria).map_err(corrupt)?,
             payload: Payload::from_code(&self.payload).ok_or_else(|| corrupt("unknown payload"))?,
             channel: self.channel,
@@ -248,6 +255,8 @@ pub struct SubscriptionEvent {
     /// Whether the notice matched the criteria (false: sent because the subscriber was given
     /// the notice before).
     pub matched: bool,
+    /// For a `disclosed` event: the audit entry recording the disclosure.
+    pub audit_id: Option<Uuid>,
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]
@@ -261,6 +270,7 @@ struct EventRow {
     kind: String,
     occurred_at: NaiveDateTime,
     matched: bool,
+    audit_id: Option<String>,
 }
 
 impl EventRow {
@@ -274,6 +284,7 @@ impl EventRow {
             kind: self.kind,
             occurred_at: self.occurred_at.and_utc(),
             matched: self.matched,
+            audit_id: self.audit_id.as_deref().map(Uuid::parse_str).transpose().map_err(corrupt)?,
         })
     }
 }
@@ -470,6 +481,7 @@ impl Store {
                     s::created_at.eq(at),
                     s::updated_at.eq(at),
                     s::approval.eq(new.approval.to_string()),
+                    s::topic.eq(new.topic.code()),
                     s::next_attempt_at.eq(at),
                 ))
                 .execute(conn)?;
@@ -555,6 +567,7 @@ impl Store {
                     s::expires_at.eq(db_time(new.expires_at)),
                     s::updated_at.eq(db_time(now)),
                     s::approval.eq(new.approval.to_string()),
+                    s::topic.eq(new.topic.code()),
                 ))
                 .execute(conn)?;
             diesel::delete(sc::table.filter(sc::subscription_id.eq(&id))).execute(conn)?;
@@ -654,6 +667,7 @@ impl Store {
             let subs: Vec<(String, String, String, i64)> = s::table
                 .inner_join(cnt::table)
                 .filter(s::status.eq_any(RECEIVING))
+                .filter(s::topic.eq(Topic::Notices.code()))
                 .select((s::id, s::status, s::criteria, cnt::last_event_number))
                 .load(conn)?;
             let mut criteria: HashMap<String, (bool, Criteria)> = HashMap::new();
@@ -719,6 +733,7 @@ impl Store {
                         se::kind.eq(kind.clone()),
                         se::occurred_at.eq(*at),
                         se::matched.eq(matched),
+                        se::audit_id.eq(None::<String>),
                         se::created_at.eq(db_time(now)),
                     ));
                 }
@@ -742,6 +757,94 @@ impl Store {
                 .set(ne::fanned_out_at.eq(db_time(now)))
                 .execute(conn)?;
             Ok(FanOut { events: pending.len(), deliveries })
+        })
+    }
+
+    /// Fans the sealed audit log out to `disclosures` subscriptions, in leaf order from a
+    /// persisted cursor: for each sealed entry deciding on a notice, one `disclosed` event per
+    /// such notice to every active `disclosures` subscription of its publisher. Returns the events
+    /// created. One replica at a time (a PostgreSQL advisory lock; SQLite's single writer).
+    pub fn fan_out_disclosures(&self, max: i64, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut conn = self.conn()?;
+        // A plain read first: an idle poll must not take SQLite's write lock.
+        let after: i64 = dfs::table.find(1).select(dfs::after_leaf).first(&mut conn)?;
+        let newer: Option<i64> = ae::table
+            .filter(ae::leaf_index.gt(after))
+            .select(ae::leaf_index.assume_not_null())
+            .first(&mut conn)
+            .optional()?;
+        if newer.is_none() {
+            return Ok(0);
+        }
+        write_tx(&mut conn, |conn| {
+            if let DbConnection::Pg(_) = conn {
+                diesel::sql_query("SELECT pg_advisory_xact_lock(7215003)").execute(conn)?;
+            }
+            let after: i64 = dfs::table.find(1).select(dfs::after_leaf).first(conn)?;
+            let entries: Vec<(String, Option<i64>, NaiveDateTime, String)> = ae::table
+                .filter(ae::leaf_index.gt(after))
+                .order(ae::leaf_index.asc())
+                .limit(max)
+                .select((ae::id, ae::leaf_index, ae::at, ae::notices))
+                .load(conn)?;
+            let Some(last) = entries.last().and_then(|e| e.1) else { return Ok(0) };
+            let subs: Vec<(String, String, i64)> = s::table
+                .inner_join(cnt::table)
+                .filter(s::status.eq(status::ACTIVE))
+                .filter(s::topic.eq(Topic::Disclosures.code()))
+                .select((s::id, s::owner_ods, cnt::last_event_number))
+                .load(conn)?;
+            let mut rows = Vec::new();
+            let mut numbers: HashMap<String, i64> = HashMap::new();
+            if !subs.is_empty() {
+                // Each entry's decisions (an entry pruned under retention has none).
+                let decided: Vec<(&String, NaiveDateTime, Vec<crate::audit::AuditedNotice>)> = entries
+                    .iter()
+                    .map(|(id, _, at, notices)| Ok((id, *at, serde_json::from_str(notices).map_err(corrupt)?)))
+                    .collect::<Result<_, StoreError>>()?;
+                let ids: BTreeSet<String> = decided.iter().flat_map(|d| d.2.iter().map(|n| n.id.clone())).collect();
+                let ids: Vec<String> = ids.into_iter().collect();
+                let mut publisher_of: HashMap<String, String> = HashMap::new();
+                for chunk in ids.chunks(1000) {
+                    let found: Vec<(String, String)> =
+                        nt::table.filter(nt::id.eq_any(chunk)).select((nt::id, nt::publisher_ods)).load(conn)?;
+                    publisher_of.extend(found);
+                }
+                numbers = subs.iter().map(|(id, _, n)| (id.clone(), *n)).collect();
+                for (audit_id, at, notices) in &decided {
+                    let mut seen_notice = BTreeSet::new();
+                    for n in notices.iter().filter(|n| seen_notice.insert(n.id.clone())) {
+                        let Some(publisher) = publisher_of.get(&n.id) else { continue };
+                        for (sub, _, _) in subs.iter().filter(|(_, owner, _)| owner == publisher) {
+                            let Some(number) = numbers.get_mut(sub) else { continue };
+                            *number += 1;
+                            rows.push((
+                                se::subscription_id.eq(sub.clone()),
+                                se::event_number.eq(*number),
+                                se::event_id.eq(Uuid::new_v4().to_string()),
+                                se::notice_id.eq(n.id.clone()),
+                                se::notice_version.eq(n.version),
+                                se::kind.eq("disclosed"),
+                                se::occurred_at.eq(*at),
+                                se::matched.eq(true),
+                                se::audit_id.eq(Some((*audit_id).clone())),
+                                se::created_at.eq(db_time(now)),
+                            ));
+                        }
+                    }
+                }
+            }
+            let created = rows.len();
+            crate::db::insert_chunks!(conn, se::table, rows, 500);
+            let touched: Vec<(String, i64)> = subs
+                .iter()
+                .filter_map(|(id, _, before)| numbers.get(id).filter(|n| *n != before).map(|n| (id.clone(), *n)))
+                .collect();
+            for (id, n) in &touched {
+                diesel::update(cnt::table.find(id)).set(cnt::last_event_number.eq(n)).execute(conn)?;
+            }
+            diesel::update(dfs::table.find(1)).set(dfs::after_leaf.eq(last)).execute(conn)?;
+            Ok(created)
         })
     }
 

@@ -401,6 +401,7 @@ fn subscription(
         purpose: "staff-safety".into(),
         role: "ambulance-dispatcher".into(),
         context_ref: None,
+        topic: vpr_domain::subscription::Topic::Notices,
         criteria,
         payload: vpr_domain::subscription::Payload::View,
         channel: "vpr".into(),

@@ -1,3 +1,4 @@
+DROP TABLE disclosure_fanout_state;
 DROP TABLE subscription_dead_letters;
 DROP TABLE subscription_notice_seen;
 DROP TABLE subscription_events;

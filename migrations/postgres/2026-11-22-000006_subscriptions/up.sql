@@ -20,6 +20,9 @@ CREATE TABLE subscriptions (
     created_at TIMESTAMP NOT NULL,
     updated_at TIMESTAMP NOT NULL,
     approval TEXT NOT NULL,
+    -- `notices`: changes to notices matching the criteria; `disclosures`: each disclosure of
+    -- the owner's own notices (its access log, pushed).
+    topic TEXT NOT NULL DEFAULT 'notices',
     -- Delivery state: events are pushed strictly in order; `delivered_upto` is the last
     -- acknowledged. Written by the replica holding the lease.
     delivered_upto BIGINT NOT NULL DEFAULT 0,
@@ -73,6 +76,8 @@ CREATE TABLE subscription_events (
     kind TEXT NOT NULL,
     occurred_at TIMESTAMP NOT NULL,
     matched BOOLEAN NOT NULL,
+    -- For a `disclosed` event: the audit entry that records the disclosure.
+    audit_id TEXT,
     created_at TIMESTAMP NOT NULL,
     PRIMARY KEY (subscription_id, event_number)
 );
@@ -96,3 +101,10 @@ CREATE TABLE subscription_dead_letters (
     resolved_at TIMESTAMP,
     PRIMARY KEY (subscription_id, event_number, dead_at)
 );
+
+-- How far the sealed audit log has been fanned out to `disclosures` subscriptions (a leaf index).
+CREATE TABLE disclosure_fanout_state (
+    id INTEGER PRIMARY KEY NOT NULL,
+    after_leaf BIGINT NOT NULL
+);
+INSERT INTO disclosure_fanout_state (id, after_leaf) VALUES (1, -1);

@@ -16,7 +16,7 @@ use crate::pipeline::{authenticate, blocking};
 use crate::AppState;
 
 /// Who acted on a notice, when and why: the part of an entry both access logs show.
-fn who_and_why(registry: &vpr_auth::Registry, s: &StoredAuditEntry) -> Value {
+pub(crate) fn who_and_why(registry: &vpr_auth::Registry, s: &StoredAuditEntry) -> Value {
     let e = &s.entry;
     let org = registry.partner(&e.actor_org);
     json!({

@@ -8,7 +8,7 @@ use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use vpr_auth::{EncryptionKey, Principal, Scope};
-use vpr_domain::subscription::{DeliveryMethod, SubscriptionRules, SubscriptionSpec};
+use vpr_domain::subscription::{DeliveryMethod, SubscriptionRules, SubscriptionSpec, Topic};
 use vpr_domain::FieldError;
 use vpr_policy::{Requester, SubscriptionFacts};
 use vpr_store::audit::AuditEntry;
@@ -61,6 +61,7 @@ pub fn resource(sub: &Subscription, cohort_size: i64) -> Value {
         "purpose": sub.purpose,
         "role": sub.role,
         "context_reference": sub.context_ref,
+        "topic": sub.topic,
         "criteria": criteria,
         "payload": sub.payload,
         "delivery": {
@@ -97,6 +98,10 @@ fn prepare(
     spec: &SubscriptionSpec,
     id: Uuid,
 ) -> Result<NewSubscription, ApiError> {
+    // Disclosures of an organisation's notices go to a system that publishes for it.
+    if spec.topic == Topic::Disclosures && !principal.has(Scope::NoticesWrite) {
+        return Err(ApiError::InsufficientScope(Scope::NoticesWrite.code()));
+    }
     let mut errs = Vec::new();
     if !state.agreement.purposes.contains_key(&spec.purpose) {
         errs.push(FieldError::new("/purpose", "unknown-purpose", "not a purpose of the data-sharing agreement"));
@@ -126,6 +131,7 @@ fn prepare(
         system: principal.client_id.clone(),
     };
     let facts = SubscriptionFacts {
+        topic: spec.topic.code().to_owned(),
         subject_kinds: spec.criteria.subject_kinds.iter().map(|k| k.code().to_owned()).collect(),
         has_cohort: spec.criteria.cohort,
         has_geography: !spec.criteria.postcodes.is_empty(),
@@ -162,6 +168,7 @@ fn prepare(
         purpose: spec.purpose.clone(),
         role: spec.role.clone(),
         context_ref: spec.context_reference.clone(),
+        topic: spec.topic,
         criteria: spec.criteria.clone(),
         payload: spec.payload,
         channel: "vpr".into(),
