@@ -47,8 +47,9 @@ struct AuditArgs {
     threads: u64,
 }
 
+/// The brokers a benchmark runs: which binary, agreement and backends.
 #[derive(clap::Args, Debug, Clone)]
-struct Args {
+struct Brokers {
     /// The broker binary (build it with --release).
     #[arg(long)]
     broker: PathBuf,
@@ -58,6 +59,12 @@ struct Args {
     /// Backends to measure.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     backends: Vec<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Args {
+    #[command(flatten)]
+    brokers: Brokers,
     /// Seconds per measured phase.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -94,7 +101,7 @@ fn free_port() -> Result<u16> {
 /// How a benchmark broker answers look-ups: `governed` (the real pipeline), `unaudited`
 /// (decided but not audited: the audit's cost) or `ungoverned` (neither decided nor audited).
 fn start(args: &Args, backend: &str, mode: &str) -> Result<Broker> {
-    start_broker(&args.broker, &args.agreement, backend, mode, "")
+    start_broker(&args.brokers.broker, &args.brokers.agreement, backend, mode, "")
 }
 
 /// Starts a broker in demo mode on `backend`, with `extra` TOML appended to its configuration.
@@ -391,8 +398,8 @@ fn audit(args: AuditArgs) -> Result<()> {
 }
 
 fn lookups(args: Args) -> Result<()> {
-    if !Path::new(&args.broker).exists() {
-        bail!("no broker binary at {}", args.broker.display());
+    if !Path::new(&args.brokers.broker).exists() {
+        bail!("no broker binary at {}", args.brokers.broker.display());
     }
     println!(
         "look-ups through the whole pipeline: {} client threads, {} s per phase, {} subjects x 2 notices",
@@ -402,7 +409,7 @@ fn lookups(args: Args) -> Result<()> {
         "{:<9} {:<11} {:>12} {:>9} {:>9} {:>8} | {:>9} {:>9} {:>9} {:>8}",
         "backend", "mode", "max req/s", "p50 ms", "p99 ms", "errors", "rate req/s", "p50 ms", "p99 ms", "errors"
     );
-    for backend in &args.backends {
+    for backend in &args.brokers.backends {
         let brokers = [
             start(&args, backend, "governed")?,
             start(&args, backend, "unaudited")?,

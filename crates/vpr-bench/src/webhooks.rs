@@ -7,7 +7,6 @@
 //!   from each publish's scheduled time (open loop, so a stall is not hidden) to its arrival at
 //!   the receiver: p50 and p99.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,15 +19,8 @@ use crate::{percentile, start_broker, token, Broker};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WebhookArgs {
-    /// The broker binary (build it with --release).
-    #[arg(long)]
-    broker: PathBuf,
-    /// The demo agreement.
-    #[arg(long, default_value = "policies/agreement.json")]
-    agreement: PathBuf,
-    /// Backends to measure.
-    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
-    backends: Vec<String>,
+    #[command(flatten)]
+    brokers: crate::Brokers,
     /// Subscribers one notice is fanned out to.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -162,7 +154,7 @@ fn publish(http: &reqwest::blocking::Client, b: &Broker, token: &str, n: usize) 
 
 fn broker(args: &WebhookArgs, backend: &str) -> Result<Broker> {
     let extra = format!("[delivery]\nconcurrency = {}\n", args.concurrency);
-    start_broker(&args.broker, &args.agreement, backend, "governed", &extra)
+    start_broker(&args.brokers.broker, &args.brokers.agreement, backend, "governed", &extra)
 }
 
 pub fn run(args: WebhookArgs) -> Result<()> {
@@ -170,7 +162,7 @@ pub fn run(args: WebhookArgs) -> Result<()> {
         "webhooks through real brokers (signed ES256 JWS per push, each push decided and durably audited), delivery concurrency {}",
         args.concurrency
     );
-    for backend in &args.backends {
+    for backend in &args.brokers.backends {
         // Fan-out: one notice to every subscriber.
         let b = broker(&args, backend)?;
         let t = token(&b)?;

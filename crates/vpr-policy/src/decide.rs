@@ -121,6 +121,21 @@ fn strings(items: &[String]) -> RestrictedExpression {
     RestrictedExpression::new_set(items.iter().map(|s| RestrictedExpression::new_string(s.clone())))
 }
 
+/// The requester as a Cedar entity (`None` if its attributes do not evaluate: the caller denies).
+fn requester_entity(id: &EntityUid, who: &Requester) -> Option<Entity> {
+    Entity::new(
+        id.clone(),
+        HashMap::from([
+            ("org".to_owned(), RestrictedExpression::new_string(who.org.clone())),
+            ("org_type".to_owned(), RestrictedExpression::new_string(who.org_type.code().to_owned())),
+            ("role".to_owned(), RestrictedExpression::new_string(who.role.clone())),
+            ("system".to_owned(), RestrictedExpression::new_string(who.system.clone())),
+        ]),
+        HashSet::new(),
+    )
+    .ok()
+}
+
 /// Memoised decisions: a decision is a pure function of the facts the clauses can see.
 #[derive(Debug, Default)]
 pub(crate) struct DecisionCache {
@@ -190,16 +205,7 @@ impl Agreement {
         else {
             return deny(vec![]);
         };
-        let principal = Entity::new(
-            p_uid.clone(),
-            HashMap::from([
-                ("org".to_owned(), RestrictedExpression::new_string(who.org.clone())),
-                ("org_type".to_owned(), RestrictedExpression::new_string(who.org_type.code().to_owned())),
-                ("role".to_owned(), RestrictedExpression::new_string(who.role.clone())),
-                ("system".to_owned(), RestrictedExpression::new_string(who.system.clone())),
-            ]),
-            HashSet::new(),
-        );
+        let principal = requester_entity(&p_uid, who);
         let resource = Entity::new(
             r_uid.clone(),
             HashMap::from([
@@ -221,7 +227,7 @@ impl Agreement {
             ]),
             HashSet::new(),
         );
-        let (Ok(principal), Ok(resource)) = (principal, resource) else { return deny(vec![]) };
+        let (Some(principal), Ok(resource)) = (principal, resource) else { return deny(vec![]) };
         let Ok(entities) = Entities::from_entities([principal, resource], None) else { return deny(vec![]) };
         let context = Context::from_pairs([
             ("purpose".to_owned(), RestrictedExpression::new_string(ctx.purpose.clone())),
@@ -323,16 +329,7 @@ impl Agreement {
         ) else {
             return deny;
         };
-        let principal = Entity::new(
-            p_uid.clone(),
-            HashMap::from([
-                ("org".to_owned(), RestrictedExpression::new_string(who.org.clone())),
-                ("org_type".to_owned(), RestrictedExpression::new_string(who.org_type.code().to_owned())),
-                ("role".to_owned(), RestrictedExpression::new_string(who.role.clone())),
-                ("system".to_owned(), RestrictedExpression::new_string(who.system.clone())),
-            ]),
-            HashSet::new(),
-        );
+        let principal = requester_entity(&p_uid, who);
         let resource = Entity::new(
             r_uid.clone(),
             HashMap::from([
@@ -345,7 +342,7 @@ impl Agreement {
             ]),
             HashSet::new(),
         );
-        let (Ok(principal), Ok(resource)) = (principal, resource) else { return deny };
+        let (Some(principal), Ok(resource)) = (principal, resource) else { return deny };
         let Ok(entities) = Entities::from_entities([principal, resource], None) else { return deny };
         let Ok(context) = Context::from_pairs([
             ("purpose".to_owned(), RestrictedExpression::new_string(purpose.to_owned())),
