@@ -93,6 +93,8 @@ pub struct DeliveryConfig {
     pub lease_seconds: u64,
     #[serde(default = "default_poll")]
     pub poll_ms: u64,
+    #[serde(default = "default_min_heartbeat")]
+    pub min_heartbeat_seconds: u64,
     pub ca_file: Option<PathBuf>,
 }
 
@@ -106,6 +108,7 @@ impl Default for DeliveryConfig {
             concurrency: default_concurrency(),
             lease_seconds: default_lease(),
             poll_ms: default_poll(),
+            min_heartbeat_seconds: default_min_heartbeat(),
             ca_file: None,
         }
     }
@@ -131,6 +134,9 @@ fn default_lease() -> u64 {
 }
 fn default_poll() -> u64 {
     250
+}
+fn default_min_heartbeat() -> u64 {
+    10
 }
 
 fn default_listen() -> String {

@@ -270,6 +270,7 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
         poll: Duration::from_millis(cfg.delivery.poll_ms),
         max_subscription_days: agreement.max_review_interval_days,
         allow_insecure_webhooks: cfg.demo,
+        min_heartbeat: Duration::from_secs(cfg.delivery.min_heartbeat_seconds),
         extra_roots_pem,
     };
     let webhook_client = vpr_http::delivery::webhook_client(&delivery).map_err(anyhow::Error::msg)?;

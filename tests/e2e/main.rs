@@ -11,6 +11,7 @@ mod access_log;
 mod audit;
 mod auth;
 mod durability;
+mod fhir;
 mod lookups;
 mod notices;
 mod ops;

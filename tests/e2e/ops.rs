@@ -45,7 +45,9 @@ both!(openapi_describes_exactly_what_is_served, |b: &TestBroker| {
             let r = b.http.request(m, b.url(&concrete)).send().unwrap();
             let body: Value = r.json().unwrap_or(Value::Null);
             // A documented operation is routed: it never falls through to the unknown-route 404.
-            let unrouted = body["detail"].as_str().is_some_and(|d| d.starts_with("no resource at"));
+            // (FHIR routes answer an OperationOutcome, with the same words in its diagnostics.)
+            let unrouted = body["detail"].as_str().is_some_and(|d| d.starts_with("no resource at"))
+                || body["issue"][0]["diagnostics"].as_str().is_some_and(|d| d.starts_with("no resource at"));
             assert!(!unrouted, "{method} {path} is documented but not served");
         }
     }

@@ -22,6 +22,8 @@ pub enum Mode {
     /// Processes the event, then answers 200 only after this long (past the broker's timeout,
     /// so the broker sends it again and it is acknowledged twice).
     AckLate(Duration),
+    /// Answers 200 but loses the event (a receiver that failed after acknowledging).
+    AckAndLose,
 }
 
 /// One request the receiver got.
@@ -34,6 +36,7 @@ pub struct Hit {
     pub content_type: String,
     pub body: String,
     pub processed: bool,
+    pub signature: String,
 }
 
 struct Inner {
@@ -60,9 +63,10 @@ async fn handle(req: HttpRequest, body: web::Bytes, inner: web::Data<Arc<Mutex<I
         content_type: header("content-type"),
         body: String::from_utf8_lossy(&body).into_owned(),
         processed,
+        signature: header("vpr-jws"),
     });
     match mode {
-        Mode::Ack => HttpResponse::Ok().finish(),
+        Mode::Ack | Mode::AckAndLose => HttpResponse::Ok().finish(),
         Mode::Fail(status) => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).body("receiver failing")
         }
@@ -310,6 +314,7 @@ impl TlsReceiver {
                             content_type: header("content-type"),
                             body: String::from_utf8_lossy(&buf[body_start..body_start + length]).into_owned(),
                             processed: true,
+                            signature: header("vpr-jws"),
                         });
                         let _ =
                             tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;

@@ -592,7 +592,25 @@ pub fn run_checker(python: &str, script: &str, input: &Value) -> Result<Value, S
     if out.status.success() {
         Ok(serde_json::from_slice(&out.stdout).expect("checker JSON"))
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// Validates FHIR resources (Bundles with everything in them) with the independent R4
+/// checkers: HL7's R4 JSON Schema and the fhir.resources models.
+#[allow(clippy::panic)]
+pub fn assert_fhir_valid(resources: &[Value]) {
+    let Some(python) = python() else { return };
+    if std::env::var("VPR_TEST_FHIR_SCHEMA").is_err() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("VPR_TEST_FHIR_SCHEMA is not set under CI=true: run the tests with scripts/test");
+        }
+        eprintln!("SKIPPING the FHIR validation: VPR_TEST_FHIR_SCHEMA is not set (run scripts/test)");
+        return;
+    }
+    match run_checker(&python, "fhir_check.py", &json!({ "resources": resources })) {
+        Ok(out) => assert_eq!(out["checked"].as_u64(), Some(resources.len() as u64)),
+        Err(e) => panic!("not valid FHIR R4:\n{e}"),
     }
 }
 

@@ -25,6 +25,25 @@ impl BrokerKeys {
     }
 }
 
+/// The JWS `typ` of a detached signature over a FHIR notification body.
+pub const NOTIFICATION_TYP: &str = "vpr-notification+jws";
+
+impl BrokerKeys {
+    /// A detached JWS over a body (RFC 7515 appendix F: `header..signature`; a receiver puts
+    /// the base64url of the body it received in the middle and verifies).
+    pub fn sign_detached(&self, body: &[u8]) -> Result<String, AuthError> {
+        let mut header = josekit::jws::JwsHeader::new();
+        header.set_token_type(NOTIFICATION_TYP);
+        let jws = josekit::jws::serialize_compact(body, &header, self.signer())
+            .map_err(|e| AuthError::Config(format!("cannot sign a notification: {e}")))?;
+        let mut parts = jws.split('.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(h), Some(_), Some(sig)) => Ok(format!("{h}..{sig}")),
+            _ => Err(AuthError::Config("a compact JWS has three parts".into())),
+        }
+    }
+}
+
 /// A subscriber's public encryption key, checked and ready to encrypt to.
 pub struct EncryptionKey {
     encrypter: Box<dyn JweEncrypter>,

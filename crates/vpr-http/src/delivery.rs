@@ -49,6 +49,8 @@ pub struct DeliverySettings {
     pub max_subscription_days: i64,
     /// Demo mode: plain-http and loopback webhook URLs are accepted.
     pub allow_insecure_webhooks: bool,
+    /// The shortest heartbeat period a FHIR subscription may ask for.
+    pub min_heartbeat: Duration,
     /// Extra trusted root certificates (PEM) for webhook TLS, e.g. a private network's CA.
     pub extra_roots_pem: Vec<Vec<u8>>,
 }
@@ -65,6 +67,7 @@ impl Default for DeliverySettings {
             poll: Duration::from_millis(250),
             max_subscription_days: 365,
             allow_insecure_webhooks: false,
+            min_heartbeat: Duration::from_secs(10),
             extra_roots_pem: Vec::new(),
         }
     }
@@ -124,6 +127,20 @@ pub struct Decided {
     pub refused: Option<String>,
     /// One body per event, in order.
     pub events: Vec<Value>,
+    /// What was shown of each notice: its current version, and the NHS number when it is one
+    /// the subscriber holds in its cohort (for FHIR, which must name the patient).
+    pub shown: HashMap<Uuid, Shown>,
+}
+
+/// What a delivery showed of one notice.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    /// The version shown.
+    pub version: i64,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The subject's NHS number, when it is in the subscriber's own cohort.
+    pub nhs_in_cohort: Option<String>,
 }
 
 /// Decides, minimises and audits `events` for `sub` (on the blocking pool). Each event carries
@@ -151,7 +168,12 @@ pub fn decide_events(
         };
         let id = entry.id;
         state.store.append_audit(&entry).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
-        return Ok(Decided { audit_id: id, refused: Some(why), events: events.iter().map(withheld).collect() });
+        return Ok(Decided {
+            audit_id: id,
+            refused: Some(why),
+            events: events.iter().map(withheld).collect(),
+            shown: HashMap::new(),
+        });
     };
     if sub.topic == Topic::Disclosures {
         return disclosures(state, &principal, sub, events, action, push, request_id);
@@ -161,9 +183,20 @@ pub fn decide_events(
     ids.dedup();
     let mut candidates = Vec::new();
     let mut subject_refs = BTreeSet::new();
+    let mut shown = HashMap::new();
     for id in &ids {
         if let Some((n, blind)) = state.store.current_notice(*id)? {
             subject_refs.extend(blind.iter().map(|b| format!("notice-subject:{b}")));
+            let nhs =
+                n.content.subject.person.as_ref().and_then(|p| p.nhs_number.as_ref()).map(|n| n.as_str().to_owned());
+            let nhs_in_cohort = match (&nhs, sub.criteria.cohort) {
+                (Some(nhs), true) => {
+                    let blind = state.store.vault().blind_index(vpr_domain::notice::MatchKind::NhsNumber, nhs);
+                    state.store.in_cohort(sub.id, std::slice::from_ref(&blind))?.contains(&blind).then(|| nhs.clone())
+                }
+                _ => None,
+            };
+            shown.insert(n.id, Shown { version: n.version.version, updated_at: n.version.at, nhs_in_cohort });
             candidates.push((n, vec![]));
         }
     }
@@ -206,7 +239,7 @@ pub fn decide_events(
             None => withheld(e),
         })
         .collect();
-    Ok(Decided { audit_id: disclosure.audit_id, refused: disclosure.refused, events: bodies })
+    Ok(Decided { audit_id: disclosure.audit_id, refused: disclosure.refused, events: bodies, shown })
 }
 
 /// Disclosures of the subscriber's own notices: its access log, pushed. The publisher is the
@@ -273,7 +306,7 @@ fn disclosures(
             })
         })
         .collect();
-    Ok(Decided { audit_id, refused: None, events: bodies })
+    Ok(Decided { audit_id, refused: None, events: bodies, shown: HashMap::new() })
 }
 
 /// An event the subscriber may not be told about: its number and id only.
@@ -383,10 +416,16 @@ pub async fn deliver(state: AppState, client: reqwest::Client) {
     let settings = state.delivery.clone();
     let owner = format!("replica-{}", Uuid::new_v4());
     let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let mut last_heartbeats = std::time::Instant::now();
     loop {
         tokio::select! {
             () = state.outbox.deliver.notified() => {}
             () = tokio::time::sleep(settings.poll) => {}
+        }
+        if last_heartbeats.elapsed() >= Duration::from_secs(1) {
+            last_heartbeats = std::time::Instant::now();
+            let (st, c) = (state.clone(), client.clone());
+            tokio::spawn(async move { heartbeats(&st, &c).await });
         }
         loop {
             let free = permits.available_permits();
@@ -425,6 +464,32 @@ pub async fn deliver(state: AppState, client: reqwest::Client) {
                     st.outbox.due();
                 });
             }
+        }
+    }
+}
+
+/// Sends the heartbeats due to quiet FHIR subscriptions (one replica each: a heartbeat is
+/// claimed before it is sent). A heartbeat discloses nothing, so it is not audited; a failed one
+/// is not retried (the next is due a period later).
+async fn heartbeats(state: &AppState, client: &reqwest::Client) {
+    let st = state.clone();
+    let due = match tokio::task::spawn_blocking(move || st.store.due_heartbeats(st.clock.now())).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return tracing::warn!(error = %e, "listing due heartbeats failed"),
+        Err(_) => return,
+    };
+    for sub in due {
+        let st = state.clone();
+        let (id, seen) = (sub.id, sub.last_heartbeat_at);
+        let claimed = tokio::task::spawn_blocking(move || st.store.claim_heartbeat(id, seen, st.clock.now())).await;
+        if !matches!(claimed, Ok(Ok(true))) {
+            continue;
+        }
+        let body = crate::fhir::subscription::heartbeat(state, &sub).to_string();
+        let signature = state.tokens.keys().sign_detached(body.as_bytes()).ok();
+        let out = Outgoing { body, content_type: crate::fhir::FHIR_JSON, signature };
+        if let Err(why) = send(state, client, &sub, None, out).await {
+            tracing::info!(subscription = %sub.id, error = %why, "heartbeat not delivered");
         }
     }
 }
@@ -536,7 +601,7 @@ async fn push_subscription(state: &AppState, client: &reqwest::Client, owner: &s
                     acks.settle().await;
                     return;
                 }
-                if let Err(why) = send(state, client, &sub, event, body).await {
+                if let Err(why) = send(state, client, &sub, Some(event), body).await {
                     acks.settle().await;
                     return failed(state, &sub, owner, event.number, why).await;
                 }
@@ -627,9 +692,21 @@ async fn release(state: &AppState, sid: Uuid, owner: &str) {
 /// decides that event alone.
 const DECIDE_AT_ONCE: usize = 16;
 
+/// One push, ready to send.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The body.
+    body: String,
+    /// Its media type.
+    content_type: &'static str,
+    /// A detached JWS over the body (FHIR notifications, whose body must stay plain FHIR).
+    signature: Option<String>,
+}
+
 /// Decides and audits a run of a subscription's events (committed before any is sent), then
-/// signs (and encrypts) each: the bodies, in order.
-async fn prepare(state: &AppState, sub: &Subscription, events: &[SubscriptionEvent]) -> Result<Vec<String>, String> {
+/// renders each: a signed (and optionally encrypted) event, or a FHIR notification Bundle with a
+/// detached signature.
+async fn prepare(state: &AppState, sub: &Subscription, events: &[SubscriptionEvent]) -> Result<Vec<Outgoing>, String> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(Vec::new()) };
     let attempt = sub.delivery.attempts.saturating_add(1);
     let request_id = format!("delivery:{}:{}-{}:{attempt}", sub.id, first.number, last.number);
@@ -637,10 +714,20 @@ async fn prepare(state: &AppState, sub: &Subscription, events: &[SubscriptionEve
     tokio::task::spawn_blocking(move || {
         let decided =
             decide_events(&st, &s, &e, "deliver", true, request_id).map_err(|err| format!("not sent: {err}"))?;
-        decided
-            .events
-            .iter()
-            .map(|body| webhook_body(&st, &s, body, decided.audit_id).map_err(|err| format!("not sent: {err}")))
+        e.iter()
+            .zip(&decided.events)
+            .map(|(event, body)| {
+                if s.channel == "fhir" {
+                    let bundle = crate::fhir::subscription::pushed(&st, &s, &decided, event, body).to_string();
+                    let signature =
+                        st.tokens.keys().sign_detached(bundle.as_bytes()).map_err(|err| format!("not sent: {err}"))?;
+                    Ok(Outgoing { body: bundle, content_type: crate::fhir::FHIR_JSON, signature: Some(signature) })
+                } else {
+                    let body =
+                        webhook_body(&st, &s, body, decided.audit_id).map_err(|err| format!("not sent: {err}"))?;
+                    Ok(Outgoing { body, content_type: "application/jose", signature: None })
+                }
+            })
             .collect()
     })
     .await
@@ -652,32 +739,35 @@ async fn send(
     state: &AppState,
     client: &reqwest::Client,
     sub: &Subscription,
-    event: &SubscriptionEvent,
-    body: String,
+    event: Option<&SubscriptionEvent>,
+    out: Outgoing,
 ) -> Result<(), String> {
     let Some(url) = sub.endpoint.as_deref() else { return Err("the subscription has no webhook URL".into()) };
     let attempt = sub.delivery.attempts.saturating_add(1);
     let sent_at: DateTime<Utc> = state.clock.now();
-    let response = client
+    let mut request = client
         .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/jose")
-        .header("VPR-Event-Id", event.event_id.to_string())
-        .header("VPR-Event-Number", event.number.to_string())
+        .header(reqwest::header::CONTENT_TYPE, out.content_type)
         .header("VPR-Subscription-Id", sub.id.to_string())
-        .header("VPR-Timestamp", sent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .header("VPR-Delivery-Attempt", attempt.to_string())
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.is_timeout() {
-                format!("no answer within {} s", state.delivery.timeout.as_secs_f64())
-            } else if e.is_connect() {
-                format!("could not connect to the receiver: {}", root_cause(&e))
-            } else {
-                format!("request failed: {}", root_cause(&e))
-            }
-        })?;
+        .header("VPR-Timestamp", sent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    if let Some(event) = event {
+        request = request
+            .header("VPR-Event-Id", event.event_id.to_string())
+            .header("VPR-Event-Number", event.number.to_string())
+            .header("VPR-Delivery-Attempt", attempt.to_string());
+    }
+    if let Some(signature) = out.signature {
+        request = request.header("VPR-JWS", signature);
+    }
+    let response = request.body(out.body).send().await.map_err(|e| {
+        if e.is_timeout() {
+            format!("no answer within {} s", state.delivery.timeout.as_secs_f64())
+        } else if e.is_connect() {
+            format!("could not connect to the receiver: {}", root_cause(&e))
+        } else {
+            format!("request failed: {}", root_cause(&e))
+        }
+    })?;
     let status = response.status();
     if status.is_success() {
         Ok(())

@@ -4,6 +4,7 @@
 pub mod delivery;
 pub mod disclose;
 pub mod error;
+pub mod fhir;
 pub mod handlers;
 pub mod metrics;
 pub mod middleware;

@@ -51,11 +51,27 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(subscriptions::redeliver)
         .service(subscriptions::read)
         .service(subscriptions::replace)
-        .service(subscriptions::delete_subscription);
+        .service(subscriptions::delete_subscription)
+        .service(crate::fhir::capability::metadata)
+        .service(crate::fhir::search::search_post)
+        .service(crate::fhir::search::search_get)
+        .service(crate::fhir::search::read)
+        .service(crate::fhir::subscription::create)
+        .service(crate::fhir::subscription::status_op)
+        .service(crate::fhir::subscription::events_op)
+        .service(crate::fhir::subscription::read)
+        .service(crate::fhir::subscription::remove)
+        .service(crate::fhir::audit_event::search);
 }
 
-async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!("no resource at `{} {}`", req.method(), req.path())))
+async fn not_found(req: HttpRequest) -> actix_web::HttpResponse {
+    let e = ApiError::NotFound(format!("no resource at `{} {}`", req.method(), req.path()));
+    // FHIR clients get an OperationOutcome; everyone else a problem.
+    if req.path().starts_with("/fhir/") {
+        actix_web::ResponseError::error_response(&crate::fhir::FhirError(e))
+    } else {
+        actix_web::ResponseError::error_response(&e)
+    }
 }
 
 /// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish

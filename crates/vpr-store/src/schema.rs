@@ -166,6 +166,8 @@ diesel::table! {
         updated_at -> Timestamp,
         approval -> Text,
         topic -> Text,
+        heartbeat_seconds -> Nullable<Integer>,
+        last_heartbeat_at -> Nullable<Timestamp>,
         delivered_upto -> BigInt,
         delivery_state -> Text,
         attempts -> Integer,

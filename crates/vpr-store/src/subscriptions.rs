@@ -83,6 +83,8 @@ pub struct NewSubscription {
     pub tag: Option<String>,
     /// Until when.
     pub expires_at: DateTime<Utc>,
+    /// FHIR rest-hook: seconds of quiet before a heartbeat notification.
+    pub heartbeat_seconds: Option<i32>,
     /// How it was approved (or why it waits), as recorded.
     pub approval: Value,
     /// The cohort's blind indexes, when the cohort criterion is given (replaces any existing).
@@ -147,6 +149,10 @@ pub struct Subscription {
     pub tag: Option<String>,
     /// Until when.
     pub expires_at: DateTime<Utc>,
+    /// FHIR rest-hook: seconds of quiet before a heartbeat notification.
+    pub heartbeat_seconds: Option<i32>,
+    /// The last heartbeat sent.
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Last changed.
@@ -179,6 +185,8 @@ struct Row {
     updated_at: NaiveDateTime,
     approval: String,
     topic: String,
+    heartbeat_seconds: Option<i32>,
+    last_heartbeat_at: Option<NaiveDateTime>,
     delivered_upto: i64,
     delivery_state: String,
     attempts: i32,
@@ -217,6 +225,8 @@ impl Row {
             encryption_jwk: self.encryption_jwk,
             tag: self.tag,
             expires_at: self.expires_at.and_utc(),
+            heartbeat_seconds: self.heartbeat_seconds,
+            last_heartbeat_at: self.last_heartbeat_at.map(|t| t.and_utc()),
             created_at: self.created_at.and_utc(),
             updated_at: self.updated_at.and_utc(),
             approval: serde_json::from_str(&self.approval).map_err(corrupt)?,
@@ -482,6 +492,7 @@ impl Store {
                     s::updated_at.eq(at),
                     s::approval.eq(new.approval.to_string()),
                     s::topic.eq(new.topic.code()),
+                    s::heartbeat_seconds.eq(new.heartbeat_seconds),
                     s::next_attempt_at.eq(at),
                 ))
                 .execute(conn)?;
@@ -568,6 +579,7 @@ impl Store {
                     s::updated_at.eq(db_time(now)),
                     s::approval.eq(new.approval.to_string()),
                     s::topic.eq(new.topic.code()),
+                    s::heartbeat_seconds.eq(new.heartbeat_seconds),
                 ))
                 .execute(conn)?;
             diesel::delete(sc::table.filter(sc::subscription_id.eq(&id))).execute(conn)?;
@@ -1018,6 +1030,69 @@ impl Store {
             };
             Ok(true)
         })
+    }
+
+    /// FHIR rest-hook subscriptions owed a heartbeat: active, caught up, and quiet for their
+    /// heartbeat period.
+    pub fn due_heartbeats(&self, now: DateTime<Utc>) -> Result<Vec<Subscription>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(Row, i64)> = s::table
+            .inner_join(cnt::table)
+            .filter(s::heartbeat_seconds.is_not_null())
+            .filter(s::method.eq("webhook"))
+            .filter(s::status.eq(status::ACTIVE))
+            .filter(s::delivery_state.eq(delivery_state::ACTIVE))
+            .filter(s::delivered_upto.ge(cnt::last_event_number))
+            .select((Row::as_select(), cnt::last_event_number))
+            .load(&mut conn)?;
+        let subs = rows.into_iter().map(|(r, n)| r.decode(n)).collect::<Result<Vec<_>, _>>()?;
+        Ok(subs
+            .into_iter()
+            .filter(|sub| {
+                let quiet_since = [Some(sub.created_at), sub.delivery.last_delivered_at, sub.last_heartbeat_at]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .unwrap_or(sub.created_at);
+                sub.heartbeat_seconds.is_some_and(|h| now - quiet_since >= TimeDelta::seconds(i64::from(h)))
+            })
+            .collect())
+    }
+
+    /// Takes the right to send one heartbeat (so replicas do not both send it): true if the
+    /// last heartbeat is still the one this replica saw.
+    pub fn claim_heartbeat(
+        &self,
+        id: Uuid,
+        seen: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let target = s::table.filter(s::id.eq(id.to_string()));
+        let n = match seen {
+            Some(t) => diesel::update(target.filter(s::last_heartbeat_at.eq(db_time(t))))
+                .set(s::last_heartbeat_at.eq(Some(db_time(now))))
+                .execute(&mut conn)?,
+            None => diesel::update(target.filter(s::last_heartbeat_at.is_null()))
+                .set(s::last_heartbeat_at.eq(Some(db_time(now))))
+                .execute(&mut conn)?,
+        };
+        Ok(n == 1)
+    }
+
+    /// Which of these blind indexes are in the subscription's cohort.
+    pub fn in_cohort(&self, id: Uuid, blind: &[String]) -> Result<HashSet<String>, StoreError> {
+        if blind.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut conn = self.conn()?;
+        Ok(sc::table
+            .filter(sc::subscription_id.eq(id.to_string()))
+            .filter(sc::blind_index.eq_any(blind))
+            .select(sc::blind_index)
+            .load::<String>(&mut conn)?
+            .into_iter()
+            .collect())
     }
 
     /// A subscription's dead letters, newest first.

@@ -410,6 +410,7 @@ fn subscription(
         encryption_jwk: None,
         tag: Some("t".into()),
         expires_at: Utc::now() + Duration::days(30),
+        heartbeat_seconds: None,
         approval: serde_json::json!({"decided_by": "agreement"}),
         cohort,
     }

@@ -23,6 +23,9 @@ CREATE TABLE subscriptions (
     -- `notices`: changes to notices matching the criteria; `disclosures`: each disclosure of
     -- the owner's own notices (its access log, pushed).
     topic TEXT NOT NULL DEFAULT 'notices',
+    -- FHIR rest-hook subscriptions: a heartbeat notification after this many idle seconds.
+    heartbeat_seconds INTEGER,
+    last_heartbeat_at TIMESTAMP,
     -- Delivery state: events are pushed strictly in order; `delivered_upto` is the last
     -- acknowledged. Written by the replica holding the lease.
     delivered_upto BIGINT NOT NULL DEFAULT 0,

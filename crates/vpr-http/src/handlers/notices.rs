@@ -185,7 +185,7 @@ fn header(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError> {
 }
 
 /// The access context of a read by another organisation, from `VPR-*` headers.
-fn access_from_headers(req: &HttpRequest) -> Result<AccessRequest, ApiError> {
+pub(crate) fn access_from_headers(req: &HttpRequest) -> Result<AccessRequest, ApiError> {
     let required = |name: &str, rule: &str| -> Result<String, ApiError> {
         header(req, name)?.ok_or_else(|| {
             ApiError::Validation(vec![vpr_domain::FieldError::new(

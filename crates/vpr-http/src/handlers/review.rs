@@ -67,12 +67,12 @@ impl Format {
 }
 
 /// The IG user and role a request acts for (`VPR-User-Id`, `VPR-User-Role`), checked.
-struct Reviewer {
-    user: String,
-    role: String,
+pub(crate) struct Reviewer {
+    pub(crate) user: String,
+    pub(crate) role: String,
 }
 
-async fn reviewer(
+pub(crate) async fn reviewer(
     state: &AppState,
     req: &HttpRequest,
     principal: &Principal,

@@ -92,7 +92,7 @@ pub fn resource(sub: &Subscription, cohort_size: i64) -> Value {
 
 /// Checks what the agreement must allow before anything is stored, decides whether the
 /// subscription may start outright, and computes its cohort's blind indexes.
-fn prepare(
+pub(crate) fn prepare(
     state: &AppState,
     principal: &Principal,
     spec: &SubscriptionSpec,
@@ -177,6 +177,7 @@ fn prepare(
         encryption_jwk: spec.encryption_key.as_ref().map(|k| Value::Object(k.clone()).to_string()),
         tag: spec.tag.clone(),
         expires_at: spec.expires_at,
+        heartbeat_seconds: None,
         approval,
         cohort,
     })
@@ -184,7 +185,7 @@ fn prepare(
 
 /// The audit entry of a change to a subscription (not a disclosure, but IG reviews who asked to
 /// be told of what).
-fn subscription_audit(
+pub(crate) fn subscription_audit(
     state: &AppState,
     principal: &Principal,
     action: &str,
