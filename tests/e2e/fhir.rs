@@ -226,6 +226,52 @@ both!(flags_are_found_by_nhs_number_in_the_view_the_agreement_decides, |b: &Test
     seen.validate();
 });
 
+both!(address_and_telephone_notices_read_as_flags_about_a_location_or_a_caller, |b: &TestBroker| {
+    let seen = Seen::default();
+    let (acute, amb) = (b.token("acute-ed"), b.token("amb-cad"));
+    let mut address = address_notice("ZZ99 3WZ", "17 Marrowbone Crescent");
+    address["subject"]["address"]["uprn"] = json!("987654321098");
+    let mut phone = address_notice("ZZ99 3WZ", "unused");
+    phone["subject"] = json!({"telephone": "07700 900123"});
+    phone["category"] = json!("directed-verbal-abuse");
+    let ids: Vec<String> = [address, phone]
+        .iter()
+        .map(|n| {
+            let r = b.publish(&acute, n);
+            assert_eq!(r.status(), 201);
+            json_of(r)["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let read = |token: &str, id: &str, access: bool| {
+        let rb = b.http.get(b.url(&format!("/fhir/R4/Flag/{id}"))).bearer_auth(token);
+        fhir_response(
+            if access { with_access(rb, "staff-safety", "ambulance-dispatcher") } else { rb }.send().unwrap(),
+            200,
+            &seen,
+        )
+    };
+    // The publisher: the address is a Location with its UPRN; the caller's number is named.
+    let full = read(&acute, &ids[0], false);
+    assert_eq!(full["subject"]["type"], "Location");
+    assert_eq!(full["subject"]["display"], "17 Marrowbone Crescent, ZZ99 3WZ");
+    assert_eq!(full["subject"]["identifier"]["value"], "987654321098");
+    let full = read(&acute, &ids[1], false);
+    assert_eq!(full["subject"]["display"], "Telephone +447700900123");
+    assert!(full["code"]["text"].as_str().unwrap().contains("directed verbal abuse"));
+    // A dispatcher's summary: the alert and its advice, but neither the address nor the number.
+    for id in &ids {
+        let summary = read(&amb, id, true);
+        assert_eq!(summary["status"], "active");
+        let text = summary.to_string();
+        assert!(
+            !text.contains("Marrowbone") && !text.contains("987654321098") && !text.contains("7700"),
+            "{summary:#}"
+        );
+        assert!(text.contains("weapons-reported"), "{summary:#}");
+    }
+    seen.validate();
+});
+
 both!(a_search_for_a_purpose_the_agreement_refuses_is_an_operation_outcome_and_audited, |b: &TestBroker| {
     let seen = Seen::default();
     let (acute, amb) = (b.token("acute-ed"), b.token("amb-cad"));
