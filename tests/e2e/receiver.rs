@@ -24,6 +24,8 @@ pub enum Mode {
     AckLate(Duration),
     /// Answers 200 but loses the event (a receiver that failed after acknowledging).
     AckAndLose,
+    /// Answers 307 to the receiver on this loopback port, without processing.
+    Redirect(u16),
 }
 
 /// One request the receiver got.
@@ -74,6 +76,9 @@ async fn handle(req: HttpRequest, body: web::Bytes, inner: web::Data<Arc<Mutex<I
             actix_web::rt::time::sleep(d).await;
             HttpResponse::Ok().finish()
         }
+        Mode::Redirect(port) => HttpResponse::TemporaryRedirect()
+            .insert_header(("Location", format!("http://127.0.0.1:{port}/vpr/events")))
+            .finish(),
     }
 }
 

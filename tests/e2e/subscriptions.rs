@@ -823,6 +823,29 @@ both_backends!(webhooks_are_delivered_over_tls_to_receivers_the_broker_trusts, |
     assert!(receiver.hits().iter().all(|h| h.subscription != ids[1]), "nothing reached the receiver without trust");
 });
 
+both_backends!(a_receiver_that_redirects_is_not_followed_and_is_retried_until_it_answers, |backend: Backend| {
+    let Some(b) = TestBroker::start_delivering(backend, |_| {}) else { return };
+    let amb = b.token("amb-cad");
+    let elsewhere = Receiver::start();
+    let redirecting = Receiver::start();
+    redirecting.set_mode(Mode::Redirect(elsewhere.port));
+    let id = b.subscribe(&amb, &ambulance_subscription(Some(&redirecting.url), json!({})))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    publish_address(&b, &b.token("acute-ed"), "LS6 1AA", "1 Test Street");
+    let s = b.wait_subscription(&amb, &id, Duration::from_secs(20), |s| s["events"]["attempts"].as_i64() >= Some(2));
+    assert_eq!(s["events"]["delivered_upto"], 0, "a redirect does not acknowledge");
+    assert!(s["events"]["last_error"].as_str().unwrap().contains("redirects are not followed"), "{s:#}");
+    assert!(elsewhere.hits().is_empty(), "the redirect target was never sent the event");
+    // Once the receiver answers, the same event arrives, once.
+    redirecting.set_mode(Mode::Ack);
+    assert!(redirecting.wait_for(1, Duration::from_secs(20)), "{:?}", redirecting.deduplicated());
+    b.wait_subscription(&amb, &id, Duration::from_secs(10), |s| s["events"]["delivered_upto"] == 1);
+    assert_eq!(redirecting.deduplicated(), vec![1]);
+    assert!(elsewhere.hits().is_empty());
+});
+
 both_backends!(a_publisher_is_told_of_each_disclosure_of_its_notices, |backend: Backend| {
     let Some(b) = TestBroker::start_delivering(backend, |_| {}) else { return };
     let acute = b.token("acute-ed");

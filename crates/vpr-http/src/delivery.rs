@@ -167,7 +167,7 @@ pub fn decide_events(
             ..audit_entry(state, &sub.owner_ods, "unknown", &sub.owner_system, action, if push { 0 } else { 403 })
         };
         let id = entry.id;
-        state.store.append_audit(&entry).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+        state.store.append_audit(&entry).map_err(ApiError::audit_write_failed)?;
         return Ok(Decided {
             audit_id: id,
             refused: Some(why),
@@ -273,7 +273,7 @@ fn disclosures(
         )
     };
     let audit_id = entry.id;
-    state.store.append_audit(&entry).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+    state.store.append_audit(&entry).map_err(ApiError::audit_write_failed)?;
     let registry = state.tokens.registry();
     let bodies = events
         .iter()

@@ -276,7 +276,7 @@ pub fn govern(
     // Guarantee 1: no disclosure without a committed audit entry. (The benchmark switch that
     // skips it is refused outside demo mode.)
     if !state.unaudited_reads {
-        state.store.append_audit(&entry).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+        state.store.append_audit(&entry).map_err(ApiError::audit_write_failed)?;
     }
     Ok(Disclosure { audit_id: entry.id, results, refused })
 }
@@ -336,7 +336,7 @@ pub async fn refuse_unread(
     let store = state.store.clone();
     match crate::pipeline::blocking(move || store.append_audit(&entry).map_err(ApiError::from)).await {
         Ok(()) => refusal,
-        Err(_) => ApiError::Unavailable("audit write failed".into()),
+        Err(e) => ApiError::audit_write_failed(e),
     }
 }
 

@@ -105,6 +105,12 @@ pub struct Problem {
 pub const PROBLEM_BASE: &str = "urn:vpr-broker:problem:";
 
 impl ApiError {
+    /// The audit entry a request depends on could not be committed: the request fails (503)
+    /// and nothing it would have disclosed leaves the broker.
+    pub fn audit_write_failed(cause: impl std::fmt::Display) -> Self {
+        ApiError::Unavailable(format!("audit write failed: {cause}"))
+    }
+
     fn slug_and_title(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::BadRequest { .. } => ("bad-request", "Malformed request"),

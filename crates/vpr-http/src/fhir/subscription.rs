@@ -314,7 +314,7 @@ pub async fn create(
         let sub = st.store.create_subscription(&new, now)?;
         st.store
             .append_audit(&subscription_audit(&st, &who, "subscribe", &sub, 201))
-            .map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+            .map_err(ApiError::audit_write_failed)?;
         Ok(sub)
     })
     .await?;
@@ -367,7 +367,7 @@ pub async fn remove(
         if let Some(gone) = st.store.set_subscription_status(sub.id, &from, status::DELETED, None, now)? {
             st.store
                 .append_audit(&subscription_audit(&st, &principal, "unsubscribe", &gone, 204))
-                .map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+                .map_err(ApiError::audit_write_failed)?;
         }
         Ok(())
     })

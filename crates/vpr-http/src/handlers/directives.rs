@@ -72,7 +72,7 @@ async fn record(
     let store = state.store.clone();
     let id = blocking(move || {
         let id = store.record_directive(&directive, now)?;
-        store.append_audit(&audit).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+        store.append_audit(&audit).map_err(ApiError::audit_write_failed)?;
         Ok(id)
     })
     .await?;

@@ -260,7 +260,7 @@ pub async fn create(
         let sub = st.store.create_subscription(&new, now)?;
         st.store
             .append_audit(&subscription_audit(&st, &who, "subscribe", &sub, 201))
-            .map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+            .map_err(ApiError::audit_write_failed)?;
         Ok(sub)
     })
     .await?;
@@ -389,7 +389,7 @@ pub async fn replace(
         let sub = st.store.replace_subscription(&new, now)?;
         st.store
             .append_audit(&subscription_audit(&st, &who, "subscription-change", &sub, 200))
-            .map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+            .map_err(ApiError::audit_write_failed)?;
         Ok(sub)
     })
     .await?;
@@ -429,7 +429,7 @@ pub async fn delete_subscription(
             .ok_or_else(|| ApiError::Conflict("the subscription is already deleted".into()))?;
         st.store
             .append_audit(&subscription_audit(&st, &who, "unsubscribe", &sub, 200))
-            .map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+            .map_err(ApiError::audit_write_failed)?;
         Ok(sub)
     })
     .await?;
@@ -598,7 +598,7 @@ pub async fn decide_approval(
             decision: to.to_owned(),
             ..audit_base(&st, &who, "subscription-approval", 200)
         };
-        st.store.append_audit(&audit).map_err(|e| ApiError::Unavailable(format!("audit write failed: {e}")))?;
+        st.store.append_audit(&audit).map_err(ApiError::audit_write_failed)?;
         Ok(sub)
     })
     .await?;
