@@ -16,6 +16,12 @@ use vpr_store::{DataKeyFile, Store, Vault};
 
 use crate::config::Config;
 
+// Many small allocations are freed on other threads than made them (database rows read on one
+// thread and hashed on others; request bodies across the runtime's workers), which glibc's
+// allocator serialises on its arena locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Federated broker for violence-risk notices between the partners of an Integrated Care System.
 #[derive(Parser, Debug)]
 #[command(name = "vpr-broker", version)]

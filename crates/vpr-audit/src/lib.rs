@@ -8,17 +8,39 @@ pub mod merkle;
 
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
+}
+
+/// Whether `text` is exactly the lower-case hex of `hash` (without building a string).
+pub fn is_hex_of(text: &str, hash: &merkle::Hash) -> bool {
+    let mut buf = [0u8; 64];
+    hex::encode_to_slice(hash, &mut buf).is_ok() && text.as_bytes() == buf
 }
 
 /// Parses lower- or upper-case hex into a hash.
 pub fn parse_hash(text: &str) -> Option<merkle::Hash> {
-    if text.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_compares_exactly() {
+        let hash: merkle::Hash = std::array::from_fn(|i| u8::try_from(i * 7).unwrap_or_default());
+        let text = hex(&hash);
+        assert_eq!(text.len(), 64);
+        assert_eq!(&text[..6], "00070e");
+        assert_eq!(parse_hash(&text), Some(hash));
+        assert_eq!(parse_hash(&text.to_uppercase()), Some(hash));
+        assert!(is_hex_of(&text, &hash));
+        assert!(!is_hex_of(&text.to_uppercase(), &hash), "the stored form is lower-case");
+        assert!(!is_hex_of(&text[..62], &hash));
+        assert_eq!(parse_hash(&text[..62]), None);
+        assert_eq!(parse_hash(&format!("{}zz", &text[..62])), None);
+    }
 }

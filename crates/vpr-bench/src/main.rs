@@ -34,6 +34,11 @@ enum Bench {
 
 mod webhooks;
 
+// Many small allocations are freed on other threads than made them (as in the broker), which glibc's
+// allocator serialises on its arena locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(clap::Args, Debug)]
 struct AuditArgs {
     /// Backends to measure.
@@ -45,6 +50,11 @@ struct AuditArgs {
     /// Writer threads appending entries.
     #[arg(long, default_value_t = 32)]
     threads: u64,
+    /// Keep the logs in this folder (a SQLite file, the name of a PostgreSQL database, and the
+    /// checkpoint key's JWKS for `vpr-broker audit verify`); a later run with the same folder
+    /// only verifies them again, so a change to the verifier can be measured on the same log.
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 /// The brokers a benchmark runs: which binary, agreement and backends.
@@ -299,21 +309,44 @@ fn audit(args: AuditArgs) -> Result<()> {
     use vpr_store::audit::{AuditEntry, AuditedNotice};
     println!("audit log: {} entries, {} appending threads", args.entries, args.threads);
     println!("{:<9} {:>16} {:>16} {:>14}", "backend", "appends/s", "sealed/s", "verify s");
-    let keys = vpr_auth::BrokerKeys::new(&[SigningKeyFile::generate("bench-seal", false)?])?;
+    let key = match &args.keep {
+        Some(dir) if dir.join("seal-key.json").exists() => {
+            SigningKeyFile::from_json(&std::fs::read_to_string(dir.join("seal-key.json"))?)?
+        }
+        _ => SigningKeyFile::generate("bench-seal", false)?,
+    };
+    let keys = vpr_auth::BrokerKeys::new(std::slice::from_ref(&key))?;
     let jwks = keys.jwks();
+    if let Some(dir) = &args.keep {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("seal-key.json"), key.to_json())?;
+        std::fs::write(dir.join("jwks.json"), jwks.to_string())?;
+    }
     for backend in &args.backends {
         let dir = tempfile::tempdir()?;
         let mut pg = None;
-        let url = match backend.as_str() {
-            "sqlite" => format!("sqlite://{}/audit.db", dir.path().display()),
-            "postgres" => {
+        let kept = args.keep.as_ref().map(|k| k.join(format!("{backend}.url")));
+        let reused = kept.as_ref().and_then(|k| std::fs::read_to_string(k).ok());
+        let url = match (backend.as_str(), reused) {
+            (_, Some(url)) => url,
+            ("sqlite", None) => {
+                let folder = args.keep.as_deref().unwrap_or(dir.path());
+                format!("sqlite://{}/audit.db", std::fs::canonicalize(folder)?.display())
+            }
+            ("postgres", None) => {
                 let db = vpr_store::testdb::fresh_postgres().context("PostgreSQL is not reachable")?;
                 let url = db.url.clone();
                 pg = Some(db);
                 url
             }
-            other => bail!("unknown backend `{other}`"),
+            (other, None) => bail!("unknown backend `{other}`"),
         };
+        if let Some(kept) = &kept {
+            if kept.exists() {
+                verify_only(backend, &url, &jwks, args.entries)?;
+                continue;
+            }
+        }
         let store = vpr_store::Store::open(&url, 40, vpr_store::Vault::new(&vpr_store::DataKeyFile::generate(false))?)?;
         store.migrate()?;
         let entry = |n: u64| AuditEntry {
@@ -373,16 +406,7 @@ fn audit(args: AuditArgs) -> Result<()> {
             sealed = cp.tree_size;
         }
         let sealing = sealed as f64 / started.elapsed().as_secs_f64();
-        let mut conn = vpr_store::seal::connect(&url)?;
-        let started = Instant::now();
-        let report = vpr_store::seal::verify_audit(&mut conn, &|jws| {
-            let (size, root) = vpr_auth::keys::open_checkpoint(&jwks, jws)?;
-            Ok((size, vpr_audit::parse_hash(&root).ok_or("bad root")?))
-        })?;
-        let verify = started.elapsed().as_secs_f64();
-        if !report.problems.is_empty() || report.entries != args.entries {
-            bail!("verification failed: {:?}", report.problems.first());
-        }
+        let verify = timed_verify(&url, &jwks, args.entries)?;
         println!("{backend:<9} {appends:>16.0} {sealing:>16.0} {verify:>14.2}");
         println!(
             "{backend:<9} targets: sealing >= 5000/s ({}), verify of {} entries {:.2} s (target < 10 s for 1,000,000)",
@@ -390,10 +414,36 @@ fn audit(args: AuditArgs) -> Result<()> {
             args.entries,
             verify
         );
-        drop(conn);
         drop(store);
-        drop(pg);
+        if let Some(kept) = &kept {
+            // Kept for later runs: the database outlives this one.
+            std::mem::forget(pg.take());
+            std::fs::write(kept, &url)?;
+        }
     }
+    Ok(())
+}
+
+/// Verifies the log at `url` as `vpr-broker audit verify` does (one plain connection), and
+/// returns the seconds it took.
+fn timed_verify(url: &str, jwks: &Value, entries: u64) -> Result<f64> {
+    let mut conn = vpr_store::seal::connect(url)?;
+    let started = Instant::now();
+    let report = vpr_store::seal::verify_audit(&mut conn, &|jws| {
+        let (size, root) = vpr_auth::keys::open_checkpoint(jwks, jws)?;
+        Ok((size, vpr_audit::parse_hash(&root).ok_or("bad root")?))
+    })?;
+    let verify = started.elapsed().as_secs_f64();
+    if !report.problems.is_empty() || report.entries != entries {
+        bail!("verification failed after {} entries: {:?}", report.entries, report.problems.first());
+    }
+    Ok(verify)
+}
+
+/// A kept log, verified again.
+fn verify_only(backend: &str, url: &str, jwks: &Value, entries: u64) -> Result<()> {
+    let verify = timed_verify(url, jwks, entries)?;
+    println!("{backend:<9} {:>16} {:>16} {verify:>14.2}", "(kept)", "(kept)");
     Ok(())
 }
 

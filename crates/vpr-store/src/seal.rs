@@ -53,7 +53,7 @@ impl Serialize for Leaf<'_> {
         seq.serialize_element(&self.index)?;
         seq.serialize_element(&r.seq)?;
         seq.serialize_element(&r.id)?;
-        seq.serialize_element(&r.at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())?;
+        seq.serialize_element(&r.at.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))?;
         seq.serialize_element(&r.request_id)?;
         seq.serialize_element(&r.action)?;
         seq.serialize_element(&r.actor_org)?;
@@ -305,7 +305,7 @@ impl<'a> Verifier<'a> {
             }
             (None, Some(hash)) => {
                 self.kept_seen = true;
-                if row.leaf_hash.as_deref() != Some(hex(&hash).as_str()) {
+                if !row.leaf_hash.as_deref().is_some_and(|stored| vpr_audit::is_hex_of(stored, &hash)) {
                     self.report.problems.push(format!(
                         "entry at leaf {index} (seq {}, id {}) does not match its seal: edited, inserted or reordered",
                         row.seq, row.id
