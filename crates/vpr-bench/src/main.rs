@@ -87,6 +87,10 @@ struct Args {
     /// Distinct subjects seeded (each with two notices).
     #[arg(long, default_value_t = 200)]
     subjects: u32,
+    /// Also print, for the fixed-rate phase, the slowest look-up in each half second (to see
+    /// whether a high p99 is one stall or many).
+    #[arg(long)]
+    timeline: bool,
 }
 
 struct Broker {
@@ -230,6 +234,8 @@ struct Phase {
     p50_ms: f64,
     p99_ms: f64,
     errors: usize,
+    /// The slowest request scheduled in each half second of the phase, in ms.
+    worst_by_half_second: Vec<f64>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -245,14 +251,17 @@ fn run(args: &Args, b: &Broker, token: &str, rate: Option<u64>) -> Phase {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(Mutex::new(0usize));
     let stop = Arc::new(AtomicBool::new(false));
+    // Clients are made before the clock starts: making one loads the TLS root store, which 16
+    // threads doing at once on this machine takes about a second, and a partner system keeps
+    // its client.
+    let clients: Vec<reqwest::blocking::Client> = (0..args.clients).map(|_| reqwest::blocking::Client::new()).collect();
     let started = Instant::now();
     let duration = Duration::from_secs(args.seconds);
     std::thread::scope(|s| {
-        for c in 0..args.clients {
+        for (c, http) in clients.into_iter().enumerate() {
             let (latencies, errors, stop) = (latencies.clone(), errors.clone(), stop.clone());
             let url = format!("{}/v1/lookups", b.base);
             s.spawn(move || {
-                let http = reqwest::blocking::Client::new();
                 let mut mine = Vec::new();
                 let interval = rate.map(|r| Duration::from_secs_f64(args.clients as f64 / r as f64));
                 let offset = interval.map(|i| i.mul_f64(c as f64 / args.clients as f64)).unwrap_or_default();
@@ -278,7 +287,8 @@ fn run(args: &Args, b: &Broker, token: &str, rate: Option<u64>) -> Phase {
                         .map(|r| r.status() == 200 && r.bytes().is_ok())
                         .unwrap_or(false);
                     if ok {
-                        mine.push(scheduled.elapsed().as_secs_f64() * 1000.0);
+                        let at = scheduled.duration_since(started).as_secs_f64();
+                        mine.push((at, scheduled.elapsed().as_secs_f64() * 1000.0));
                     } else if let Ok(mut e) = errors.lock() {
                         *e += 1;
                     }
@@ -291,10 +301,23 @@ fn run(args: &Args, b: &Broker, token: &str, rate: Option<u64>) -> Phase {
         }
     });
     let elapsed = started.elapsed().as_secs_f64();
-    let mut l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let timed: Vec<(f64, f64)> = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut worst_by_half_second = vec![0.0f64; (args.seconds * 2) as usize + 1];
+    for (at, ms) in &timed {
+        if let Some(w) = worst_by_half_second.get_mut((at * 2.0) as usize) {
+            *w = w.max(*ms);
+        }
+    }
+    let mut l: Vec<f64> = timed.into_iter().map(|(_, ms)| ms).collect();
     l.sort_by(|a, b| a.total_cmp(b));
     let errors = errors.lock().map(|e| *e).unwrap_or_default();
-    Phase { per_second: l.len() as f64 / elapsed, p50_ms: percentile(&l, 0.5), p99_ms: percentile(&l, 0.99), errors }
+    Phase {
+        per_second: l.len() as f64 / elapsed,
+        p50_ms: percentile(&l, 0.5),
+        p99_ms: percentile(&l, 0.99),
+        errors,
+        worst_by_half_second,
+    }
 }
 
 fn main() -> Result<()> {
@@ -490,6 +513,12 @@ fn lookups(args: Args) -> Result<()> {
                 at_rate.p99_ms,
                 at_rate.errors
             );
+        }
+        if args.timeline {
+            for (mode, phase) in ["governed", "unaudited", "ungoverned"].iter().zip(&at_rate) {
+                let worst: Vec<String> = phase.worst_by_half_second.iter().map(|w| format!("{w:.0}")).collect();
+                println!("{backend:<9} {mode:<11} slowest ms per 0.5 s at {} req/s: {}", args.rate, worst.join(" "));
+            }
         }
         let ([g, a, u], [gr, ar, _]) = (max.as_slice(), at_rate.as_slice()) else {
             bail!("three brokers were measured");

@@ -115,7 +115,8 @@ pub struct VerifyReport {
 
 impl Store {
     /// Seals up to `max` committed entries and signs a checkpoint of the new tree head with
-    /// `sign(tree_size, root, signed_at)`. Returns the checkpoint, or `None` if nothing was pending.
+    /// `sign(tree_size, root, signed_at)`. Returns the checkpoint, or `None` if nothing was pending
+    /// (or another replica sealed first; the next call continues from its tree).
     pub fn seal_pending(
         &self,
         max: i64,
@@ -123,23 +124,32 @@ impl Store {
         sign: SignCheckpoint<'_>,
     ) -> Result<Option<Checkpoint>, StoreError> {
         let mut conn = self.conn()?;
+        // Read and hash the pending entries first, outside the write lock: on SQLite every
+        // audit write waits while the sealer holds it, so only the updates are done under it.
+        let (size, frontier_text): (i64, String) =
+            st::table.find(1).select((st::tree_size, st::frontier)).first(&mut *conn)?;
+        let mut frontier = frontier_of(size, &frontier_text)?;
+        let pending: Vec<AuditRow> =
+            ae::table.filter(ae::leaf_index.is_null()).order(ae::seq.asc()).limit(max).load(&mut *conn)?;
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let mut index = size;
+        let mut sealed = Vec::with_capacity(pending.len());
+        for row in &pending {
+            let hash = leaf_hash(&leaf_bytes(index, row));
+            frontier.push(hash);
+            sealed.push((row.seq, index, hex(&hash)));
+            index += 1;
+        }
+        drop(pending);
         write_tx(&mut conn, |conn| {
             lock_sealer(conn)?;
-            let (size, frontier_text): (i64, String) =
-                st::table.find(1).select((st::tree_size, st::frontier)).first(conn)?;
-            let mut frontier = frontier_of(size, &frontier_text)?;
-            let pending: Vec<AuditRow> =
-                ae::table.filter(ae::leaf_index.is_null()).order(ae::seq.asc()).limit(max).load(conn)?;
-            if pending.is_empty() {
+            // Another replica may have sealed since the read: then these leaves are stale, and
+            // the next round starts again from the tree as it now stands.
+            let now_size: i64 = st::table.find(1).select(st::tree_size).first(conn)?;
+            if now_size != size {
                 return Ok(None);
-            }
-            let mut index = size;
-            let mut sealed = Vec::with_capacity(pending.len());
-            for row in &pending {
-                let hash = leaf_hash(&leaf_bytes(index, row));
-                frontier.push(hash);
-                sealed.push((row.seq, index, hex(&hash)));
-                index += 1;
             }
             // Set-based, a few statements per batch rather than one round trip per entry. The
             // values are integers and hex digests made here, never input, so they are inlined.
