@@ -780,8 +780,11 @@ impl Store {
         let mut conn = self.conn()?;
         // A plain read first: an idle poll must not take SQLite's write lock.
         let after: i64 = dfs::table.find(1).select(dfs::after_leaf).first(&mut conn)?;
+        // Ordered, so PostgreSQL walks the leaf index from `after` rather than scanning the
+        // table from its start (282 ms against 0.1 ms on a log of a million entries).
         let newer: Option<i64> = ae::table
             .filter(ae::leaf_index.gt(after))
+            .order(ae::leaf_index.asc())
             .select(ae::leaf_index.assume_not_null())
             .first(&mut conn)
             .optional()?;
