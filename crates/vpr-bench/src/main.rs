@@ -350,6 +350,7 @@ fn audit(args: AuditArgs) -> Result<()> {
         let mut pg = None;
         let kept = args.keep.as_ref().map(|k| k.join(format!("{backend}.url")));
         let reused = kept.as_ref().and_then(|k| std::fs::read_to_string(k).ok());
+        let reusing = reused.is_some();
         let url = match (backend.as_str(), reused) {
             (_, Some(url)) => url,
             ("sqlite", None) => {
@@ -364,11 +365,9 @@ fn audit(args: AuditArgs) -> Result<()> {
             }
             (other, None) => bail!("unknown backend `{other}`"),
         };
-        if let Some(kept) = &kept {
-            if kept.exists() {
-                verify_only(backend, &url, &jwks, args.entries)?;
-                continue;
-            }
+        if reusing {
+            verify_only(backend, &url, &jwks, args.entries)?;
+            continue;
         }
         let store = vpr_store::Store::open(&url, 40, vpr_store::Vault::new(&vpr_store::DataKeyFile::generate(false))?)?;
         store.migrate()?;

@@ -819,42 +819,39 @@ impl Store {
                 .load(conn)?;
             let Some(last) = entries.last().and_then(|e| e.1) else { return Ok(0) };
             let mut rows = Vec::new();
-            let mut numbers: HashMap<String, i64> = HashMap::new();
-            if !subs.is_empty() {
-                // Each entry's decisions (an entry pruned under retention has none).
-                let decided: Vec<(&String, NaiveDateTime, Vec<crate::audit::AuditedNotice>)> = entries
-                    .iter()
-                    .map(|(id, _, at, notices)| Ok((id, *at, serde_json::from_str(notices).map_err(corrupt)?)))
-                    .collect::<Result<_, StoreError>>()?;
-                let ids: BTreeSet<String> = decided.iter().flat_map(|d| d.2.iter().map(|n| n.id.clone())).collect();
-                let ids: Vec<String> = ids.into_iter().collect();
-                let mut publisher_of: HashMap<String, String> = HashMap::new();
-                for chunk in ids.chunks(1000) {
-                    let found: Vec<(String, String)> =
-                        nt::table.filter(nt::id.eq_any(chunk)).select((nt::id, nt::publisher_ods)).load(conn)?;
-                    publisher_of.extend(found);
-                }
-                numbers = subs.iter().map(|(id, _, n)| (id.clone(), *n)).collect();
-                for (audit_id, at, notices) in &decided {
-                    let mut seen_notice = BTreeSet::new();
-                    for n in notices.iter().filter(|n| seen_notice.insert(n.id.clone())) {
-                        let Some(publisher) = publisher_of.get(&n.id) else { continue };
-                        for (sub, _, _) in subs.iter().filter(|(_, owner, _)| owner == publisher) {
-                            let Some(number) = numbers.get_mut(sub) else { continue };
-                            *number += 1;
-                            rows.push((
-                                se::subscription_id.eq(sub.clone()),
-                                se::event_number.eq(*number),
-                                se::event_id.eq(Uuid::new_v4().to_string()),
-                                se::notice_id.eq(n.id.clone()),
-                                se::notice_version.eq(n.version),
-                                se::kind.eq("disclosed"),
-                                se::occurred_at.eq(*at),
-                                se::matched.eq(true),
-                                se::audit_id.eq(Some((*audit_id).clone())),
-                                se::created_at.eq(db_time(now)),
-                            ));
-                        }
+            // Each entry's decisions (an entry pruned under retention has none).
+            let decided: Vec<(&String, NaiveDateTime, Vec<crate::audit::AuditedNotice>)> = entries
+                .iter()
+                .map(|(id, _, at, notices)| Ok((id, *at, serde_json::from_str(notices).map_err(corrupt)?)))
+                .collect::<Result<_, StoreError>>()?;
+            let ids: BTreeSet<String> = decided.iter().flat_map(|d| d.2.iter().map(|n| n.id.clone())).collect();
+            let ids: Vec<String> = ids.into_iter().collect();
+            let mut publisher_of: HashMap<String, String> = HashMap::new();
+            for chunk in ids.chunks(1000) {
+                let found: Vec<(String, String)> =
+                    nt::table.filter(nt::id.eq_any(chunk)).select((nt::id, nt::publisher_ods)).load(conn)?;
+                publisher_of.extend(found);
+            }
+            let mut numbers: HashMap<String, i64> = subs.iter().map(|(id, _, n)| (id.clone(), *n)).collect();
+            for (audit_id, at, notices) in &decided {
+                let mut seen_notice = BTreeSet::new();
+                for n in notices.iter().filter(|n| seen_notice.insert(n.id.clone())) {
+                    let Some(publisher) = publisher_of.get(&n.id) else { continue };
+                    for (sub, _, _) in subs.iter().filter(|(_, owner, _)| owner == publisher) {
+                        let Some(number) = numbers.get_mut(sub) else { continue };
+                        *number += 1;
+                        rows.push((
+                            se::subscription_id.eq(sub.clone()),
+                            se::event_number.eq(*number),
+                            se::event_id.eq(Uuid::new_v4().to_string()),
+                            se::notice_id.eq(n.id.clone()),
+                            se::notice_version.eq(n.version),
+                            se::kind.eq("disclosed"),
+                            se::occurred_at.eq(*at),
+                            se::matched.eq(true),
+                            se::audit_id.eq(Some((*audit_id).clone())),
+                            se::created_at.eq(db_time(now)),
+                        ));
                     }
                 }
             }
