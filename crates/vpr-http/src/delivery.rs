@@ -24,7 +24,7 @@ use vpr_policy::View;
 use vpr_store::audit::AuditEntry;
 use vpr_store::subscriptions::{Ack, FailedAttempt, Failure, Subscription, SubscriptionEvent};
 
-use crate::disclose::{audit_base, audit_entry, govern, AccessRequest, Read, Recipient};
+use crate::disclose::{audit_base, audit_entry, decide_read, AccessRequest, Read, Recipient};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -78,9 +78,40 @@ impl Default for DeliverySettings {
 pub struct Outbox {
     fan_out: Arc<Notify>,
     deliver: Arc<Notify>,
+    /// Subscriptions this replica's fan-out just gave events: claimed first, by id. Only a
+    /// hint: the claim checks each is due, and the general claim still finds every due one.
+    hinted: Arc<std::sync::Mutex<Vec<Uuid>>>,
 }
 
+/// Most hints kept; beyond that the general claim finds the rest.
+const MAX_HINTS: usize = 100_000;
+
 impl Outbox {
+    fn hint(&self, subscriptions: Vec<Uuid>) {
+        if let Ok(mut hinted) = self.hinted.lock() {
+            let room = MAX_HINTS.saturating_sub(hinted.len());
+            hinted.extend(subscriptions.into_iter().take(room));
+        }
+    }
+
+    /// Up to `n` hinted subscriptions, oldest hints first, without repeats.
+    fn take_hints(&self, n: usize) -> Vec<Uuid> {
+        let Ok(mut hinted) = self.hinted.lock() else { return Vec::new() };
+        let mut taken = Vec::new();
+        let mut used = 0;
+        for id in hinted.iter() {
+            if taken.len() == n {
+                break;
+            }
+            used += 1;
+            if !taken.contains(id) {
+                taken.push(*id);
+            }
+        }
+        hinted.drain(..used);
+        taken
+    }
+
     /// A notice change was committed: fan it out now rather than at the next poll.
     pub fn changed(&self) {
         self.fan_out.notify_one();
@@ -154,92 +185,171 @@ pub fn decide_events(
     push: bool,
     request_id: String,
 ) -> Result<Decided, ApiError> {
+    let mut decided = decide_many(state, &[ToDecide { sub, events, request_id }], action, push)?;
+    decided.pop().ok_or_else(|| ApiError::Internal("no decision was made".into()))
+}
+
+/// One subscription's events to decide, and the request id its audit entry records.
+#[derive(Debug)]
+pub struct ToDecide<'a> {
+    /// The subscription.
+    pub sub: &'a Subscription,
+    /// Its events, in order.
+    pub events: &'a [SubscriptionEvent],
+    /// The request id to record.
+    pub request_id: String,
+}
+
+/// [`decide_events`] for several subscriptions at once (a delivery round): the notices, what
+/// each subscription was given before, its cohort and the subjects' directives are read in a
+/// few queries for all of them, just before the decisions, and the audit entries (one per
+/// subscription) share commits. Every entry is committed before this returns; one result per
+/// subscription, in order.
+pub fn decide_many(
+    state: &AppState,
+    batch: &[ToDecide<'_>],
+    action: &'static str,
+    push: bool,
+) -> Result<Vec<Decided>, ApiError> {
     let now = state.clock.now();
-    let Some(principal) = subscriber(state, sub) else {
-        let why = "the subscribing system is no longer in the registry with the `subscriptions` scope".to_owned();
-        let entry = AuditEntry {
-            request_id,
-            actor_user: Some(format!("subscription:{}", sub.id)),
-            actor_role: Some(sub.role.clone()),
-            purpose: Some(sub.purpose.clone()),
-            context_ref: sub.context_ref.clone(),
-            decision: "refused".into(),
-            ..audit_entry(state, &sub.owner_ods, "unknown", &sub.owner_system, action, if push { 0 } else { 403 })
-        };
-        let id = entry.id;
-        state.store.append_audit(&entry).map_err(ApiError::audit_write_failed)?;
-        return Ok(Decided {
-            audit_id: id,
-            refused: Some(why),
-            events: events.iter().map(withheld).collect(),
-            shown: HashMap::new(),
-        });
-    };
-    if sub.topic == Topic::Disclosures {
-        return disclosures(state, &principal, sub, events, action, push, request_id);
-    }
-    let mut ids: Vec<Uuid> = events.iter().map(|e| e.notice_id).collect();
-    ids.sort();
-    ids.dedup();
-    let mut candidates = Vec::new();
-    let mut subject_refs = BTreeSet::new();
-    let mut shown = HashMap::new();
-    for id in &ids {
-        if let Some((n, blind)) = state.store.current_notice(*id)? {
-            subject_refs.extend(blind.iter().map(|b| format!("notice-subject:{b}")));
-            let nhs =
-                n.content.subject.person.as_ref().and_then(|p| p.nhs_number.as_ref()).map(|n| n.as_str().to_owned());
-            let nhs_in_cohort = match (&nhs, sub.criteria.cohort) {
-                (Some(nhs), true) => {
-                    let blind = state.store.vault().blind_index(vpr_domain::notice::MatchKind::NhsNumber, nhs);
-                    state.store.in_cohort(sub.id, std::slice::from_ref(&blind))?.contains(&blind).then(|| nhs.clone())
-                }
-                _ => None,
-            };
-            shown.insert(n.id, Shown { version: n.version.version, updated_at: n.version.at, nhs_in_cohort });
-            candidates.push((n, vec![]));
-        }
-    }
-    let id_strings: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    let received = state.store.received(sub.id, &id_strings)?;
-    let access = AccessRequest {
-        purpose: sub.purpose.clone(),
-        user_id: format!("subscription:{}", sub.id),
-        role: sub.role.clone(),
-        context_ref: sub.context_ref.clone(),
-        justification: None,
-    };
-    let max_view = match sub.payload {
-        Payload::IdOnly => View::Existence,
-        Payload::View => View::Full,
-    };
-    let read = Read {
-        recipient: Some(Recipient { subscription_id: sub.id, received, max_view, push, request_id: Some(request_id) }),
-        ..Read::new(action, subject_refs.into_iter().collect(), candidates, 403)
-    };
-    let disclosure = govern(state, &principal, &access, read, now)?;
-    let by_id: HashMap<String, Value> = disclosure
-        .results
-        .into_iter()
-        .filter_map(|v| v.get("id").and_then(Value::as_str).map(str::to_owned).map(|id| (id, v.clone())))
-        .collect();
-    let bodies = events
-        .iter()
-        .map(|e| match by_id.get(&e.notice_id.to_string()) {
-            Some(view) => json!({
-                "event_id": e.event_id,
-                "event_number": e.number,
-                "type": event_type(&e.kind),
-                "occurred_at": e.occurred_at,
-                "notice_id": e.notice_id,
-                "notice_version": e.notice_version,
-                "matched_criteria": e.matched,
-                "notice": view,
-            }),
-            None => withheld(e),
+    let principals: Vec<Option<Principal>> = batch.iter().map(|d| subscriber(state, d.sub)).collect();
+    // Subscriptions to notices, with a subscriber the registry still knows: decided below.
+    let governed: Vec<usize> = (0..batch.len())
+        .filter(|&i| {
+            principals.get(i).is_some_and(Option::is_some)
+                && batch.get(i).is_some_and(|d| d.sub.topic == Topic::Notices)
         })
         .collect();
-    Ok(Decided { audit_id: disclosure.audit_id, refused: disclosure.refused, events: bodies, shown })
+    let notice_ids = |d: &ToDecide<'_>| -> Vec<Uuid> {
+        let ids: BTreeSet<Uuid> = d.events.iter().map(|e| e.notice_id).collect();
+        ids.into_iter().collect()
+    };
+    let all_ids: BTreeSet<Uuid> = governed.iter().filter_map(|&i| batch.get(i)).flat_map(notice_ids).collect();
+    let notices = state.store.current_notices(&all_ids.into_iter().collect::<Vec<_>>())?;
+    let nhs_of = |id: &Uuid| {
+        notices
+            .get(id)
+            .and_then(|(n, _)| n.content.subject.person.as_ref())
+            .and_then(|p| p.nhs_number.as_ref())
+            .map(|n| n.as_str().to_owned())
+    };
+    let vault = state.store.vault();
+    let mut cohort_asked = Vec::new();
+    let mut received_asked = Vec::new();
+    let mut by_purpose: HashMap<&str, BTreeSet<Uuid>> = HashMap::new();
+    for d in governed.iter().filter_map(|&i| batch.get(i)) {
+        let ids = notice_ids(d);
+        if d.sub.criteria.cohort {
+            for nhs in ids.iter().filter_map(nhs_of) {
+                cohort_asked.push((d.sub.id, vault.blind_index(vpr_domain::notice::MatchKind::NhsNumber, &nhs)));
+            }
+        }
+        by_purpose.entry(d.sub.purpose.as_str()).or_default().extend(ids.iter().filter(|id| notices.contains_key(id)));
+        received_asked.push((d.sub.id, ids.iter().map(ToString::to_string).collect::<Vec<_>>()));
+    }
+    let in_cohort = state.store.in_cohorts(&cohort_asked)?;
+    let mut received = state.store.received_many(&received_asked)?;
+    let mut directives = HashMap::new();
+    for (purpose, ids) in by_purpose {
+        let ids: Vec<Uuid> = ids.into_iter().collect();
+        directives.insert(purpose, state.store.directive_states(&ids, purpose, now.date_naive())?);
+    }
+    let mut decided = Vec::with_capacity(batch.len());
+    let mut entries = Vec::with_capacity(batch.len());
+    for (d, principal) in batch.iter().zip(&principals) {
+        let sub = d.sub;
+        let Some(principal) = principal else {
+            let entry = AuditEntry {
+                request_id: d.request_id.clone(),
+                actor_user: Some(format!("subscription:{}", sub.id)),
+                actor_role: Some(sub.role.clone()),
+                purpose: Some(sub.purpose.clone()),
+                context_ref: sub.context_ref.clone(),
+                decision: "refused".into(),
+                ..audit_entry(state, &sub.owner_ods, "unknown", &sub.owner_system, action, if push { 0 } else { 403 })
+            };
+            decided.push(Decided {
+                audit_id: entry.id,
+                refused: Some(
+                    "the subscribing system is no longer in the registry with the `subscriptions` scope".to_owned(),
+                ),
+                events: d.events.iter().map(withheld).collect(),
+                shown: HashMap::new(),
+            });
+            entries.push(entry);
+            continue;
+        };
+        if sub.topic == Topic::Disclosures {
+            // Audited as it is decided (an access-log push names no notice).
+            decided.push(disclosures(state, principal, sub, d.events, action, push, d.request_id.clone())?);
+            continue;
+        }
+        let mut candidates = Vec::new();
+        let mut subject_refs = BTreeSet::new();
+        let mut shown = HashMap::new();
+        for id in notice_ids(d) {
+            let Some((n, blind)) = notices.get(&id) else { continue };
+            subject_refs.extend(blind.iter().map(|b| format!("notice-subject:{b}")));
+            let nhs_in_cohort = nhs_of(&id).filter(|nhs| {
+                sub.criteria.cohort
+                    && in_cohort.contains(&(sub.id, vault.blind_index(vpr_domain::notice::MatchKind::NhsNumber, nhs)))
+            });
+            shown.insert(n.id, Shown { version: n.version.version, updated_at: n.version.at, nhs_in_cohort });
+            candidates.push((n.clone(), vec![]));
+        }
+        let access = AccessRequest {
+            purpose: sub.purpose.clone(),
+            user_id: format!("subscription:{}", sub.id),
+            role: sub.role.clone(),
+            context_ref: sub.context_ref.clone(),
+            justification: None,
+        };
+        let max_view = match sub.payload {
+            Payload::IdOnly => View::Existence,
+            Payload::View => View::Full,
+        };
+        let recipient = Recipient {
+            subscription_id: sub.id,
+            received: received.remove(&sub.id).unwrap_or_default(),
+            max_view,
+            push,
+            request_id: Some(d.request_id.clone()),
+        };
+        let read = Read {
+            recipient: Some(recipient),
+            ..Read::new(action, subject_refs.into_iter().collect(), candidates, 403)
+        };
+        let none = HashMap::new();
+        let states = directives.get(sub.purpose.as_str()).unwrap_or(&none);
+        let (disclosure, entry) = decide_read(state, principal, &access, read, now, states);
+        entries.extend(entry);
+        let by_id: HashMap<String, Value> = disclosure
+            .results
+            .into_iter()
+            .filter_map(|v| v.get("id").and_then(Value::as_str).map(str::to_owned).map(|id| (id, v)))
+            .collect();
+        let bodies = d
+            .events
+            .iter()
+            .map(|e| match by_id.get(&e.notice_id.to_string()) {
+                Some(view) => json!({
+                    "event_id": e.event_id,
+                    "event_number": e.number,
+                    "type": event_type(&e.kind),
+                    "occurred_at": e.occurred_at,
+                    "notice_id": e.notice_id,
+                    "notice_version": e.notice_version,
+                    "matched_criteria": e.matched,
+                    "notice": view,
+                }),
+                None => withheld(e),
+            })
+            .collect();
+        decided.push(Decided { audit_id: disclosure.audit_id, refused: disclosure.refused, events: bodies, shown });
+    }
+    // Guarantee 1: nothing is disclosed before its audit entry is committed.
+    state.store.append_audits(entries).map_err(ApiError::audit_write_failed)?;
+    Ok(decided)
 }
 
 /// Disclosures of the subscriber's own notices: its access log, pushed. The publisher is the
@@ -364,6 +474,7 @@ pub async fn fan_out(state: AppState) {
             loop {
                 let done = st.store.fan_out(500, st.clock.now())?;
                 total += done.deliveries;
+                st.outbox.hint(done.subscriptions);
                 if done.events == 0 {
                     break;
                 }
@@ -427,17 +538,28 @@ pub async fn deliver(state: AppState, client: reqwest::Client) {
             let (st, c) = (state.clone(), client.clone());
             tokio::spawn(async move { heartbeats(&st, &c).await });
         }
+        // Claim in batches (their first rounds are prepared together, and each claim looks
+        // through the subscriptions once): wait for half the permits unless nothing is in flight.
+        let batch = (settings.concurrency / 2).max(1);
         loop {
             let free = permits.available_permits();
-            if free == 0 {
+            if free == 0 || (free < batch && free < settings.concurrency.max(1)) {
                 break;
             }
             let st = state.clone();
             let o = owner.clone();
             let lease = chrono::Duration::from_std(settings.lease).unwrap_or_default();
+            let hinted = state.outbox.take_hints(free);
             let claimed = tokio::task::spawn_blocking(move || {
                 let now = st.clock.now();
-                st.store.claim_due(&o, i64::try_from(free).unwrap_or(1), now, now + lease)
+                let mut subs = st.store.claim_due_among(&o, &hinted, now, now + lease)?;
+                // With permits to spare, look through every subscription too: retries now due,
+                // redeliveries, and events other replicas fanned out.
+                if subs.len() < free {
+                    let more = i64::try_from(free - subs.len()).unwrap_or(1);
+                    subs.extend(st.store.claim_due(&o, more, now, now + lease)?);
+                }
+                Ok::<_, vpr_store::StoreError>(subs)
             })
             .await;
             let subs = match claimed {
@@ -454,11 +576,22 @@ pub async fn deliver(state: AppState, client: reqwest::Client) {
             if subs.is_empty() {
                 break;
             }
-            for sub in subs {
+            let (st, claimed) = (state.clone(), subs.clone());
+            let rounds: Vec<Option<FirstRound>> =
+                match tokio::task::spawn_blocking(move || first_rounds(&st, &claimed)).await {
+                    Ok(Ok(rounds)) => rounds.into_iter().map(Some).collect(),
+                    Ok(Err(e)) => {
+                        // Each subscription then loads its own events.
+                        tracing::warn!(error = %e, "loading due events failed");
+                        subs.iter().map(|_| None).collect()
+                    }
+                    Err(_) => subs.iter().map(|_| None).collect(),
+                };
+            for (sub, round) in subs.into_iter().zip(rounds) {
                 let Ok(permit) = permits.clone().acquire_owned().await else { return };
                 let (st, c, o) = (state.clone(), client.clone(), owner.clone());
                 tokio::spawn(async move {
-                    push_subscription(&st, &c, &o, sub).await;
+                    push_subscription(&st, &c, &o, sub, round).await;
                     drop(permit);
                     // A permit is free: claim more now rather than at the next poll.
                     st.outbox.due();
@@ -538,30 +671,40 @@ impl Acks {
 
 /// Pushes one leased subscription's due events in order, until it is caught up, a push fails,
 /// or the lease is lost.
-async fn push_subscription(state: &AppState, client: &reqwest::Client, owner: &str, mut sub: Subscription) {
+async fn push_subscription(
+    state: &AppState,
+    client: &reqwest::Client,
+    owner: &str,
+    mut sub: Subscription,
+    mut first: Option<FirstRound>,
+) {
     let sid = sub.id;
     let mut acks = Acks::default();
     // The claimed row is current; later rounds reload it (its settings or status may change).
     let mut reload = false;
     loop {
-        let st = state.clone();
-        let after = sub.delivery.delivered_upto;
-        let loaded = tokio::task::spawn_blocking(move || {
-            let current = if reload { st.store.subscription(sid)? } else { None };
-            let events = st.store.events_after(sid, after, BATCH)?;
-            Ok::<_, vpr_store::StoreError>((current, events))
-        })
-        .await;
-        let (current, events) = match loaded {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::warn!(subscription = %sid, error = %e, "loading events failed; will retry");
-                acks.settle().await;
-                return release(state, sid, owner).await;
-            }
-            Err(_) => {
-                acks.settle().await;
-                return release(state, sid, owner).await;
+        let (current, events, mut ready) = if let Some(round) = first.take() {
+            (None, round.events, Some(round.bodies))
+        } else {
+            let st = state.clone();
+            let after = sub.delivery.delivered_upto;
+            let loaded = tokio::task::spawn_blocking(move || {
+                let current = if reload { st.store.subscription(sid)? } else { None };
+                let events = st.store.events_after(sid, after, BATCH)?;
+                Ok::<_, vpr_store::StoreError>((current, events))
+            })
+            .await;
+            match loaded {
+                Ok(Ok((current, events))) => (current, events, None),
+                Ok(Err(e)) => {
+                    tracing::warn!(subscription = %sid, error = %e, "loading events failed; will retry");
+                    acks.settle().await;
+                    return release(state, sid, owner).await;
+                }
+                Err(_) => {
+                    acks.settle().await;
+                    return release(state, sid, owner).await;
+                }
             }
         };
         if reload {
@@ -585,9 +728,12 @@ async fn push_subscription(state: &AppState, client: &reqwest::Client, owner: &s
         // A short round is all that is due: its last acknowledgement gives the lease back too.
         let last =
             if i64::try_from(events.len()).unwrap_or(BATCH) < BATCH { events.last().map(|e| e.number) } else { None };
-        let at_once = if sub.delivery.attempts > 0 { 1 } else { DECIDE_AT_ONCE };
-        for run in events.chunks(at_once) {
-            let bodies = match prepare(state, &sub, run).await {
+        for run in events.chunks(run_len(&sub)) {
+            let prepared = match ready.take() {
+                Some(bodies) => bodies,
+                None => prepare(state, &sub, run).await,
+            };
+            let bodies = match prepared {
                 Ok(b) => b,
                 Err(why) => {
                     acks.settle().await;
@@ -692,6 +838,49 @@ async fn release(state: &AppState, sid: Uuid, owner: &str) {
 /// decides that event alone.
 const DECIDE_AT_ONCE: usize = 16;
 
+/// How many of a subscription's due events are decided together.
+fn run_len(sub: &Subscription) -> usize {
+    if sub.delivery.attempts > 0 {
+        1
+    } else {
+        DECIDE_AT_ONCE
+    }
+}
+
+/// A claimed subscription's first round: its due events (at most [`BATCH`]) and its first run
+/// of them, decided, audited and rendered together with the other subscriptions claimed with it.
+struct FirstRound {
+    events: Vec<SubscriptionEvent>,
+    bodies: Result<Vec<Outgoing>, String>,
+}
+
+/// Loads and prepares the first round of each claimed subscription (on the blocking pool): a
+/// fan-out to a thousand subscribers costs a few queries and shared audit commits per claim,
+/// not several queries per subscriber. One round per subscription, in order.
+fn first_rounds(state: &AppState, subs: &[Subscription]) -> Result<Vec<FirstRound>, vpr_store::StoreError> {
+    let from: Vec<(Uuid, i64)> = subs.iter().map(|s| (s.id, s.delivery.delivered_upto)).collect();
+    let mut due = state.store.events_after_many(&from, BATCH)?;
+    let loaded: Vec<Vec<SubscriptionEvent>> = subs.iter().map(|s| due.remove(&s.id).unwrap_or_default()).collect();
+    let runs: Vec<(Subscription, Vec<SubscriptionEvent>)> = subs
+        .iter()
+        .zip(&loaded)
+        .filter(|(_, events)| !events.is_empty())
+        .map(|(sub, events)| (sub.clone(), events.iter().take(run_len(sub)).cloned().collect()))
+        .collect();
+    let mut prepared = prepare_many(state, &runs).into_iter();
+    Ok(loaded
+        .into_iter()
+        .map(|events| {
+            let bodies = if events.is_empty() {
+                Ok(Vec::new())
+            } else {
+                prepared.next().unwrap_or_else(|| Err("not sent: nothing was prepared".into()))
+            };
+            FirstRound { events, bodies }
+        })
+        .collect())
+}
+
 /// One push, ready to send.
 #[derive(Debug)]
 pub struct Outgoing {
@@ -707,31 +896,57 @@ pub struct Outgoing {
 /// renders each: a signed (and optionally encrypted) event, or a FHIR notification Bundle with a
 /// detached signature.
 async fn prepare(state: &AppState, sub: &Subscription, events: &[SubscriptionEvent]) -> Result<Vec<Outgoing>, String> {
-    let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(Vec::new()) };
-    let attempt = sub.delivery.attempts.saturating_add(1);
-    let request_id = format!("delivery:{}:{}-{}:{attempt}", sub.id, first.number, last.number);
-    let (st, s, e) = (state.clone(), sub.clone(), events.to_vec());
-    tokio::task::spawn_blocking(move || {
-        let decided =
-            decide_events(&st, &s, &e, "deliver", true, request_id).map_err(|err| format!("not sent: {err}"))?;
-        e.iter()
-            .zip(&decided.events)
-            .map(|(event, body)| {
-                if s.channel == "fhir" {
-                    let bundle = crate::fhir::subscription::pushed(&st, &s, &decided, event, body).to_string();
-                    let signature =
-                        st.tokens.keys().sign_detached(bundle.as_bytes()).map_err(|err| format!("not sent: {err}"))?;
-                    Ok(Outgoing { body: bundle, content_type: crate::fhir::FHIR_JSON, signature: Some(signature) })
-                } else {
-                    let body =
-                        webhook_body(&st, &s, body, decided.audit_id).map_err(|err| format!("not sent: {err}"))?;
-                    Ok(Outgoing { body, content_type: "application/jose", signature: None })
-                }
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| format!("not sent: {e}"))?
+    let runs = vec![(sub.clone(), events.to_vec())];
+    let st = state.clone();
+    let mut prepared =
+        tokio::task::spawn_blocking(move || prepare_many(&st, &runs)).await.map_err(|e| format!("not sent: {e}"))?;
+    prepared.pop().unwrap_or_else(|| Err("not sent: nothing was prepared".into()))
+}
+
+/// [`prepare`] for a run of each of several subscriptions (on the blocking pool): decided and
+/// audited together, then rendered. One result per run, in order.
+fn prepare_many(
+    state: &AppState,
+    runs: &[(Subscription, Vec<SubscriptionEvent>)],
+) -> Vec<Result<Vec<Outgoing>, String>> {
+    let batch: Vec<ToDecide<'_>> = runs
+        .iter()
+        .map(|(sub, events)| {
+            let (first, last) = (events.first().map_or(0, |e| e.number), events.last().map_or(0, |e| e.number));
+            let attempt = sub.delivery.attempts.saturating_add(1);
+            ToDecide { sub, events, request_id: format!("delivery:{}:{first}-{last}:{attempt}", sub.id) }
+        })
+        .collect();
+    let decided = match decide_many(state, &batch, "deliver", true) {
+        Ok(d) => d,
+        Err(err) => return runs.iter().map(|_| Err(format!("not sent: {err}"))).collect(),
+    };
+    runs.iter().zip(&decided).map(|((sub, events), decided)| render(state, sub, events, decided)).collect()
+}
+
+/// Renders decided events for the wire.
+fn render(
+    state: &AppState,
+    sub: &Subscription,
+    events: &[SubscriptionEvent],
+    decided: &Decided,
+) -> Result<Vec<Outgoing>, String> {
+    events
+        .iter()
+        .zip(&decided.events)
+        .map(|(event, body)| {
+            if sub.channel == "fhir" {
+                let bundle = crate::fhir::subscription::pushed(state, sub, decided, event, body).to_string();
+                let signature =
+                    state.tokens.keys().sign_detached(bundle.as_bytes()).map_err(|err| format!("not sent: {err}"))?;
+                Ok(Outgoing { body: bundle, content_type: crate::fhir::FHIR_JSON, signature: Some(signature) })
+            } else {
+                let body =
+                    webhook_body(state, sub, body, decided.audit_id).map_err(|err| format!("not sent: {err}"))?;
+                Ok(Outgoing { body, content_type: "application/jose", signature: None })
+            }
+        })
+        .collect()
 }
 
 /// Sends one prepared event. Any 2xx acknowledges it.

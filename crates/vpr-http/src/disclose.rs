@@ -6,7 +6,7 @@
 //! the decided view -> append the audit entry durably -> only then respond. If the audit entry
 //! cannot be written the read fails with 503 and nothing is disclosed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -14,6 +14,7 @@ use uuid::Uuid;
 use vpr_auth::Principal;
 use vpr_policy::{AccessContext, Decision, NoticeFacts, Requester, View};
 use vpr_store::audit::{AuditEntry, AuditedNotice};
+use vpr_store::directives::DirectiveState;
 use vpr_store::StoredNotice;
 
 use crate::error::{current_request_id, ApiError};
@@ -169,13 +170,40 @@ pub fn govern(
     read: Read,
     now: DateTime<Utc>,
 ) -> Result<Disclosure, ApiError> {
+    let states = if state.ungoverned_reads || requester_refusal(state, principal, access).is_some() {
+        HashMap::new()
+    } else {
+        let ids: Vec<Uuid> = read.candidates.iter().map(|(n, _)| n.id).collect();
+        state.store.directive_states(&ids, &access.purpose, now.date_naive())?
+    };
+    let (disclosure, entry) = decide_read(state, principal, access, read, now, &states);
+    // Guarantee 1: no disclosure without a committed audit entry. (The benchmark switches that
+    // skip it are refused outside demo mode.)
+    if let Some(entry) = entry {
+        state.store.append_audit(&entry).map_err(ApiError::audit_write_failed)?;
+    }
+    Ok(disclosure)
+}
+
+/// Decides and minimises a read, given the directives in force for its notices' subjects (read
+/// just before, for the read's purpose), and makes its audit entry. Nothing may be disclosed
+/// until the caller has committed that entry; there is none only for the benchmark baselines
+/// (refused outside demo mode).
+pub fn decide_read(
+    state: &AppState,
+    principal: &Principal,
+    access: &AccessRequest,
+    read: Read,
+    now: DateTime<Utc>,
+    states: &HashMap<Uuid, DirectiveState>,
+) -> (Disclosure, Option<AuditEntry>) {
     let Read { action, subject_refs, candidates, refusal_status, recipient } = read;
     if state.ungoverned_reads {
         // Benchmark baseline only (refused outside demo mode): no decision, no audit.
         let full =
             Decision { permit: true, view: Some(View::Full), restricted: false, lawful_basis: vec![], clauses: vec![] };
         let results = candidates.iter().map(|(n, m)| minimise(state, n, m, View::Full, &full)).collect();
-        return Ok(Disclosure { audit_id: Uuid::nil(), results, refused: None });
+        return (Disclosure { audit_id: Uuid::nil(), results, refused: None }, None);
     }
     let refused = requester_refusal(state, principal, access);
     let mut considered = Vec::new();
@@ -186,8 +214,6 @@ pub fn govern(
             role: access.role.clone(),
             system: principal.client_id.clone(),
         };
-        let ids: Vec<Uuid> = candidates.iter().map(|(n, _)| n.id).collect();
-        let states = state.store.directive_states(&ids, &access.purpose, now.date_naive())?;
         for (notice, matched) in candidates {
             let directives = states.get(&notice.id).copied().unwrap_or_default();
             let ctx = AccessContext {
@@ -273,12 +299,8 @@ pub fn govern(
         .iter()
         .filter_map(|c| c.decision.view.map(|v| minimise(state, &c.notice, &c.matched, v, &c.decision)))
         .collect();
-    // Guarantee 1: no disclosure without a committed audit entry. (The benchmark switch that
-    // skips it is refused outside demo mode.)
-    if !state.unaudited_reads {
-        state.store.append_audit(&entry).map_err(ApiError::audit_write_failed)?;
-    }
-    Ok(Disclosure { audit_id: entry.id, results, refused })
+    let disclosure = Disclosure { audit_id: entry.id, results, refused };
+    (disclosure, (!state.unaudited_reads).then_some(entry))
 }
 
 /// An audit entry for `principal` doing `action` now, with every other field empty, for callers

@@ -245,6 +245,12 @@ impl Store {
         self.audit_writer.submit(e.clone())
     }
 
+    /// Appends several entries durably, sharing commits: returns once every one is committed,
+    /// or the first failure (some may then be committed, none is disclosed).
+    pub fn append_audits(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
+        self.audit_writer.submit_many(entries).into_iter().collect()
+    }
+
     /// Audit entries after `after_seq`, oldest first, at most `limit`.
     pub fn audit_entries(&self, after_seq: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
         let mut conn = self.conn()?;

@@ -69,14 +69,38 @@ impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
 
     /// Submits an item and waits until it is committed (or its write failed).
     pub(crate) fn submit(&self, item: T) -> Result<R, StoreError> {
-        let (reply, outcome) = sync_channel(1);
-        let stopped = || StoreError::Unavailable(format!("the {} has stopped", self.name));
-        self.sender()?.send((item, reply)).map_err(|_| stopped())?;
-        match outcome.recv() {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(why)) => Err(StoreError::Unavailable(format!("{} write failed: {why}", self.name))),
-            Err(_) => Err(stopped()),
-        }
+        self.submit_many(vec![item]).pop().unwrap_or_else(|| Err(self.stopped()))
+    }
+
+    /// Submits several items at once (so they can share a commit) and waits until each is
+    /// committed (or its write failed); one result per item, in order.
+    pub(crate) fn submit_many(&self, items: Vec<T>) -> Vec<Result<R, StoreError>> {
+        let sender = match self.sender() {
+            Ok(s) => s,
+            Err(e) => {
+                let why = e.to_string();
+                return items.iter().map(|_| Err(StoreError::Unavailable(why.clone()))).collect();
+            }
+        };
+        let waiting: Vec<_> = items
+            .into_iter()
+            .map(|item| {
+                let (reply, outcome) = sync_channel(1);
+                sender.send((item, reply)).ok().map(|()| outcome)
+            })
+            .collect();
+        waiting
+            .into_iter()
+            .map(|outcome| match outcome.map(|o| o.recv()) {
+                Some(Ok(Ok(r))) => Ok(r),
+                Some(Ok(Err(why))) => Err(StoreError::Unavailable(format!("{} write failed: {why}", self.name))),
+                _ => Err(self.stopped()),
+            })
+            .collect()
+    }
+
+    fn stopped(&self) -> StoreError {
+        StoreError::Unavailable(format!("the {} has stopped", self.name))
     }
 }
 

@@ -1,6 +1,8 @@
 //! Notices and their versions. History is append-only: every change writes a new version and
 //! the current-state row moves forward only from the version the change was based on.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -321,6 +323,35 @@ impl Store {
         blind.dedup();
         self.recent.put(id, head.current_version, &n, &blind);
         Ok(Some((n, blind)))
+    }
+
+    /// The current versions of several notices with their subjects' blind indexes (as
+    /// [`Store::current_notice`], from one connection and one query for the heads). Unknown ids
+    /// are left out.
+    pub fn current_notices(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (StoredNotice, Vec<String>)>, StoreError> {
+        let mut out = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut conn = self.conn()?;
+        let keys: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let heads: Vec<NoticeRow> =
+            notices::table.filter(notices::id.eq_any(&keys)).select(NoticeRow::as_select()).load(&mut conn)?;
+        for head in heads {
+            let id = Uuid::parse_str(&head.id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Some(hit) = self.recent.get(id, head.current_version) {
+                out.insert(id, hit);
+                continue;
+            }
+            let Some(n) = self.version_in(&mut conn, &head.id, head.current_version)? else { continue };
+            let mut blind: Vec<String> =
+                n.content.subject.match_keys().iter().map(|(k, v)| self.vault.blind_index(*k, v)).collect();
+            blind.sort();
+            blind.dedup();
+            self.recent.put(id, head.current_version, &n, &blind);
+            out.insert(id, (n, blind));
+        }
+        Ok(out)
     }
 
     /// Every version of a notice, oldest first.

@@ -366,32 +366,41 @@ pub(crate) fn ack_writer(pool: crate::db::DbPool, writers: usize) -> AckWriter {
 
 /// Records one acknowledgement. Acknowledgements may commit out of order (they are pipelined),
 /// so the cursor only ever moves forward; false means the lease is no longer this replica's.
+/// (Written with the query builder so the statement is prepared once per connection, not
+/// planned per acknowledgement.)
 fn record_ack(conn: &mut DbConnection, a: &Ack) -> Result<bool, StoreError> {
-    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
-    // Placeholders appear in numeric order: SQLite numbers `$N` parameters by first appearance.
-    let release = if a.release { ", lease_owner = NULL" } else { "" };
-    let sql = format!(
-        "UPDATE subscriptions SET delivered_upto = CASE WHEN delivered_upto < $1 THEN $1 ELSE delivered_upto END, \
-         attempts = 0, failing_since = NULL, last_error = NULL, last_attempt_at = $2, last_delivered_at = $2, \
-         lease_until = $3{release} WHERE id = $4 AND lease_owner = $5"
+    use diesel::dsl::case_when;
+    use diesel::sql_types::BigInt;
+    let at = Some(db_time(a.at));
+    let target = s::table.filter(s::id.eq(a.subscription.to_string())).filter(s::lease_owner.eq(&a.owner));
+    let upto = case_when(s::delivered_upto.lt(a.number), a.number.into_sql::<BigInt>()).otherwise(s::delivered_upto);
+    let cleared = (
+        s::delivered_upto.eq(upto),
+        s::attempts.eq(0),
+        s::failing_since.eq(None::<NaiveDateTime>),
+        s::last_error.eq(None::<String>),
+        s::last_attempt_at.eq(at),
+        s::last_delivered_at.eq(at),
     );
-    let n = diesel::sql_query(sql)
-        .bind::<BigInt, _>(a.number)
-        .bind::<Timestamp, _>(db_time(a.at))
-        .bind::<Nullable<Timestamp>, _>((!a.release).then(|| db_time(a.lease_until)))
-        .bind::<Text, _>(a.subscription.to_string())
-        .bind::<Text, _>(&a.owner)
-        .execute(conn)?;
+    let n = if a.release {
+        diesel::update(target)
+            .set((cleared, s::lease_until.eq(None::<NaiveDateTime>), s::lease_owner.eq(None::<String>)))
+            .execute(conn)?
+    } else {
+        diesel::update(target).set((cleared, s::lease_until.eq(Some(db_time(a.lease_until))))).execute(conn)?
+    };
     Ok(n == 1)
 }
 
 /// What one fan-out step did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FanOut {
     /// Notice events processed.
     pub events: usize,
     /// Subscription events created.
     pub deliveries: usize,
+    /// The subscriptions given events (a hint for this replica's delivery).
+    pub subscriptions: Vec<Uuid>,
 }
 
 /// What became of a failed attempt.
@@ -442,13 +451,19 @@ pub(crate) fn record_notice_event(
 
 /// Records that subscriptions were given notices (with their audit entries, in one transaction).
 pub(crate) fn record_received(conn: &mut DbConnection, pairs: &[(String, String)]) -> Result<(), StoreError> {
-    for (sub, notice) in pairs {
-        diesel::sql_query(
-            "INSERT INTO subscription_notice_seen (subscription_id, notice_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind::<diesel::sql_types::Text, _>(sub)
-        .bind::<diesel::sql_types::Text, _>(notice)
-        .execute(conn)?;
+    let unique: BTreeSet<&(String, String)> = pairs.iter().collect();
+    let rows: Vec<_> =
+        unique.into_iter().map(|(sub, notice)| (seen::subscription_id.eq(sub), seen::notice_id.eq(notice))).collect();
+    // A few multi-row statements, not one per pair; a pair recorded before is left as it is.
+    for chunk in rows.chunks(1000) {
+        match &mut *conn {
+            DbConnection::Pg(c) => {
+                diesel::insert_into(seen::table).values(chunk).on_conflict_do_nothing().execute(c)?
+            }
+            DbConnection::Sqlite(c) => {
+                diesel::insert_into(seen::table).values(chunk).on_conflict_do_nothing().execute(c)?
+            }
+        };
     }
     Ok(())
 }
@@ -752,6 +767,7 @@ impl Store {
             }
             let deliveries = rows.len();
             crate::db::insert_chunks!(conn, se::table, rows, 500);
+            let subscriptions = touched.iter().filter_map(|id| Uuid::parse_str(id).ok()).collect();
             let updates: Vec<(String, i64)> =
                 touched.into_iter().filter_map(|id| numbers.get(&id).map(|n| (id, *n))).collect();
             for chunk in updates.chunks(500) {
@@ -768,7 +784,7 @@ impl Store {
             diesel::update(ne::table.filter(ne::seq.eq_any(&seqs)))
                 .set(ne::fanned_out_at.eq(db_time(now)))
                 .execute(conn)?;
-            Ok(FanOut { events: pending.len(), deliveries })
+            Ok(FanOut { events: pending.len(), deliveries, subscriptions })
         })
     }
 
@@ -878,6 +894,33 @@ impl Store {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<Subscription>, StoreError> {
+        self.claim(owner, limit, None, now, lease_until)
+    }
+
+    /// [`Store::claim_due`] among these subscriptions only (those a fan-out just gave events):
+    /// found through the primary key rather than by looking through every subscription. Those
+    /// not due, or leased already, are left out.
+    pub fn claim_due_among(
+        &self,
+        owner: &str,
+        ids: &[Uuid],
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Subscription>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.claim(owner, i64::try_from(ids.len()).unwrap_or(i64::MAX), Some(ids), now, lease_until)
+    }
+
+    fn claim(
+        &self,
+        owner: &str,
+        limit: i64,
+        among: Option<&[Uuid]>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Subscription>, StoreError> {
         use diesel::sql_types::{BigInt, Text, Timestamp};
         #[derive(QueryableByName)]
         struct Claimed {
@@ -885,26 +928,35 @@ impl Store {
             id: String,
         }
         let mut conn = self.conn()?;
-        let due: Option<String> = s::table
-            .inner_join(cnt::table)
-            .filter(s::method.eq("webhook"))
-            .filter(s::delivery_state.eq(delivery_state::ACTIVE))
-            .filter(s::delivered_upto.lt(cnt::last_event_number))
-            .filter(s::next_attempt_at.le(db_time(now)))
-            .select(s::id)
-            .first(&mut conn)
-            .optional()?;
-        if due.is_none() {
-            return Ok(Vec::new());
-        }
         let lock = match &*conn {
             DbConnection::Pg(_) => " FOR UPDATE OF s SKIP LOCKED",
-            DbConnection::Sqlite(_) => "",
+            DbConnection::Sqlite(_) => {
+                // Look before taking SQLite's one write lock (PostgreSQL's claim writes nothing
+                // when nothing is due, and looking first would double the cost of each claim).
+                let due: Option<String> = s::table
+                    .inner_join(cnt::table)
+                    .filter(s::method.eq("webhook"))
+                    .filter(s::delivery_state.eq(delivery_state::ACTIVE))
+                    .filter(s::delivered_upto.lt(cnt::last_event_number))
+                    .filter(s::next_attempt_at.le(db_time(now)))
+                    .select(s::id)
+                    .first(&mut conn)
+                    .optional()?;
+                if due.is_none() && among.is_none() {
+                    return Ok(Vec::new());
+                }
+                ""
+            }
         };
+        // Ids are parsed UUIDs, never raw input: inlined.
+        let among = among.map_or_else(String::new, |ids| {
+            let list: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
+            format!("s.id IN ({}) AND ", list.join(", "))
+        });
         let sql = format!(
             "UPDATE subscriptions SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                SELECT s.id FROM subscriptions s JOIN subscription_counters c ON c.subscription_id = s.id \
-               WHERE s.method = 'webhook' AND s.status IN ('active', 'expired', 'revoked') \
+               WHERE {among}s.method = 'webhook' AND s.status IN ('active', 'expired', 'revoked') \
                AND s.delivery_state = 'active' AND s.delivered_upto < c.last_event_number AND s.next_attempt_at <= $3 \
                AND (s.lease_until IS NULL OR s.lease_until < $3) ORDER BY s.next_attempt_at LIMIT $4{lock}) \
              RETURNING id"
@@ -940,6 +992,89 @@ impl Store {
             .select(EventRow::as_select())
             .load(&mut conn)?;
         rows.into_iter().map(EventRow::decode).collect()
+    }
+
+    /// The next events of several subscriptions in one query: for each `(id, after)`, at most
+    /// `limit` events numbered after `after`, oldest first. (A subscription's events are
+    /// numbered without gaps, so a range of numbers is a page of events.)
+    pub fn events_after_many(
+        &self,
+        from: &[(Uuid, i64)],
+        limit: i64,
+    ) -> Result<HashMap<Uuid, Vec<SubscriptionEvent>>, StoreError> {
+        let mut out: HashMap<Uuid, Vec<SubscriptionEvent>> = HashMap::new();
+        let Some(((first, first_after), rest)) = from.split_first() else { return Ok(out) };
+        let range = |id: &Uuid, after: i64| {
+            se::subscription_id
+                .eq(id.to_string())
+                .and(se::event_number.gt(after))
+                .and(se::event_number.le(after.saturating_add(limit)))
+        };
+        let mut q = se::table.into_boxed::<<DbConnection as Connection>::Backend>().filter(range(first, *first_after));
+        for (id, after) in rest {
+            q = q.or_filter(range(id, *after));
+        }
+        let mut conn = self.conn()?;
+        let rows: Vec<EventRow> = q
+            .order((se::subscription_id.asc(), se::event_number.asc()))
+            .select(EventRow::as_select())
+            .load(&mut conn)?;
+        for row in rows {
+            let event = row.decode()?;
+            out.entry(event.subscription_id).or_default().push(event);
+        }
+        Ok(out)
+    }
+
+    /// Which of their notices each subscription has been given, in one query (as
+    /// [`Store::received`] for each).
+    pub fn received_many(&self, asked: &[(Uuid, Vec<String>)]) -> Result<HashMap<Uuid, HashSet<String>>, StoreError> {
+        let mut out: HashMap<Uuid, HashSet<String>> = asked.iter().map(|(id, _)| (*id, HashSet::new())).collect();
+        let subs: BTreeSet<String> =
+            asked.iter().filter(|(_, n)| !n.is_empty()).map(|(id, _)| id.to_string()).collect();
+        let notices: BTreeSet<&String> = asked.iter().flat_map(|(_, n)| n).collect();
+        if subs.is_empty() {
+            return Ok(out);
+        }
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, String)> = seen::table
+            .filter(seen::subscription_id.eq_any(&subs))
+            .filter(seen::notice_id.eq_any(&notices))
+            .select((seen::subscription_id, seen::notice_id))
+            .load(&mut conn)?;
+        let wanted: HashSet<(String, &String)> =
+            asked.iter().flat_map(|(id, n)| n.iter().map(move |n| (id.to_string(), n))).collect();
+        for (sub, notice) in rows {
+            if !wanted.contains(&(sub.clone(), &notice)) {
+                continue;
+            }
+            if let Some(set) = Uuid::parse_str(&sub).ok().and_then(|id| out.get_mut(&id)) {
+                set.insert(notice);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which `(subscription, blind index)` pairs are in the subscription's cohort, in one query
+    /// (as [`Store::in_cohort`] for each).
+    pub fn in_cohorts(&self, asked: &[(Uuid, String)]) -> Result<HashSet<(Uuid, String)>, StoreError> {
+        if asked.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let subs: BTreeSet<String> = asked.iter().map(|(id, _)| id.to_string()).collect();
+        let blind: BTreeSet<&String> = asked.iter().map(|(_, b)| b).collect();
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, String)> = sc::table
+            .filter(sc::subscription_id.eq_any(&subs))
+            .filter(sc::blind_index.eq_any(&blind))
+            .select((sc::subscription_id, sc::blind_index))
+            .load(&mut conn)?;
+        let wanted: HashSet<&(Uuid, String)> = asked.iter().collect();
+        Ok(rows
+            .into_iter()
+            .filter_map(|(sub, b)| Uuid::parse_str(&sub).ok().map(|id| (id, b)))
+            .filter(|pair| wanted.contains(pair))
+            .collect())
     }
 
     /// Records that the receiver acknowledged an event (group-committed with other

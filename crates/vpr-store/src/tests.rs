@@ -449,7 +449,7 @@ fn changes_fan_out_numbered_per_subscription_and_withdrawals_follow_earlier_reci
             .unwrap();
         assert_eq!(store.outbox_backlog().unwrap(), 4, "{name}");
         let done = store.fan_out(100, now).unwrap();
-        assert_eq!(done, subscriptions::FanOut { events: 4, deliveries: 9 }, "{name}");
+        assert_eq!((done.events, done.deliveries, done.subscriptions.len()), (4, 9, 3), "{name}");
         let both: Vec<(String, uuid::Uuid)> =
             store.events_after(everything, 2, 10).unwrap().into_iter().map(|e| (e.kind, e.notice_id)).collect();
         assert_eq!(both, vec![("created".to_owned(), gone.id), ("entered-in-error".to_owned(), gone.id)], "{name}");
@@ -502,6 +502,83 @@ fn changes_fan_out_numbered_per_subscription_and_withdrawals_follow_earlier_reci
         store.fan_out(100, now).unwrap();
         assert_eq!(store.subscription(everything).unwrap().unwrap().delivery.last_event_number, 6, "{name}");
         assert_eq!(store.events_after(cohort_id, 0, 10).unwrap().len(), 2, "{name}");
+    }
+}
+
+#[test]
+fn a_delivery_round_reads_many_subscriptions_at_once_as_it_would_each_alone() {
+    use vpr_domain::subscription::Criteria;
+    let b = backends();
+    for (name, store) in &b.stores {
+        let now = Utc::now();
+        let (x, y, idle) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let member = store.vault().blind_index(MatchKind::NhsNumber, "9990000018");
+        let stranger = store.vault().blind_index(MatchKind::NhsNumber, "9990000026");
+        store.create_subscription(&subscription(x, Criteria::default(), None), now).unwrap();
+        let cohort = Criteria { cohort: true, ..Default::default() };
+        store.create_subscription(&subscription(y, cohort, Some(vec![member.clone()])), now).unwrap();
+        store
+            .create_subscription(&subscription(idle, Criteria { cohort: true, ..Default::default() }, None), now)
+            .unwrap();
+        let a = created(store.publish(&new_notice("9990000018", None), now).unwrap());
+        let c = created(store.publish(&new_notice("9990000026", None), now).unwrap());
+        let done = store.fan_out(100, now).unwrap();
+        let mut given: Vec<uuid::Uuid> = done.subscriptions.clone();
+        given.sort();
+        let mut expected = vec![x, y];
+        expected.sort();
+        assert_eq!(given, expected, "{name}: the fan-out names whom it gave events");
+
+        // Pages of events per subscription, each as `events_after` gives it.
+        let pages = store.events_after_many(&[(x, 0), (y, 0), (idle, 0)], 10).unwrap();
+        assert_eq!(pages.get(&x).map(Vec::len), Some(2), "{name}");
+        assert_eq!(pages.get(&y).map(|e| e[0].notice_id), Some(a.id), "{name}");
+        assert!(!pages.contains_key(&idle), "{name}");
+        let from_one = store.events_after_many(&[(x, 1), (y, 0)], 1).unwrap();
+        assert_eq!(from_one.get(&x).map(|e| e.iter().map(|e| e.number).collect::<Vec<_>>()), Some(vec![2]), "{name}");
+        assert_eq!(
+            from_one.get(&x).map(|e| e[0].event_id),
+            store.events_after(x, 1, 1).unwrap().first().map(|e| e.event_id),
+            "{name}"
+        );
+        assert!(store.events_after_many(&[], 10).unwrap().is_empty(), "{name}");
+
+        // Current notices, with the blind indexes of their subjects; unknown ids left out.
+        let notices = store.current_notices(&[a.id, c.id, uuid::Uuid::new_v4()]).unwrap();
+        assert_eq!(notices.len(), 2, "{name}");
+        assert!(notices.get(&a.id).is_some_and(|(_, blind)| blind.contains(&member)), "{name}");
+        assert_eq!(notices.get(&c.id).map(|(n, _)| n.id), store.current_notice(c.id).unwrap().map(|(n, _)| n.id));
+
+        // Cohort membership and what each was given, asked for several subscriptions at once.
+        let asked = vec![(y, member.clone()), (y, stranger.clone()), (x, member.clone())];
+        let members = store.in_cohorts(&asked).unwrap();
+        assert_eq!(members, [(y, member.clone())].into_iter().collect(), "{name}");
+        let mut audit = audit_entry(1, now);
+        audit.received_by = Some(x.to_string());
+        audit.notices = vec![audit::AuditedNotice {
+            id: a.id.to_string(),
+            version: 1,
+            decision: "permit".into(),
+            view: Some("full".into()),
+            restricted: false,
+            lawful_basis: vec![],
+            clauses: vec![],
+        }];
+        store.append_audits(vec![audit, audit_entry(2, now)]).unwrap();
+        let ids = vec![a.id.to_string(), c.id.to_string()];
+        let received = store.received_many(&[(x, ids.clone()), (y, ids.clone()), (idle, vec![])]).unwrap();
+        assert_eq!(received.get(&x), Some(&[a.id.to_string()].into_iter().collect()), "{name}");
+        assert_eq!(received.get(&y).map(|r| r.len()), Some(0), "{name}");
+        assert_eq!(received.get(&x), Some(&store.received(x, &ids).unwrap()), "{name}");
+
+        // The hinted claim takes only those named that are due, and respects leases.
+        let lease = now + Duration::seconds(30);
+        let claimed = store.claim_due_among("r1", &[y, idle], now, lease).unwrap();
+        assert_eq!(claimed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![y], "{name}: idle has nothing due");
+        assert!(store.claim_due_among("r2", &[y], now, lease).unwrap().is_empty(), "{name}: leased by r1");
+        let rest = store.claim_due("r2", 10, now, lease).unwrap();
+        assert_eq!(rest.iter().map(|s| s.id).collect::<Vec<_>>(), vec![x], "{name}");
+        assert!(store.claim_due_among("r3", &[], now, lease).unwrap().is_empty(), "{name}");
     }
 }
 
