@@ -332,16 +332,7 @@ pub fn decide_many(
             .events
             .iter()
             .map(|e| match by_id.get(&e.notice_id.to_string()) {
-                Some(view) => json!({
-                    "event_id": e.event_id,
-                    "event_number": e.number,
-                    "type": event_type(&e.kind),
-                    "occurred_at": e.occurred_at,
-                    "notice_id": e.notice_id,
-                    "notice_version": e.notice_version,
-                    "matched_criteria": e.matched,
-                    "notice": view,
-                }),
+                Some(view) => event_body(e, [("matched_criteria", json!(e.matched)), ("notice", view.clone())]),
                 None => withheld(e),
             })
             .collect();
@@ -405,18 +396,26 @@ fn disclosures(
                     d
                 }
             };
-            json!({
-                "event_id": e.event_id,
-                "event_number": e.number,
-                "type": event_type(&e.kind),
-                "occurred_at": e.occurred_at,
-                "notice_id": e.notice_id,
-                "notice_version": e.notice_version,
-                "disclosure": disclosure,
-            })
+            event_body(e, [("disclosure", disclosure)])
         })
         .collect();
     Ok(Decided { audit_id, refused: None, events: bodies, shown: HashMap::new() })
+}
+
+/// An event as the wire shows it, with what it carries (`notice`, `disclosure`).
+fn event_body<const N: usize>(e: &SubscriptionEvent, carried: [(&str, Value); N]) -> Value {
+    let mut body = json!({
+        "event_id": e.event_id,
+        "event_number": e.number,
+        "type": event_type(&e.kind),
+        "occurred_at": e.occurred_at,
+        "notice_id": e.notice_id,
+        "notice_version": e.notice_version,
+    });
+    if let Some(map) = body.as_object_mut() {
+        map.extend(carried.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    }
+    body
 }
 
 /// An event the subscriber may not be told about: its number and id only.
@@ -538,8 +537,8 @@ pub async fn deliver(state: AppState, client: reqwest::Client) {
             let (st, c) = (state.clone(), client.clone());
             tokio::spawn(async move { heartbeats(&st, &c).await });
         }
-        // Claim in batches (their first rounds are prepared together, and each claim looks
-        // through the subscriptions once): wait for half the permits unless nothing is in flight.
+        // Claim in batches, whose first rounds are prepared together: wait for half the permits
+        // unless nothing is in flight.
         let batch = (settings.concurrency / 2).max(1);
         loop {
             let free = permits.available_permits();
@@ -858,8 +857,8 @@ struct FirstRound {
 /// fan-out to a thousand subscribers costs a few queries and shared audit commits per claim,
 /// not several queries per subscriber. One round per subscription, in order.
 fn first_rounds(state: &AppState, subs: &[Subscription]) -> Result<Vec<FirstRound>, vpr_store::StoreError> {
-    let from: Vec<(Uuid, i64)> = subs.iter().map(|s| (s.id, s.delivery.delivered_upto)).collect();
-    let mut due = state.store.events_after_many(&from, BATCH)?;
+    let ids: Vec<Uuid> = subs.iter().map(|s| s.id).collect();
+    let mut due = state.store.next_events_many(&ids, BATCH)?;
     let loaded: Vec<Vec<SubscriptionEvent>> = subs.iter().map(|s| due.remove(&s.id).unwrap_or_default()).collect();
     let runs: Vec<(Subscription, Vec<SubscriptionEvent>)> = subs
         .iter()

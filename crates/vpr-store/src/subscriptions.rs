@@ -948,17 +948,22 @@ impl Store {
                 ""
             }
         };
-        // Ids are parsed UUIDs, never raw input: inlined.
-        let among = among.map_or_else(String::new, |ids| {
-            let list: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
-            format!("s.id IN ({}) AND ", list.join(", "))
-        });
+        // Ids are parsed UUIDs, never raw input: inlined. Among named subscriptions the order
+        // does not matter, and asking for one would lead PostgreSQL to walk the due index
+        // through every subscription instead of looking each up by its key.
+        let (among, order) = among.map_or_else(
+            || (String::new(), "ORDER BY s.next_attempt_at "),
+            |ids| {
+                let list: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
+                (format!("s.id IN ({}) AND ", list.join(", ")), "")
+            },
+        );
         let sql = format!(
             "UPDATE subscriptions SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                SELECT s.id FROM subscriptions s JOIN subscription_counters c ON c.subscription_id = s.id \
                WHERE {among}s.method = 'webhook' AND s.status IN ('active', 'expired', 'revoked') \
                AND s.delivery_state = 'active' AND s.delivered_upto < c.last_event_number AND s.next_attempt_at <= $3 \
-               AND (s.lease_until IS NULL OR s.lease_until < $3) ORDER BY s.next_attempt_at LIMIT $4{lock}) \
+               AND (s.lease_until IS NULL OR s.lease_until < $3) {order}LIMIT $4{lock}) \
              RETURNING id"
         );
         let claimed: Vec<Claimed> = write_tx(&mut conn, |conn| {
@@ -994,28 +999,26 @@ impl Store {
         rows.into_iter().map(EventRow::decode).collect()
     }
 
-    /// The next events of several subscriptions in one query: for each `(id, after)`, at most
-    /// `limit` events numbered after `after`, oldest first. (A subscription's events are
-    /// numbered without gaps, so a range of numbers is a page of events.)
-    pub fn events_after_many(
+    /// The next events of several subscriptions in one query, each as [`Store::events_after`]
+    /// from its acknowledged cursor (`delivered_upto`) gives them: at most `limit` each, oldest
+    /// first. (A subscription's events are numbered without gaps, so a range of numbers past
+    /// the cursor is a page of events, found through the primary key.)
+    pub fn next_events_many(
         &self,
-        from: &[(Uuid, i64)],
+        ids: &[Uuid],
         limit: i64,
     ) -> Result<HashMap<Uuid, Vec<SubscriptionEvent>>, StoreError> {
         let mut out: HashMap<Uuid, Vec<SubscriptionEvent>> = HashMap::new();
-        let Some(((first, first_after), rest)) = from.split_first() else { return Ok(out) };
-        let range = |id: &Uuid, after: i64| {
-            se::subscription_id
-                .eq(id.to_string())
-                .and(se::event_number.gt(after))
-                .and(se::event_number.le(after.saturating_add(limit)))
-        };
-        let mut q = se::table.into_boxed::<<DbConnection as Connection>::Backend>().filter(range(first, *first_after));
-        for (id, after) in rest {
-            q = q.or_filter(range(id, *after));
+        if ids.is_empty() {
+            return Ok(out);
         }
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let mut conn = self.conn()?;
-        let rows: Vec<EventRow> = q
+        let rows: Vec<EventRow> = se::table
+            .inner_join(s::table.on(s::id.eq(se::subscription_id)))
+            .filter(s::id.eq_any(&ids))
+            .filter(se::event_number.gt(s::delivered_upto))
+            .filter(se::event_number.le(s::delivered_upto + limit))
             .order((se::subscription_id.asc(), se::event_number.asc()))
             .select(EventRow::as_select())
             .load(&mut conn)?;
