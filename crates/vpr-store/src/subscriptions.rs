@@ -897,9 +897,9 @@ impl Store {
         self.claim(owner, limit, None, now, lease_until)
     }
 
-    /// [`Store::claim_due`] among these subscriptions only (those a fan-out just gave events):
-    /// found through the primary key rather than by looking through every subscription. Those
-    /// not due, or leased already, are left out.
+    /// [`Store::claim_due`] among these subscriptions only (those a fan-out just gave events),
+    /// without ordering every due subscription to pick the oldest. Those not due, or leased
+    /// already, are left out.
     pub fn claim_due_among(
         &self,
         owner: &str,
@@ -949,8 +949,7 @@ impl Store {
             }
         };
         // Ids are parsed UUIDs, never raw input: inlined. Among named subscriptions the order
-        // does not matter, and asking for one would lead PostgreSQL to walk the due index
-        // through every subscription instead of looking each up by its key.
+        // does not matter.
         let (among, order) = among.map_or_else(
             || (String::new(), "ORDER BY s.next_attempt_at "),
             |ids| {
