@@ -220,11 +220,12 @@ pub fn decide_many(
                 && batch.get(i).is_some_and(|d| d.sub.topic == Topic::Notices)
         })
         .collect();
-    let notice_ids = |d: &ToDecide<'_>| -> Vec<Uuid> {
-        let ids: BTreeSet<Uuid> = d.events.iter().map(|e| e.notice_id).collect();
-        ids.into_iter().collect()
-    };
-    let all_ids: BTreeSet<Uuid> = governed.iter().filter_map(|&i| batch.get(i)).flat_map(notice_ids).collect();
+    // Each subscription's notices, once each, in order.
+    let notice_ids: Vec<Vec<Uuid>> = batch
+        .iter()
+        .map(|d| d.events.iter().map(|e| e.notice_id).collect::<BTreeSet<_>>().into_iter().collect())
+        .collect();
+    let all_ids: BTreeSet<Uuid> = governed.iter().filter_map(|&i| notice_ids.get(i)).flatten().copied().collect();
     let notices = state.store.current_notices(&all_ids.into_iter().collect::<Vec<_>>())?;
     let nhs_of = |id: &Uuid| {
         notices
@@ -237,8 +238,7 @@ pub fn decide_many(
     let mut cohort_asked = Vec::new();
     let mut received_asked = Vec::new();
     let mut by_purpose: HashMap<&str, BTreeSet<Uuid>> = HashMap::new();
-    for d in governed.iter().filter_map(|&i| batch.get(i)) {
-        let ids = notice_ids(d);
+    for (d, ids) in governed.iter().filter_map(|&i| batch.get(i).zip(notice_ids.get(i))) {
         if d.sub.criteria.cohort {
             for nhs in ids.iter().filter_map(nhs_of) {
                 cohort_asked.push((d.sub.id, vault.blind_index(vpr_domain::notice::MatchKind::NhsNumber, &nhs)));
@@ -256,7 +256,7 @@ pub fn decide_many(
     }
     let mut decided = Vec::with_capacity(batch.len());
     let mut entries = Vec::with_capacity(batch.len());
-    for (d, principal) in batch.iter().zip(&principals) {
+    for ((d, principal), ids) in batch.iter().zip(&principals).zip(&notice_ids) {
         let sub = d.sub;
         let Some(principal) = principal else {
             let entry = AuditEntry {
@@ -287,10 +287,10 @@ pub fn decide_many(
         let mut candidates = Vec::new();
         let mut subject_refs = BTreeSet::new();
         let mut shown = HashMap::new();
-        for id in notice_ids(d) {
-            let Some((n, blind)) = notices.get(&id) else { continue };
+        for id in ids {
+            let Some((n, blind)) = notices.get(id) else { continue };
             subject_refs.extend(blind.iter().map(|b| format!("notice-subject:{b}")));
-            let nhs_in_cohort = nhs_of(&id).filter(|nhs| {
+            let nhs_in_cohort = nhs_of(id).filter(|nhs| {
                 sub.criteria.cohort
                     && in_cohort.contains(&(sub.id, vault.blind_index(vpr_domain::notice::MatchKind::NhsNumber, nhs)))
             });

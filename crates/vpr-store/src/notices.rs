@@ -301,33 +301,17 @@ impl Store {
         self.version_in(&mut conn, &id, head.current_version)
     }
 
-    /// The current version of a notice with the blind indexes of its subject, served from a
-    /// small cache of recently read notices when the current version is unchanged (one fan-out
-    /// delivers the same notice to many subscribers). The version is checked on every call, so
-    /// a change is seen at once; entries live at most a minute.
+    /// The current version of a notice with the blind indexes of its subject (as
+    /// [`Store::current_notices`] gives it).
     pub fn current_notice(&self, id: Uuid) -> Result<Option<(StoredNotice, Vec<String>)>, StoreError> {
-        let mut conn = self.conn()?;
-        let key = id.to_string();
-        let Some(head) = self.head_in(&mut conn, &key)? else {
-            return Ok(None);
-        };
-        if let Some(hit) = self.recent.get(id, head.current_version) {
-            return Ok(Some(hit));
-        }
-        let Some(n) = self.version_in(&mut conn, &key, head.current_version)? else {
-            return Ok(None);
-        };
-        let mut blind: Vec<String> =
-            n.content.subject.match_keys().iter().map(|(k, v)| self.vault.blind_index(*k, v)).collect();
-        blind.sort();
-        blind.dedup();
-        self.recent.put(id, head.current_version, &n, &blind);
-        Ok(Some((n, blind)))
+        Ok(self.current_notices(&[id])?.remove(&id))
     }
 
-    /// The current versions of several notices with their subjects' blind indexes (as
-    /// [`Store::current_notice`], from one connection and one query for the heads). Unknown ids
-    /// are left out.
+    /// The current versions of several notices with the blind indexes of their subjects, from
+    /// one connection and one query for the heads; unknown ids are left out. Served from a small
+    /// cache of recently read notices when the current version is unchanged (one fan-out
+    /// delivers the same notice to many subscribers). The version is checked on every call, so
+    /// a change is seen at once; entries live at most a minute.
     pub fn current_notices(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (StoredNotice, Vec<String>)>, StoreError> {
         let mut out = HashMap::new();
         if ids.is_empty() {

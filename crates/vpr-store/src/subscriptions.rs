@@ -468,6 +468,17 @@ pub(crate) fn record_received(conn: &mut DbConnection, pairs: &[(String, String)
     Ok(())
 }
 
+/// The `(subscription, value)` rows of a query over several subscriptions and values that were
+/// asked for together (the query matches every subscription with every value).
+fn asked_pairs(
+    rows: Vec<(String, String)>,
+    wanted: &HashSet<(Uuid, String)>,
+) -> impl Iterator<Item = (Uuid, String)> + '_ {
+    rows.into_iter()
+        .filter_map(|(sub, value)| Uuid::parse_str(&sub).ok().map(|id| (id, value)))
+        .filter(move |pair| wanted.contains(pair))
+}
+
 fn insert_cohort(conn: &mut DbConnection, id: &str, blind: &[String]) -> Result<(), StoreError> {
     let unique: BTreeSet<&String> = blind.iter().collect();
     let rows: Vec<_> = unique.into_iter().map(|b| (sc::subscription_id.eq(id), sc::blind_index.eq(b))).collect();
@@ -1044,21 +1055,15 @@ impl Store {
             .filter(seen::notice_id.eq_any(&notices))
             .select((seen::subscription_id, seen::notice_id))
             .load(&mut conn)?;
-        let wanted: HashSet<(String, &String)> =
-            asked.iter().flat_map(|(id, n)| n.iter().map(move |n| (id.to_string(), n))).collect();
-        for (sub, notice) in rows {
-            if !wanted.contains(&(sub.clone(), &notice)) {
-                continue;
-            }
-            if let Some(set) = Uuid::parse_str(&sub).ok().and_then(|id| out.get_mut(&id)) {
-                set.insert(notice);
-            }
+        let wanted: HashSet<(Uuid, String)> =
+            asked.iter().flat_map(|(id, n)| n.iter().map(move |n| (*id, n.clone()))).collect();
+        for (sub, notice) in asked_pairs(rows, &wanted) {
+            out.entry(sub).or_default().insert(notice);
         }
         Ok(out)
     }
 
-    /// Which `(subscription, blind index)` pairs are in the subscription's cohort, in one query
-    /// (as [`Store::in_cohort`] for each).
+    /// Which `(subscription, blind index)` pairs are in the subscription's cohort, in one query.
     pub fn in_cohorts(&self, asked: &[(Uuid, String)]) -> Result<HashSet<(Uuid, String)>, StoreError> {
         if asked.is_empty() {
             return Ok(HashSet::new());
@@ -1071,12 +1076,8 @@ impl Store {
             .filter(sc::blind_index.eq_any(&blind))
             .select((sc::subscription_id, sc::blind_index))
             .load(&mut conn)?;
-        let wanted: HashSet<&(Uuid, String)> = asked.iter().collect();
-        Ok(rows
-            .into_iter()
-            .filter_map(|(sub, b)| Uuid::parse_str(&sub).ok().map(|id| (id, b)))
-            .filter(|pair| wanted.contains(pair))
-            .collect())
+        let wanted: HashSet<(Uuid, String)> = asked.iter().cloned().collect();
+        Ok(asked_pairs(rows, &wanted).collect())
     }
 
     /// Records that the receiver acknowledged an event (group-committed with other
@@ -1224,21 +1225,6 @@ impl Store {
                 .execute(&mut conn)?,
         };
         Ok(n == 1)
-    }
-
-    /// Which of these blind indexes are in the subscription's cohort.
-    pub fn in_cohort(&self, id: Uuid, blind: &[String]) -> Result<HashSet<String>, StoreError> {
-        if blind.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let mut conn = self.conn()?;
-        Ok(sc::table
-            .filter(sc::subscription_id.eq(id.to_string()))
-            .filter(sc::blind_index.eq_any(blind))
-            .select(sc::blind_index)
-            .load::<String>(&mut conn)?
-            .into_iter()
-            .collect())
     }
 
     /// A subscription's dead letters, newest first.
