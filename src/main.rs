@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use vpr_app::{App, Benchmark, NoticeSettings, SystemClock};
 use vpr_auth::{BrokerKeys, Registry, SigningKeyFile, TokenService, TokenSettings};
-use vpr_http::{AppState, NoticeSettings, SystemClock};
 use vpr_policy::Agreement;
 use vpr_store::{DataKeyFile, Store, Vault};
 
@@ -266,7 +266,7 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
         Some(p) => vec![std::fs::read(p).with_context(|| format!("cannot read `delivery.ca_file` `{}`", p.display()))?],
         None => Vec::new(),
     };
-    let delivery = vpr_http::delivery::DeliverySettings {
+    let delivery = vpr_app::delivery::DeliverySettings {
         retry_for: Duration::from_secs(cfg.delivery.retry_for_seconds),
         initial_backoff: Duration::from_millis(cfg.delivery.initial_backoff_ms),
         max_backoff: Duration::from_secs(cfg.delivery.max_backoff_seconds),
@@ -279,36 +279,51 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
         min_heartbeat: Duration::from_secs(cfg.delivery.min_heartbeat_seconds),
         extra_roots_pem,
     };
-    let webhook_client = vpr_http::delivery::webhook_client(&delivery).map_err(anyhow::Error::msg)?;
-    let state = AppState {
+    let webhook_client = vpr_app::delivery::webhook_client(&delivery).map_err(anyhow::Error::msg)?;
+    let app = App {
         store,
         tokens,
         notices: NoticeSettings { max_review_interval_days: agreement.max_review_interval_days },
         agreement: Arc::new(agreement),
-        ungoverned_reads: cfg.benchmark_ungoverned_reads,
-        unaudited_reads: cfg.benchmark_unaudited_reads,
+        benchmark: Benchmark {
+            ungoverned_reads: cfg.benchmark_ungoverned_reads,
+            unaudited_reads: cfg.benchmark_unaudited_reads,
+        },
         clock: Arc::new(SystemClock),
-        metrics: vpr_http::metrics::Metrics::new()?,
-        openapi: Arc::new(vpr_http::openapi::build()),
+        metrics: vpr_app::metrics::Metrics::new()?,
         delivery: Arc::new(delivery),
-        outbox: vpr_http::delivery::Outbox::default(),
+        outbox: vpr_app::delivery::Outbox::default(),
     };
-    tracing::info!(database = state.store.backend().name(), public_url = %cfg.public_url, "vpr-broker starting");
-    let sealer = tokio::spawn(vpr_http::tasks::seal_audit(state.clone(), Duration::from_secs(1)));
-    let expiry = tokio::spawn(vpr_http::tasks::expire_notices(
-        state.clone(),
-        Duration::from_secs(cfg.notices.expiry_check_seconds),
-    ));
-    let retention = tokio::spawn(vpr_http::tasks::retain_audit(state.clone(), Duration::from_secs(3600)));
+    tracing::info!(database = app.store.backend().name(), public_url = %cfg.public_url, "vpr-broker starting");
+    let schedule = vpr_app::tasks::Schedule {
+        expire_notices: Duration::from_secs(cfg.notices.expiry_check_seconds),
+        seal_audit: Duration::from_secs(1),
+        retain_audit: Duration::from_secs(3600),
+        expire_subscriptions: Duration::from_secs(60),
+    };
     // Fan-out and webhook delivery run on a runtime of their own, so pushes to slow receivers
     // never hold up the HTTP workers.
-    delivery_runtime.spawn(vpr_http::delivery::fan_out(state.clone()));
-    delivery_runtime.spawn(vpr_http::delivery::deliver(state.clone(), webhook_client));
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    vpr_http::run(state, &cfg.listen, workers, Duration::from_secs(cfg.shutdown_grace_seconds)).await?;
-    retention.abort();
-    expiry.abort();
-    sealer.abort();
+    let mut workers = vpr_app::tasks::start(&app, schedule, webhook_client, &delivery_runtime);
+    let http_workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
+    let server = vpr_http::run(app, &cfg.listen, http_workers, grace)?;
+    let handle = server.handle();
+    let mut failed = None;
+    tokio::select! {
+        served = server => served?,
+        ended = workers.ended() => {
+            tracing::error!(problem = %ended, "a background worker stopped: shutting down");
+            failed = Some(ended);
+            handle.stop(true).await;
+        }
+    }
+    let problems = workers.stop(grace).await;
+    for p in &problems {
+        tracing::error!(problem = %p, "background worker did not stop cleanly");
+    }
+    if let Some(why) = failed.or_else(|| problems.first().cloned()) {
+        bail!("stopped because {why}");
+    }
     tracing::info!("vpr-broker stopped");
     Ok(())
 }

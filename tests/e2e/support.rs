@@ -626,3 +626,112 @@ pub fn assert_matches_schema(schema_file: &str, value: &Value) {
     let errors = vpr_domain::validate::schema_errors(&validator, value);
     assert!(errors.is_empty(), "{schema_file}: {errors:?}\n{value:#}");
 }
+
+/// Ways of making the audit log unwritable under a running broker, to show that a request that
+/// depends on its audit entry fails and changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code, reason = "for audited_writes.rs, registered once audited writes commit with their entry (issue 13)")]
+pub enum AuditOutage {
+    /// The table is renamed away: every statement on it fails (as the read-path test does).
+    Renamed,
+    /// A trigger refuses every new row: the table stays readable and updatable, only the append
+    /// of an entry fails.
+    InsertsRefused,
+}
+
+#[allow(dead_code, reason = "for audited_writes.rs, registered once audited writes commit with their entry (issue 13)")]
+impl AuditOutage {
+    pub const ALL: [AuditOutage; 2] = [AuditOutage::Renamed, AuditOutage::InsertsRefused];
+}
+
+#[allow(dead_code, reason = "for audited_writes.rs, registered once audited writes commit with their entry (issue 13)")]
+impl TestBroker {
+    /// Makes the audit log unwritable in the way given.
+    pub fn break_audit(&self, how: AuditOutage) {
+        match (how, self.backend) {
+            (AuditOutage::Renamed, _) => self.exec("ALTER TABLE audit_entries RENAME TO audit_entries_unwritable"),
+            (AuditOutage::InsertsRefused, Backend::Sqlite) => self.exec(
+                "CREATE TRIGGER e2e_audit_refused BEFORE INSERT ON audit_entries \
+                 BEGIN SELECT RAISE(ABORT, 'e2e: the audit log refuses new entries'); END",
+            ),
+            (AuditOutage::InsertsRefused, Backend::Postgres) => {
+                self.exec(
+                    "CREATE OR REPLACE FUNCTION e2e_audit_refused() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN RAISE EXCEPTION 'e2e: the audit log refuses new entries'; END $$",
+                );
+                self.exec(
+                    "CREATE TRIGGER e2e_audit_refused BEFORE INSERT ON audit_entries \
+                     FOR EACH ROW EXECUTE FUNCTION e2e_audit_refused()",
+                );
+            }
+        }
+    }
+
+    /// Undoes `break_audit`.
+    pub fn restore_audit(&self, how: AuditOutage) {
+        match (how, self.backend) {
+            (AuditOutage::Renamed, _) => self.exec("ALTER TABLE audit_entries_unwritable RENAME TO audit_entries"),
+            (AuditOutage::InsertsRefused, Backend::Sqlite) => self.exec("DROP TRIGGER e2e_audit_refused"),
+            (AuditOutage::InsertsRefused, Backend::Postgres) => {
+                self.exec("DROP TRIGGER e2e_audit_refused ON audit_entries");
+                self.exec("DROP FUNCTION e2e_audit_refused()");
+            }
+        }
+    }
+
+    /// A request as the ICB's IG lead (`icb-ig`, with `VPR-User-Id` and `VPR-User-Role`).
+    pub fn as_ig(&self, r: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+        r.bearer_auth(self.token("icb-ig")).header("VPR-User-Id", "ig-lead-1").header("VPR-User-Role", "ig-lead")
+    }
+
+    /// Every audit entry, newest first, as the IG review API (`GET /v1/audit/entries`) shows
+    /// them, following `next_before` page by page. (Each page read is itself audited.)
+    pub fn audit_entries_via_review(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let r =
+                self.as_ig(self.http.get(self.url(&format!("/v1/audit/entries?limit=500{cursor}")))).send().unwrap();
+            assert_eq!(r.status(), 200, "the IG review search");
+            let page: Value = r.json().expect("json");
+            all.extend(page["entries"].as_array().expect("entries").iter().cloned());
+            match page["next_before"].as_i64() {
+                Some(before) => cursor = format!("&before={before}"),
+                None => return all,
+            }
+        }
+    }
+
+    /// Waits until every committed audit entry is sealed into a checkpoint; returns its size.
+    pub fn wait_sealed(&self) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let total = self.count("audit_entries");
+            let size = self
+                .http
+                .get(self.url("/v1/audit/checkpoints/latest"))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .and_then(|v| v["tree_size"].as_i64());
+            if size == Some(total) && total > 0 {
+                return total;
+            }
+            assert!(Instant::now() < deadline, "the audit log was not sealed in time:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A request id unique to this run, naming what it is for: `e2e-<kind>-<32 hex digits>`
+/// (the broker accepts ids of up to 64 letters, digits, `-`, `_` and `.`).
+pub fn request_id(kind: &str) -> String {
+    let id = format!("e2e-{kind}-{}", uuid::Uuid::new_v4().simple());
+    assert!(id.len() <= 64, "request id too long: {id}");
+    id
+}
+
+/// The content type of a response, or "".
+pub fn content_type(r: &Response) -> String {
+    r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}

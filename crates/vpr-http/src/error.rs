@@ -6,6 +6,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use vpr_app::AppError;
 use vpr_auth::AuthError;
 use vpr_domain::FieldError;
 use vpr_store::StoreError;
@@ -105,12 +106,6 @@ pub struct Problem {
 pub const PROBLEM_BASE: &str = "urn:vpr-broker:problem:";
 
 impl ApiError {
-    /// The audit entry a request depends on could not be committed: the request fails (503)
-    /// and nothing it would have disclosed leaves the broker.
-    pub fn audit_write_failed(cause: impl std::fmt::Display) -> Self {
-        ApiError::Unavailable(format!("audit write failed: {cause}"))
-    }
-
     fn slug_and_title(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::BadRequest { .. } => ("bad-request", "Malformed request"),
@@ -165,21 +160,31 @@ impl ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
         match e {
-            StoreError::NotFound => ApiError::NotFound("no notice has this id".into()),
-            StoreError::NotPublisher => {
-                ApiError::Forbidden("only the publishing organisation may change this notice".into())
-            }
-            StoreError::VersionMismatch { current } => ApiError::PreconditionFailed { current },
-            e @ StoreError::NotChangeable { .. } => ApiError::Conflict(e.to_string()),
-            StoreError::IdempotencyConflict => ApiError::IdempotencyKeyReused,
-            e @ StoreError::SubscriptionClosed(_) => ApiError::Conflict(e.to_string()),
-            e @ StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
-            e => ApiError::Internal(e.to_string()),
+            AppError::Validation(errors) => ApiError::Validation(errors),
+            AppError::InsufficientScope(scope) => ApiError::InsufficientScope(scope),
+            AppError::Forbidden(why) => ApiError::Forbidden(why),
+            AppError::NotFound(what) => ApiError::NotFound(what),
+            AppError::Conflict(why) => ApiError::Conflict(why),
+            AppError::PreconditionFailed { current } => ApiError::PreconditionFailed { current },
+            AppError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            AppError::Unavailable(cause) => ApiError::Unavailable(cause),
+            AppError::Internal(cause) => ApiError::Internal(cause),
         }
     }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+/// The strong entity tag of a notice version.
+pub fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 impl ResponseError for ApiError {
@@ -237,7 +242,7 @@ impl ResponseError for ApiError {
                 resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"vpr-broker\"")));
             }
             ApiError::PreconditionFailed { current } => {
-                resp.insert_header((header::ETAG, crate::handlers::notices::etag(*current)));
+                resp.insert_header((header::ETAG, etag(*current)));
             }
             ApiError::Unavailable(_) => {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));

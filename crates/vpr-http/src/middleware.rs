@@ -6,11 +6,13 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::web;
+use actix_web::{web, HttpMessage};
 use tracing::Instrument;
 
+use vpr_app::App;
+
 use crate::error::REQUEST_ID;
-use crate::AppState;
+use crate::extract::RequestId;
 
 /// The request id header, echoed on every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -30,7 +32,8 @@ pub async fn request_context(
     let id = incoming_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = req.method().to_string();
     let span = tracing::info_span!("request", request_id = %id, method = %method, path = %req.path());
-    let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
+    let metrics = req.app_data::<web::Data<App>>().map(|s| s.metrics.clone());
+    req.extensions_mut().insert(RequestId(id.clone()));
     let started = Instant::now();
     let result = REQUEST_ID.scope(id.clone(), next.call(req).instrument(span.clone())).await;
     let _enter = span.enter();
@@ -47,4 +50,23 @@ pub async fn request_context(
         resp.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
     }
     Ok(resp)
+}
+
+fn problem(pointer: &str, rule: &str, detail: String) -> actix_web::Error {
+    crate::error::ApiError::Validation(vec![vpr_domain::FieldError::new(pointer, rule, detail)]).into()
+}
+
+/// `web::Query` extraction failures as problem+json.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|e, _| problem("", "query-string", e.to_string()))
+}
+
+/// `web::Json` extraction failures as problem+json.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default().error_handler(|e, _| problem("", "json", e.to_string()))
+}
+
+/// `web::Path` extraction failures as problem+json.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|e, _| problem("", "path", e.to_string()))
 }

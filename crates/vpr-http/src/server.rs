@@ -7,11 +7,11 @@ use actix_web::{web, App, HttpRequest, HttpServer};
 use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
+use vpr_app::App as Application;
+
+pub use crate::docs::OpenApiDoc;
 use crate::error::ApiError;
-use crate::handlers::{
-    access_log, audit_proofs, break_glass, directives, lookups, notices, oauth, ops, review, subscriptions,
-};
-use crate::AppState;
+use crate::handlers::{access_log, audit, directives, lookups, notices, oauth, ops, review, subscriptions};
 
 /// Every route the broker serves. The OpenAPI document is generated from this same function.
 pub fn routes(cfg: &mut ServiceConfig) {
@@ -33,10 +33,10 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(ops::metrics)
         .service(ops::openapi)
         .service(ops::latest_checkpoint)
-        .service(audit_proofs::inclusion)
-        .service(audit_proofs::consistency)
-        .service(break_glass::queue)
-        .service(break_glass::review)
+        .service(audit::inclusion)
+        .service(audit::consistency)
+        .service(audit::queue)
+        .service(audit::review)
         .service(review::list_entries)
         .service(review::search)
         .service(review::summary)
@@ -74,16 +74,26 @@ async fn not_found(req: HttpRequest) -> actix_web::HttpResponse {
     }
 }
 
-/// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish
-/// within `grace`.
-pub async fn run(state: AppState, listen: &str, workers: usize, grace: Duration) -> std::io::Result<()> {
-    let data = web::Data::new(state);
+/// The OpenAPI document of [`routes`].
+pub fn openapi() -> OpenApiDoc {
+    OpenApiDoc(crate::openapi::build(routes))
+}
+
+/// Binds the server; it serves until SIGINT/SIGTERM, then stops accepting and lets in-flight
+/// requests finish within `grace`. Await the returned server to run it.
+pub fn run(app: Application, listen: &str, workers: usize, grace: Duration) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::new(app);
+    let doc = web::Data::new(openapi());
     let server = HttpServer::new(move || {
         App::new()
             .into_utoipa_app()
             .configure(routes)
             .into_app()
             .app_data(data.clone())
+            .app_data(doc.clone())
+            .app_data(crate::middleware::query_config())
+            .app_data(crate::middleware::json_config())
+            .app_data(crate::middleware::path_config())
             .default_service(web::to(not_found))
             .wrap(from_fn(crate::middleware::request_context))
     })
@@ -93,5 +103,5 @@ pub async fn run(state: AppState, listen: &str, workers: usize, grace: Duration)
     for addr in server.addrs() {
         tracing::info!(%addr, "listening");
     }
-    server.run().await
+    Ok(server.run())
 }

@@ -4,150 +4,20 @@
 //! and with what outcome. IG roles only; every export is itself audited. Subjects appear only as
 //! the blind references the audit holds, never as identifiers.
 
-#![expect(
-    clippy::indexing_slicing,
-    reason = "serde_json::Value indexing reads yield Null for a missing key, and writes go to objects built here"
-)]
-
 use actix_web::http::StatusCode;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
+use vpr_app::render::fhir::audit_event::audit_event;
+use vpr_app::App;
 use vpr_auth::Scope;
 use vpr_domain::FieldError;
-use vpr_store::audit::{AuditEntry, StoredAuditEntry};
 use vpr_store::review::AuditQuery;
 
-use super::flag::vio_label;
-use super::{base, coding, fhir_ok, FhirError, ODS_CODE, VPR_FHIR};
-use crate::disclose::audit_base;
+use super::{base, fhir_ok, FhirError};
 use crate::error::ApiError;
-use crate::handlers::review::reviewer;
-use crate::pipeline::{authenticate, blocking};
-use crate::AppState;
-
-fn instant(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// The RESTful interaction an action was, and its AuditEvent action code.
-fn interaction(action: &str) -> (&'static str, &'static str) {
-    match action {
-        "lookup" | "fhir-search" | "feed" | "fhir-events" => ("search-type", "E"),
-        "read" | "fhir-read" | "deliver" => ("read", "R"),
-        "subscribe" | "consent" | "objection" => ("create", "C"),
-        "unsubscribe" => ("delete", "D"),
-        _ => ("operation", "E"),
-    }
-}
-
-/// One audit entry as an `AuditEvent`.
-pub fn audit_event(state: &AppState, s: &StoredAuditEntry) -> Value {
-    let e = &s.entry;
-    let (subtype, action) = interaction(&e.action);
-    let refused = matches!(e.decision.as_str(), "deny" | "refused");
-    let policy: Vec<String> =
-        e.clauses.iter().map(|c| format!("urn:vpr-broker:agreement:{}:clause:{c}", e.agreement_version)).collect();
-    let org_name = state.tokens.registry().partner(&e.actor_org).map(|p| p.name.clone());
-    let mut requester = json!({
-        "type": {"coding": [coding("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "IRCP", "information recipient")]},
-        "who": {"identifier": {"system": ODS_CODE, "value": e.actor_org}, "display": org_name.unwrap_or_else(|| e.actor_org.clone())},
-        "requestor": true,
-    });
-    if let Some(user) = &e.actor_user {
-        requester["altId"] = json!(user);
-    }
-    if let Some(role) = &e.actor_role {
-        requester["role"] = json!([{"coding": [coding(&format!("{VPR_FHIR}/CodeSystem/role"), role, role)]}]);
-    }
-    if !policy.is_empty() {
-        requester["policy"] = json!(policy);
-    }
-    let mut entities: Vec<Value> = e
-        .notices
-        .iter()
-        .map(|n| {
-            let mut detail = vec![
-                json!({"type": "decision", "valueString": n.decision}),
-                json!({"type": "version", "valueString": n.version.to_string()}),
-            ];
-            if let Some(v) = &n.view {
-                detail.push(json!({"type": "view", "valueString": v}));
-            }
-            if !n.lawful_basis.is_empty() {
-                detail.push(json!({"type": "lawful-basis", "valueString": n.lawful_basis.join(" ")}));
-            }
-            if !n.clauses.is_empty() {
-                detail.push(json!({"type": "clauses", "valueString": n.clauses.join(" ")}));
-            }
-            json!({
-                "what": {"reference": format!("Flag/{}", n.id)},
-                "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
-                "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "4", "Domain Resource"),
-                "securityLabel": [vio_label()],
-                "detail": detail,
-            })
-        })
-        .collect();
-    for subject in &e.subject_refs {
-        entities.push(json!({
-            "what": {"identifier": {"system": "urn:vpr-broker:subject-reference", "value": subject}},
-            "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "1", "Person"),
-            "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "1", "Patient"),
-        }));
-    }
-    // A detail needs a value: empty ones are left out.
-    let mut context = Vec::new();
-    let mut add = |kind: &str, value: &str| {
-        if !value.is_empty() {
-            context.push(json!({"type": kind, "valueString": value}));
-        }
-    };
-    add("action", &e.action);
-    add("context-reference", e.context_ref.as_deref().unwrap_or_default());
-    if e.break_glass {
-        add("break-glass", e.justification.as_deref().unwrap_or("asserted"));
-        add("ig-review", e.ig_review.as_deref().unwrap_or_default());
-    }
-    add("request-id", &e.request_id);
-    add("http-outcome", &e.outcome.to_string());
-    entities.push(json!({
-        "what": {"identifier": {"system": "urn:vpr-broker:audit-entry", "value": e.id.to_string()}},
-        "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
-        "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "24", "Query"),
-        "detail": context,
-    }));
-    let mut event = json!({
-        "resourceType": "AuditEvent",
-        "id": e.id,
-        "meta": {"security": [vio_label()]},
-        "type": coding("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"),
-        "subtype": [coding("http://hl7.org/fhir/restful-interaction", subtype, subtype)],
-        "action": action,
-        "recorded": instant(e.at),
-        "outcome": if refused { "4" } else { "0" },
-        "outcomeDesc": e.decision,
-        "agent": [
-            requester,
-            {
-                "type": {"coding": [coding("http://dicom.nema.org/resources/ontology/DCM", "110150", "Application")]},
-                "who": {"identifier": {"system": format!("{VPR_FHIR}/Id/client-id"), "value": e.actor_system}},
-                "requestor": false,
-            },
-        ],
-        "source": {
-            "site": "vpr-broker",
-            "observer": {"display": state.tokens.settings().issuer.clone()},
-            "type": [coding("http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server")],
-        },
-        "entity": entities,
-    });
-    if let Some(p) = &e.purpose {
-        event["purposeOfEvent"] = json!([{"coding": [coding(&format!("{VPR_FHIR}/CodeSystem/purpose-of-use"), p, p)]}]);
-    }
-    event
-}
+use crate::extract::{authenticate, header_or_empty, Query};
 
 fn bad(param: &str, rule: &str, detail: &str) -> ApiError {
     ApiError::Validation(vec![FieldError::new(format!("/{param}"), rule, detail)])
@@ -226,28 +96,15 @@ fn query(params: &[(String, String)]) -> Result<(AuditQuery, i64, Option<i64>), 
     security(("bearer" = ["audit:read"]))
 )]
 #[get("/fhir/R4/AuditEvent")]
-pub async fn search(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, FhirError> {
-    let principal = authenticate(&state, &req, Scope::AuditRead)?;
-    let who = reviewer(&state, &req, &principal, "audit-event-export").await?;
-    let params: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
-        .map_err(|_| ApiError::BadRequest { detail: "the query string is malformed".into(), errors: vec![] })?;
+pub async fn search(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, FhirError> {
+    let caller = authenticate(&app, &req, &[Scope::AuditRead])?;
+    let (user, role) = (header_or_empty(&req, "VPR-User-Id"), header_or_empty(&req, "VPR-User-Role"));
+    let who = app.check_reviewer(&caller, user, role, "audit-event-export").await?;
+    let params = Query::of(&req)?.pairs().to_vec();
     let (q, count, cursor) = query(&params)?;
-    let audit = AuditEntry {
-        actor_user: Some(who.user.clone()),
-        actor_role: Some(who.role.clone()),
-        purpose: Some("vpr-management".into()),
-        context_ref: Some(format!("fhir AuditEvent?{}", req.query_string())),
-        decision: "permit".into(),
-        ..audit_base(&state, &principal, "audit-event-export", 200)
-    };
-    let st = state.clone();
-    let entries = blocking(move || {
-        let entries = st.store.search_audit(&q, cursor, count)?;
-        st.store.append_audit(&audit).map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        Ok(entries)
-    })
-    .await?;
-    let base = base(&state);
+    let described = format!("fhir AuditEvent?{}", req.query_string());
+    let entries = app.audit_events(&caller, who, q, described, cursor, count).await?;
+    let base = base(&app);
     let mut links = vec![json!({"relation": "self", "url": format!("{base}/AuditEvent?{}", req.query_string())})];
     if i64::try_from(entries.len()).unwrap_or(0) == count {
         if let Some(last) = entries.last() {
@@ -261,7 +118,7 @@ pub async fn search(state: web::Data<AppState>, req: HttpRequest) -> Result<Http
     }
     let entry: Vec<Value> = entries
         .iter()
-        .map(|s| json!({"fullUrl": format!("{base}/AuditEvent/{}", s.entry.id), "resource": audit_event(&state, s), "search": {"mode": "match"}}))
+        .map(|s| json!({"fullUrl": format!("{base}/AuditEvent/{}", s.entry.id), "resource": audit_event(&app, s), "search": {"mode": "match"}}))
         .collect();
     Ok(fhir_ok(
         StatusCode::OK,

@@ -11,7 +11,7 @@ use actix_web::{get, web, HttpResponse};
 use serde_json::{json, Value};
 
 use super::{fhir_ok, BACKPORT, FHIR_VERSION, TOPIC, VPR_FHIR};
-use crate::AppState;
+use vpr_app::App;
 
 /// A search parameter a resource supports.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +79,7 @@ pub const SERVED: &[Served] = &[
 ];
 
 /// The CapabilityStatement.
-pub fn capability_statement(state: &AppState) -> Value {
+pub fn capability_statement(app: &App) -> Value {
     let resources: Vec<Value> = SERVED
         .iter()
         .map(|s| {
@@ -107,15 +107,15 @@ pub fn capability_statement(state: &AppState) -> Value {
             "url": format!("{BACKPORT}/capabilitystatement-subscriptiontopic-canonical"),
             "valueCanonical": TOPIC,
         }],
-        "url": format!("{}/metadata", super::base(state)),
+        "url": format!("{}/metadata", super::base(app)),
         "name": "VprBrokerFhirFacade",
         "title": "vpr-broker FHIR R4 facade: violence-risk flags for shared care records",
         "status": "active",
         "date": CAPABILITY_DATE,
-        "publisher": state.tokens.registry().ics.name,
+        "publisher": app.tokens.registry().ics.name,
         "kind": "instance",
         "software": {"name": "vpr-broker", "version": env!("CARGO_PKG_VERSION")},
-        "implementation": {"description": "Violence-risk notices as Flags, decided by the ICS data-sharing agreement and audited on every read", "url": super::base(state)},
+        "implementation": {"description": "Violence-risk notices as Flags, decided by the ICS data-sharing agreement and audited on every read", "url": super::base(app)},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
         "rest": [{
@@ -133,6 +133,6 @@ pub fn capability_statement(state: &AppState) -> Value {
     responses((status = 200, description = "The CapabilityStatement", body = Object, content_type = "application/fhir+json")),
 )]
 #[get("/fhir/R4/metadata")]
-pub async fn metadata(state: web::Data<AppState>) -> HttpResponse {
-    fhir_ok(StatusCode::OK, &capability_statement(&state))
+pub async fn metadata(app: web::Data<App>) -> HttpResponse {
+    fhir_ok(StatusCode::OK, &capability_statement(&app))
 }

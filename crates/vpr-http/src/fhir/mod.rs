@@ -8,8 +8,6 @@
 
 pub mod audit_event;
 pub mod capability;
-pub mod flag;
-pub mod notification;
 pub mod search;
 pub mod subscription;
 
@@ -17,31 +15,11 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde_json::{json, Value};
+pub use vpr_app::render::fhir::{
+    base, coding, tidy, BACKPORT, FHIR_JSON, FHIR_VERSION, NHS_NUMBER, ODS_CODE, TOPIC, UK_CORE_FLAG, VPR_FHIR,
+};
 
 use crate::error::{current_request_id, ApiError};
-use crate::AppState;
-
-/// The FHIR media type.
-pub const FHIR_JSON: &str = "application/fhir+json";
-/// The FHIR version served.
-pub const FHIR_VERSION: &str = "4.0.1";
-/// The canonical URL of the violence-risk flag subscription topic.
-pub const TOPIC: &str = "https://vpr-broker.example/fhir/SubscriptionTopic/violence-risk-flag";
-/// UK Core Flag profile.
-pub const UK_CORE_FLAG: &str = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-Flag";
-/// NHS number identifier system.
-pub const NHS_NUMBER: &str = "https://fhir.nhs.uk/Id/nhs-number";
-/// ODS organisation code identifier system.
-pub const ODS_CODE: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
-/// The broker's own code systems and extensions live under this base.
-pub const VPR_FHIR: &str = "https://vpr-broker.example/fhir";
-/// The Subscriptions Backport IG's structure definitions.
-pub const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition";
-
-/// The base URL of the FHIR endpoint as partners reach it.
-pub fn base(state: &AppState) -> String {
-    format!("{}/fhir/R4", state.tokens.settings().issuer)
-}
 
 /// An error answered as an `OperationOutcome`.
 #[derive(Debug)]
@@ -53,8 +31,8 @@ impl From<ApiError> for FhirError {
     }
 }
 
-impl From<vpr_store::StoreError> for FhirError {
-    fn from(e: vpr_store::StoreError) -> Self {
+impl From<vpr_app::AppError> for FhirError {
+    fn from(e: vpr_app::AppError) -> Self {
         Self(ApiError::from(e))
     }
 }
@@ -131,25 +109,6 @@ impl ResponseError for FhirError {
     }
 }
 
-/// FHIR forbids empty strings, objects and arrays: drops them, recursively (a member left
-/// empty by the drop goes too).
-pub fn tidy(v: Value) -> Value {
-    fn keep(v: &Value) -> bool {
-        match v {
-            Value::String(s) => !s.is_empty(),
-            Value::Array(a) => !a.is_empty(),
-            Value::Object(o) => !o.is_empty(),
-            Value::Null => false,
-            _ => true,
-        }
-    }
-    match v {
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, tidy(v))).filter(|(_, v)| keep(v)).collect()),
-        Value::Array(a) => Value::Array(a.into_iter().map(tidy).filter(keep).collect()),
-        other => other,
-    }
-}
-
 /// A FHIR JSON response.
 pub fn fhir_ok(status: StatusCode, body: &Value) -> HttpResponse {
     HttpResponse::build(status)
@@ -160,24 +119,13 @@ pub fn fhir_ok(status: StatusCode, body: &Value) -> HttpResponse {
 
 /// Accepts `application/fhir+json` or `application/json` bodies.
 pub fn fhir_body(req: &HttpRequest, body: &[u8]) -> Result<Value, ApiError> {
-    crate::pipeline::json_body(req, body)
-}
-
-/// A coding.
-pub fn coding(system: &str, code: &str, display: &str) -> Value {
-    json!({"system": system, "code": code, "display": display})
+    crate::extract::json_body(req, body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use vpr_domain::FieldError;
-
-    #[test]
-    fn empty_values_are_dropped_as_fhir_requires() {
-        let v = json!({"a": "", "b": [], "c": {"d": "", "e": null}, "f": ["", "x"], "g": 0, "h": false});
-        assert_eq!(tidy(v), json!({"f": ["x"], "g": 0, "h": false}));
-    }
 
     #[test]
     fn errors_become_operation_outcomes_naming_the_field() {

@@ -18,20 +18,16 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
-use vpr_auth::{Principal, Scope};
-use vpr_domain::notice::MatchKind;
+use vpr_app::render::fhir::flag::{flag, flag_status, KnownSubject, Shown};
+use vpr_app::services::notices::NoticeRead;
+use vpr_app::{App, Caller};
+use vpr_auth::Scope;
 use vpr_domain::{FieldError, NhsNumber};
-use vpr_policy::{Decision, View};
 use vpr_store::StoredNotice;
 
-use super::flag::{flag, KnownSubject, Shown};
 use super::{base, fhir_ok, FhirError, NHS_NUMBER};
-use crate::disclose::{govern, minimise, refuse_unread, AccessRequest, Read};
 use crate::error::ApiError;
-use crate::handlers::notices::access_from_headers;
-use crate::handlers::read_body;
-use crate::pipeline::{authenticate, blocking};
-use crate::AppState;
+use crate::extract::{asserted, authenticate, body, refused, MAX_BODY_BYTES};
 
 /// A `_lastUpdated` comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,12 +67,12 @@ fn parse_date(raw: &str) -> Option<DateTime<Utc>> {
 }
 
 impl FlagSearch {
-    fn from_params(state: &AppState, principal: &Principal, params: &[(String, String)]) -> Result<Self, ApiError> {
+    fn from_params(app: &App, caller: &Caller, params: &[(String, String)]) -> Result<Self, ApiError> {
         if let Some((_, token)) = params.iter().find(|(k, _)| k == "_page") {
             if params.iter().any(|(k, _)| k != "_page" && k != "_format") {
                 return Err(bad("_page", "page-alone", "`_page` continues a search: give it alone"));
             }
-            return Self::open(state, principal, token);
+            return Self::open(app, caller, token);
         }
         let mut nhs = None;
         let mut statuses = Vec::new();
@@ -150,36 +146,36 @@ impl FlagSearch {
             )
         })?;
         Ok(Self {
-            client: principal.client_id.clone(),
+            client: caller.principal.client_id.clone(),
             nhs_number,
             statuses,
             last_updated,
             count,
             offset: 0,
-            expires: (state.clock.now() + chrono::Duration::seconds(PAGE_LIFETIME_SECONDS)).timestamp(),
+            expires: (app.clock.now() + chrono::Duration::seconds(PAGE_LIFETIME_SECONDS)).timestamp(),
         })
     }
 
-    fn seal(&self, state: &AppState, offset: usize) -> Result<String, ApiError> {
+    fn seal(&self, app: &App, offset: usize) -> Result<String, ApiError> {
         let page = Self { offset, ..self.clone() };
         let plain = serde_json::to_vec(&page).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let sealed = state.store.vault().seal(&plain, PAGE_CONTEXT).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let sealed = app.store.vault().seal(&plain, PAGE_CONTEXT).map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
     }
 
-    fn open(state: &AppState, principal: &Principal, token: &str) -> Result<Self, ApiError> {
+    fn open(app: &App, caller: &Caller, token: &str) -> Result<Self, ApiError> {
         let invalid = || bad("_page", "page-token", "the page link is not valid (or has expired): search again");
         let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-        let plain = state.store.vault().open(&sealed, PAGE_CONTEXT).map_err(|_| invalid())?;
+        let plain = app.store.vault().open(&sealed, PAGE_CONTEXT).map_err(|_| invalid())?;
         let page: Self = serde_json::from_slice(&plain).map_err(|_| invalid())?;
-        if page.client != principal.client_id || page.expires < state.clock.now().timestamp() {
+        if page.client != caller.principal.client_id || page.expires < app.clock.now().timestamp() {
             return Err(invalid());
         }
         Ok(page)
     }
 
     fn keeps(&self, n: &StoredNotice) -> bool {
-        let status = super::flag::flag_status(n.status.code());
+        let status = flag_status(n.status.code());
         let at = n.version.at;
         (self.statuses.is_empty() || self.statuses.iter().any(|s| s == status))
             && self.last_updated.iter().all(|(cmp, t)| match cmp {
@@ -192,50 +188,23 @@ impl FlagSearch {
     }
 }
 
-/// Authenticates a reader of notices (`notices:read`, or a publisher's `notices:write`).
-fn reader(state: &AppState, req: &HttpRequest) -> Result<Principal, ApiError> {
-    authenticate(state, req, Scope::NoticesRead).or_else(|_| authenticate(state, req, Scope::NoticesWrite))
-}
-
-async fn search(state: &AppState, req: &HttpRequest, params: Vec<(String, String)>) -> Result<HttpResponse, FhirError> {
-    let principal = reader(state, req)?;
-    if !principal.has(Scope::NoticesRead) {
-        return Err(ApiError::InsufficientScope(Scope::NoticesRead.code()).into());
-    }
-    let checked = FlagSearch::from_params(state, &principal, &params).and_then(|s| Ok((s, access_from_headers(req)?)));
+async fn search(app: &App, req: &HttpRequest, params: Vec<(String, String)>) -> Result<HttpResponse, FhirError> {
+    let caller = authenticate(app, req, &[Scope::NoticesWrite, Scope::NoticesRead])?;
+    vpr_app::access::require_scope(&caller.principal, Scope::NoticesRead)?;
+    let checked = FlagSearch::from_params(app, &caller, &params).and_then(|s| Ok((s, asserted(req)?)));
     let (query, access) = match checked {
         Ok(v) => v,
-        Err(refusal) => return Err(refuse_unread(state, &principal, "fhir-search", refusal).await.into()),
+        Err(refusal) => return Err(refused(app, &caller, "fhir-search", refusal).await.into()),
     };
-    let st = state.clone();
     let q = query.clone();
-    let now = state.clock.now();
-    let (disclosure, shown) = blocking(move || {
-        let blind = st.store.vault().blind_index(MatchKind::NhsNumber, &q.nhs_number);
-        let mut candidates = Vec::new();
-        let mut shown = std::collections::HashMap::new();
-        for (id, matched) in st.store.find_by_blind_indexes(std::slice::from_ref(&blind))? {
-            if let Some(n) = st.store.get(id)? {
-                if q.keeps(&n) {
-                    shown.insert(n.id.to_string(), Shown { version: n.version.version, updated_at: n.version.at });
-                    candidates.push((n, matched));
-                }
-            }
-        }
-        let search = Read::new("fhir-search", vec![format!("nhs-number:{blind}")], candidates, 403);
-        Ok((govern(&st, &principal, &access, search, now)?, shown))
-    })
-    .await?;
-    if let Some(why) = disclosure.refused {
-        return Err(ApiError::Forbidden(why).into());
-    }
+    let (shown_notices, found) =
+        app.search_flags(&caller, access, query.nhs_number.clone(), move |n| q.keeps(n)).await?;
     let known = KnownSubject { nhs_number: Some(query.nhs_number.clone()) };
-    let mut flags: Vec<Value> = disclosure
-        .results
+    let mut flags: Vec<Value> = shown_notices
         .iter()
         .filter_map(|d| {
-            let id = d["id"].as_str()?;
-            Some(flag(d, *shown.get(id)?, &known))
+            let f = found.get(&d.id)?;
+            Some(flag(d, Shown { version: f.version, updated_at: f.updated_at }, &known))
         })
         .collect();
     flags.sort_by(|a, b| {
@@ -244,30 +213,32 @@ async fn search(state: &AppState, req: &HttpRequest, params: Vec<(String, String
             .cmp(&a["meta"]["lastUpdated"].as_str())
             .then(a["id"].as_str().cmp(&b["id"].as_str()))
     });
-    let base = base(state);
+    Ok(fhir_ok(StatusCode::OK, &searchset(app, &query, flags)?))
+}
+
+/// The `searchset` Bundle of one page of Flags, with its page links.
+fn searchset(app: &App, query: &FlagSearch, flags: Vec<Value>) -> Result<Value, ApiError> {
+    let base = base(app);
     let total = flags.len();
     let page: Vec<Value> = flags.into_iter().skip(query.offset).take(query.count).collect();
     let mut links =
-        vec![json!({"relation": "self", "url": format!("{base}/Flag?_page={}", query.seal(state, query.offset)?)})];
+        vec![json!({"relation": "self", "url": format!("{base}/Flag?_page={}", query.seal(app, query.offset)?)})];
     if query.offset + query.count < total {
-        links.push(json!({"relation": "next", "url": format!("{base}/Flag?_page={}", query.seal(state, query.offset + query.count)?)}));
+        links.push(json!({"relation": "next", "url": format!("{base}/Flag?_page={}", query.seal(app, query.offset + query.count)?)}));
     }
     let entries: Vec<Value> = page
         .into_iter()
         .map(|f| json!({"fullUrl": format!("{base}/Flag/{}", f["id"].as_str().unwrap_or_default()), "resource": f, "search": {"mode": "match"}}))
         .collect();
-    Ok(fhir_ok(
-        StatusCode::OK,
-        &json!({
-            "resourceType": "Bundle",
-            "id": Uuid::new_v4(),
-            "meta": {"lastUpdated": state.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)},
-            "type": "searchset",
-            "total": total,
-            "link": links,
-            "entry": entries,
-        }),
-    ))
+    Ok(json!({
+        "resourceType": "Bundle",
+        "id": Uuid::new_v4(),
+        "meta": {"lastUpdated": app.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)},
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": entries,
+    }))
 }
 
 /// Searches Flags by patient NHS number (identifier in the URL: prefer `POST Flag/_search`).
@@ -291,10 +262,9 @@ async fn search(state: &AppState, req: &HttpRequest, params: Vec<(String, String
     security(("bearer" = ["notices:read"]))
 )]
 #[get("/fhir/R4/Flag")]
-pub async fn search_get(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, FhirError> {
-    let params: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
-        .map_err(|_| ApiError::BadRequest { detail: "the query string is malformed".into(), errors: vec![] })?;
-    search(&state, &req, params).await
+pub async fn search_get(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, FhirError> {
+    let params = crate::extract::Query::of(&req)?.pairs().to_vec();
+    search(&app, &req, params).await
 }
 
 /// Searches Flags with the parameters in a form body, so the NHS number is not in the URL.
@@ -310,16 +280,16 @@ pub async fn search_get(state: web::Data<AppState>, req: HttpRequest) -> Result<
 )]
 #[post("/fhir/R4/Flag/_search")]
 pub async fn search_post(
-    state: web::Data<AppState>,
+    app: web::Data<App>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, FhirError> {
-    let body = read_body(payload).await?;
+    let body = body(payload, MAX_BODY_BYTES).await?;
     let mut params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|_| ApiError::BadRequest { detail: "the form body is malformed".into(), errors: vec![] })?;
     let from_query: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
     params.extend(from_query);
-    search(&state, &req, params).await
+    search(&app, &req, params).await
 }
 
 /// Reads one Flag: its publisher sees it in full; anyone else in the view the agreement decides
@@ -340,43 +310,20 @@ pub async fn search_post(
     security(("bearer" = ["notices:read"]))
 )]
 #[get("/fhir/R4/Flag/{id}")]
-pub async fn read(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> Result<HttpResponse, FhirError> {
-    let principal = reader(&state, &req)?;
+pub async fn read(app: web::Data<App>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, FhirError> {
+    let caller = authenticate(&app, &req, &[Scope::NoticesRead, Scope::NoticesWrite])?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("no Flag has this id".into()))?;
-    let store = state.store.clone();
-    let n = blocking(move || store.get(id).map_err(ApiError::from))
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no Flag has this id".into()))?;
-    let shown = Shown { version: n.version.version, updated_at: n.version.at };
-    if principal.org.as_str() == n.publisher_ods {
-        let own =
-            Decision { permit: true, view: Some(View::Full), restricted: true, lawful_basis: vec![], clauses: vec![] };
-        let d = minimise(&state, &n, &[], View::Full, &own);
-        return Ok(fhir_ok(StatusCode::OK, &flag(&d, shown, &KnownSubject::default())));
-    }
-    if !principal.has(Scope::NoticesRead) {
-        return Err(ApiError::InsufficientScope(Scope::NoticesRead.code()).into());
-    }
-    let access: AccessRequest = match access_from_headers(&req) {
-        Ok(a) => a,
-        Err(refusal) => return Err(refuse_unread(&state, &principal, "fhir-read", refusal).await.into()),
-    };
-    let st = state.clone();
-    let now = state.clock.now();
-    let disclosure = blocking(move || {
-        let refs = st.store.blind_indexes_of(n.id)?.into_iter().map(|b| format!("notice-subject:{b}")).collect();
-        govern(&st, &principal, &access, Read::new("fhir-read", refs, vec![(n, vec![])], 403), now)
-    })
-    .await?;
-    if let Some(why) = disclosure.refused {
-        return Err(ApiError::Forbidden(why).into());
-    }
-    let d = disclosure.results.into_iter().next().ok_or_else(|| {
-        ApiError::Forbidden("the data-sharing agreement does not permit this read for this purpose and role".into())
+    let access = asserted(&req);
+    let read = app.read_notice(&caller, id, "fhir-read", move || access).await.map_err(|e| match e {
+        vpr_app::AppError::NotFound(_) => ApiError::NotFound("no Flag has this id".into()),
+        other => other.into(),
     })?;
+    let (d, shown) = match read {
+        NoticeRead::Own(n) => (
+            vpr_app::disclose::publisher_view(&app, &n),
+            Shown { version: n.version.version, updated_at: n.version.at },
+        ),
+        NoticeRead::Disclosed(d, version, updated_at) => (*d, Shown { version, updated_at }),
+    };
     Ok(fhir_ok(StatusCode::OK, &flag(&d, shown, &KnownSubject::default())))
 }

@@ -5,31 +5,24 @@
 //! same guarantees: the outbox, per-subscription order, retries, dead letters, a decision and an
 //! audit entry for every notification.
 
-#![expect(
-    clippy::indexing_slicing,
-    reason = "serde_json::Value indexing reads yield Null for a missing key, and writes go to objects built here"
-)]
-
 use actix_web::http::{header, StatusCode};
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
-use vpr_auth::{Principal, Scope};
+use vpr_app::render::fhir::notification::{notification_bundle, status_bundle};
+use vpr_app::render::fhir::subscription::{fhir_status, notification_events, resource};
+use vpr_app::services::subscriptions::Facade;
+use vpr_app::{App, AppError};
+use vpr_auth::Scope;
 use vpr_domain::notice::{Person, Subject};
 use vpr_domain::subscription::{webhook_url, Criteria, DeliveryMethod, Payload, SubscriptionSpec, Topic};
 use vpr_domain::{FieldError, NhsNumber};
-use vpr_store::subscriptions::{delivery_state, status, Subscription, SubscriptionEvent};
+use vpr_store::subscriptions::Subscription;
 
-use super::flag::{flag, KnownSubject};
-use super::notification::{notification_bundle, status_bundle, NotificationEvent};
-use super::{base, fhir_body, fhir_ok, FhirError, BACKPORT, FHIR_JSON, NHS_NUMBER, TOPIC};
-use crate::delivery::{decide_events, Decided};
+use super::{base, fhir_body, fhir_ok, FhirError, BACKPORT, NHS_NUMBER, TOPIC};
 use crate::error::ApiError;
-use crate::handlers::read_body_up_to;
-use crate::handlers::subscriptions::{prepare, subscription_audit, MAX_SUBSCRIPTION_BODY};
-use crate::pipeline::{authenticate, blocking, query_int, query_text};
-use crate::AppState;
+use crate::extract::{authenticate, body, path_id, Query, MAX_SUBSCRIPTION_BODY};
 
 fn field(pointer: &str, rule: &str, detail: impl Into<String>) -> FieldError {
     FieldError::new(pointer, rule, detail)
@@ -51,9 +44,9 @@ struct Requested {
 }
 
 /// Checks a FHIR Subscription body, reporting every problem by its path.
-fn requested(state: &AppState, req: &HttpRequest, body: &Value) -> Result<Requested, ApiError> {
+fn requested(app: &App, req: &HttpRequest, body: &Value) -> Result<Requested, ApiError> {
     let mut errs = Vec::new();
-    let now = state.clock.now();
+    let now = app.clock.now();
     if body["resourceType"] != "Subscription" {
         errs.push(field("/resourceType", "resource-type", "the body must be a Subscription"));
     }
@@ -80,7 +73,7 @@ fn requested(state: &AppState, req: &HttpRequest, body: &Value) -> Result<Reques
     }
     let url = match channel["endpoint"].as_str() {
         Some(u) => {
-            webhook_url(u, state.delivery.allow_insecure_webhooks, "/channel/endpoint").map_err(|e| errs.push(e)).ok()
+            webhook_url(u, app.delivery.allow_insecure_webhooks, "/channel/endpoint").map_err(|e| errs.push(e)).ok()
         }
         None => {
             errs.push(field("/channel/endpoint", "required", "give the rest-hook endpoint"));
@@ -96,7 +89,7 @@ fn requested(state: &AppState, req: &HttpRequest, body: &Value) -> Result<Reques
             Payload::IdOnly
         }
     };
-    let min_heartbeat = i64::try_from(state.delivery.min_heartbeat.as_secs()).unwrap_or(10);
+    let min_heartbeat = i64::try_from(app.delivery.min_heartbeat.as_secs()).unwrap_or(10);
     let heartbeat = match extensions(channel, &format!("{BACKPORT}/backport-heartbeat-period")).first() {
         None => None,
         Some(e) => match e["valueUnsignedInt"].as_i64() {
@@ -151,7 +144,7 @@ fn requested(state: &AppState, req: &HttpRequest, body: &Value) -> Result<Reques
             }
         }
     }
-    let max = chrono::Duration::days(state.delivery.max_subscription_days);
+    let max = chrono::Duration::days(app.delivery.max_subscription_days);
     let expires_at = match body["end"].as_str() {
         None => now + max,
         Some(raw) => match DateTime::parse_from_rfc3339(raw) {
@@ -205,75 +198,16 @@ fn requested(state: &AppState, req: &HttpRequest, body: &Value) -> Result<Reques
     })
 }
 
-/// The FHIR status of a subscription.
-fn fhir_status(sub: &Subscription) -> &'static str {
-    match sub.status.as_str() {
-        status::ACTIVE if sub.delivery.state == delivery_state::SUSPENDED => "error",
-        status::ACTIVE => "active",
-        status::PENDING => "requested",
-        _ => "off",
-    }
+async fn owned(app: &App, caller: &vpr_app::Caller, raw: &str) -> Result<Subscription, ApiError> {
+    let id = path_id(raw, "Subscription")?;
+    Ok(app.owned_subscription(caller, id, Facade::Fhir).await?)
 }
 
-/// A stored FHIR subscription as a FHIR `Subscription` (a cohort filter is held as blind
-/// indexes only, so it is shown by its size, not echoed).
-pub fn resource(sub: &Subscription, cohort_size: i64) -> Value {
-    let content = match sub.payload {
-        Payload::IdOnly => "id-only",
-        Payload::View => "full-resource",
-    };
-    let mut channel = json!({
-        "type": "rest-hook",
-        "endpoint": sub.endpoint,
-        "payload": FHIR_JSON,
-        "_payload": {"extension": [{"url": format!("{BACKPORT}/backport-payload-content"), "valueCode": content}]},
-    });
-    if let Some(h) = sub.heartbeat_seconds {
-        channel["extension"] = json!([{"url": format!("{BACKPORT}/backport-heartbeat-period"), "valueUnsignedInt": h}]);
-    }
-    let mut r = json!({
-        "resourceType": "Subscription",
-        "id": sub.id,
-        "meta": {
-            "profile": [format!("{BACKPORT}/backport-subscription")],
-            "lastUpdated": sub.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        },
-        "status": fhir_status(sub),
-        "end": sub.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "reason": sub.tag.clone().unwrap_or_else(|| "violence-risk flags".into()),
-        "criteria": TOPIC,
-        "channel": channel,
-    });
-    if sub.criteria.cohort {
-        r["extension"] = json!([{"url": format!("{}/StructureDefinition/cohort-size", super::VPR_FHIR), "valueUnsignedInt": cohort_size}]);
-    }
-    if let Some(e) = &sub.delivery.last_error {
-        if fhir_status(sub) == "error" {
-            r["error"] = json!(e);
-        }
-    }
-    r
-}
-
-async fn owned(state: &AppState, principal: &Principal, raw: &str) -> Result<Subscription, ApiError> {
-    let id = Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("no Subscription has this id".into()))?;
-    let store = state.store.clone();
-    match blocking(move || store.subscription(id).map_err(ApiError::from)).await? {
-        Some(s) if s.channel == "fhir" && s.owner_ods == principal.org.as_str() => Ok(s),
-        Some(s) if s.channel == "fhir" => {
-            Err(ApiError::Forbidden("this Subscription belongs to another organisation".into()))
-        }
-        _ => Err(ApiError::NotFound("no Subscription has this id".into())),
-    }
-}
-
-async fn respond(state: &AppState, sub: Subscription, code: StatusCode) -> Result<HttpResponse, FhirError> {
-    let st = state.clone();
-    let id = sub.id;
-    let size = blocking(move || st.store.cohort_size(id).map_err(ApiError::from)).await?;
+async fn respond(app: &App, sub: Subscription, code: StatusCode) -> Result<HttpResponse, FhirError> {
+    let size = app.cohort_size(sub.id).await?;
     let mut r = fhir_ok(code, &resource(&sub, size));
     if code == StatusCode::CREATED {
-        if let Ok(v) = header::HeaderValue::from_str(&format!("{}/Subscription/{}", base(state), sub.id)) {
+        if let Ok(v) = header::HeaderValue::from_str(&format!("{}/Subscription/{}", base(app), sub.id)) {
             r.headers_mut().insert(header::LOCATION, v);
         }
     }
@@ -296,29 +230,15 @@ async fn respond(state: &AppState, sub: Subscription, code: StatusCode) -> Resul
     security(("bearer" = ["subscriptions"]))
 )]
 #[post("/fhir/R4/Subscription")]
-pub async fn create(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, FhirError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
-    let body = fhir_body(&req, &read_body_up_to(payload, MAX_SUBSCRIPTION_BODY).await?)?;
-    let asked = requested(&state, &req, &body)?;
-    let mut new = prepare(&state, &principal, &asked.spec, Uuid::new_v4())?;
+pub async fn create(app: web::Data<App>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, FhirError> {
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
+    let body = fhir_body(&req, &body(payload, MAX_SUBSCRIPTION_BODY).await?)?;
+    let asked = requested(&app, &req, &body)?;
+    let mut new = app.admit(&caller, &asked.spec, Uuid::new_v4())?;
     new.channel = "fhir".into();
     new.heartbeat_seconds = asked.heartbeat;
-    let st = state.clone();
-    let now = state.clock.now();
-    let who = principal.clone();
-    let sub = blocking(move || {
-        let sub = st.store.create_subscription(&new, now)?;
-        st.store
-            .append_audit(&subscription_audit(&st, &who, "subscribe", &sub, 201))
-            .map_err(ApiError::audit_write_failed)?;
-        Ok(sub)
-    })
-    .await?;
-    respond(&state, sub, StatusCode::CREATED).await
+    let sub = app.subscribe(&caller, new).await?;
+    respond(&app, sub, StatusCode::CREATED).await
 }
 
 /// Reads a Subscription.
@@ -332,14 +252,10 @@ pub async fn create(
     security(("bearer" = ["subscriptions"]))
 )]
 #[get("/fhir/R4/Subscription/{id}")]
-pub async fn read(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> Result<HttpResponse, FhirError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
-    let sub = owned(&state, &principal, &id).await?;
-    respond(&state, sub, StatusCode::OK).await
+pub async fn read(app: web::Data<App>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, FhirError> {
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
+    let sub = owned(&app, &caller, &id).await?;
+    respond(&app, sub, StatusCode::OK).await
 }
 
 /// Deletes a Subscription: nothing more is sent.
@@ -353,26 +269,14 @@ pub async fn read(
     security(("bearer" = ["subscriptions"]))
 )]
 #[delete("/fhir/R4/Subscription/{id}")]
-pub async fn remove(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> Result<HttpResponse, FhirError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
-    let sub = owned(&state, &principal, &id).await?;
-    let st = state.clone();
-    let now = state.clock.now();
-    let from = [status::ACTIVE, status::PENDING, status::EXPIRED, status::REVOKED, status::REJECTED];
-    blocking(move || {
-        if let Some(gone) = st.store.set_subscription_status(sub.id, &from, status::DELETED, None, now)? {
-            st.store
-                .append_audit(&subscription_audit(&st, &principal, "unsubscribe", &gone, 204))
-                .map_err(ApiError::audit_write_failed)?;
-        }
-        Ok(())
-    })
-    .await?;
-    Ok(HttpResponse::NoContent().finish())
+pub async fn remove(app: web::Data<App>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, FhirError> {
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
+    let sub = owned(&app, &caller, &id).await?;
+    match app.delete_subscription(&caller, &sub, 204).await {
+        // Deleting a deleted Subscription changes nothing: still 204.
+        Ok(_) | Err(AppError::Conflict(_)) => Ok(HttpResponse::NoContent().finish()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The subscription's status: events so far, and whether it is healthy.
@@ -387,42 +291,17 @@ pub async fn remove(
 )]
 #[get("/fhir/R4/Subscription/{id}/$status")]
 pub async fn status_op(
-    state: web::Data<AppState>,
+    app: web::Data<App>,
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, FhirError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
-    let sub = owned(&state, &principal, &id).await?;
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
+    let sub = owned(&app, &caller, &id).await?;
     let error = (fhir_status(&sub) == "error").then(|| sub.delivery.last_error.clone()).flatten();
     Ok(fhir_ok(
         StatusCode::OK,
-        &status_bundle(&base(&state), sub.id, fhir_status(&sub), sub.delivery.last_event_number, error.as_deref()),
+        &status_bundle(&base(&app), sub.id, fhir_status(&sub), sub.delivery.last_event_number, error.as_deref()),
     ))
-}
-
-/// Builds the notification events (and Flags, for full-resource) from decided events.
-pub fn notification_events(decided: &Decided, events: &[SubscriptionEvent], full: bool) -> Vec<NotificationEvent> {
-    events
-        .iter()
-        .zip(&decided.events)
-        .map(|(e, body)| {
-            let notice = body.get("notice").filter(|n| n.is_object());
-            let shown = decided.shown.get(&e.notice_id);
-            let resource = match (notice, shown, full) {
-                (Some(d), Some(s), true) => {
-                    let known = KnownSubject { nhs_number: s.nhs_in_cohort.clone() };
-                    Some(flag(d, super::flag::Shown { version: s.version, updated_at: s.updated_at }, &known))
-                }
-                _ => None,
-            };
-            NotificationEvent {
-                number: e.number,
-                timestamp: e.occurred_at,
-                focus: notice.map(|_| e.notice_id.to_string()),
-                resource,
-            }
-        })
-        .collect()
 }
 
 /// Events by number, decided now (as pushes are), so a record can fill a gap.
@@ -444,93 +323,34 @@ pub fn notification_events(decided: &Decided, events: &[SubscriptionEvent], full
 )]
 #[get("/fhir/R4/Subscription/{id}/$events")]
 pub async fn events_op(
-    state: web::Data<AppState>,
+    app: web::Data<App>,
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, FhirError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
-    let since = query_int(&req, "eventsSinceNumber", 1, i64::MAX, 1)?;
-    let until = query_int(&req, "eventsUntilNumber", 1, i64::MAX, i64::MAX)?;
-    let full = match query_text(&req, "content")?.as_deref() {
-        None => None,
-        Some("id-only") => Some(false),
-        Some("full-resource") => Some(true),
-        Some(_) => {
-            return Err(ApiError::Validation(vec![field(
-                "/content",
-                "code",
-                "`content` is `id-only` or `full-resource`",
-            )])
-            .into())
-        }
-    };
-    let sub = owned(&state, &principal, &id).await?;
-    if matches!(sub.status.as_str(), status::PENDING | status::REJECTED | status::DELETED) {
-        return Err(ApiError::Conflict(format!("a subscription that is `{}` has no events", fhir_status(&sub))).into());
-    }
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
+    let q = Query::of(&req)?;
+    let since = q.int("eventsSinceNumber", 1, i64::MAX)?.unwrap_or(1);
+    let until = q.int("eventsUntilNumber", 1, i64::MAX)?.unwrap_or(i64::MAX);
+    let full = q.one_of("content", &["id-only", "full-resource"])?.map(|c| c == "full-resource");
+    let sub = owned(&app, &caller, &id).await?;
     let full = full.unwrap_or(sub.payload == Payload::View);
-    let st = state.clone();
-    let s = sub.clone();
-    let request_id = crate::error::current_request_id().unwrap_or_default();
-    let (events, decided) = blocking(move || {
-        let limit = until.saturating_sub(since).saturating_add(1).clamp(1, 500);
-        let events: Vec<SubscriptionEvent> =
-            st.store.events_after(s.id, since - 1, limit)?.into_iter().filter(|e| e.number <= until).collect();
-        if events.is_empty() {
-            return Ok((events, None));
-        }
-        let d = decide_events(&st, &s, &events, "fhir-events", false, request_id)?;
-        Ok((events, Some(d)))
-    })
-    .await?;
-    let items = match &decided {
-        Some(d) if d.refused.is_some() => return Err(ApiError::Forbidden(d.refused.clone().unwrap_or_default()).into()),
-        Some(d) => notification_events(d, &events, full),
-        None => Vec::new(),
-    };
+    let limit = until.saturating_sub(since).saturating_add(1).clamp(1, 500);
+    let (_, decided) =
+        app.read_events(&caller, &sub, "fhir-events", since - 1, until, limit).await.map_err(|e| match e {
+            AppError::Conflict(_) => {
+                AppError::Conflict(format!("a subscription that is `{}` has no events", fhir_status(&sub)))
+            }
+            other => other,
+        })?;
+    let items = decided.as_ref().map(|d| notification_events(d, &d.events, full)).unwrap_or_default();
     let bundle = notification_bundle(
-        &base(&state),
+        &base(&app),
         sub.id,
         "query-event",
         fhir_status(&sub),
         sub.delivery.last_event_number,
         &items,
-        state.clock.now(),
+        app.clock.now(),
     );
     Ok(fhir_ok(StatusCode::OK, &bundle))
-}
-
-/// The body of a pushed notification for one decided event.
-pub fn pushed(
-    state: &AppState,
-    sub: &Subscription,
-    decided: &Decided,
-    event: &SubscriptionEvent,
-    body: &Value,
-) -> Value {
-    let one =
-        Decided { audit_id: decided.audit_id, refused: None, events: vec![body.clone()], shown: decided.shown.clone() };
-    let items = notification_events(&one, std::slice::from_ref(event), sub.payload == Payload::View);
-    notification_bundle(
-        &base(state),
-        sub.id,
-        "event-notification",
-        fhir_status(sub),
-        event.number,
-        &items,
-        state.clock.now(),
-    )
-}
-
-/// A heartbeat notification.
-pub fn heartbeat(state: &AppState, sub: &Subscription) -> Value {
-    notification_bundle(
-        &base(state),
-        sub.id,
-        "heartbeat",
-        fhir_status(sub),
-        sub.delivery.last_event_number,
-        &[],
-        state.clock.now(),
-    )
 }

@@ -3,15 +3,12 @@
 
 use actix_web::http::header;
 use actix_web::{post, web, HttpRequest, HttpResponse};
-use serde_json::json;
+use vpr_app::App;
 use vpr_auth::Scope;
 
-use crate::disclose::{govern, refuse_unread, subject_keys, AccessRequest, Read};
+use crate::docs::{LookupInputDoc, LookupResultDoc, ProblemDoc};
 use crate::error::ApiError;
-use crate::handlers::read_body;
-use crate::openapi::{LookupInputDoc, LookupResultDoc, ProblemDoc};
-use crate::pipeline::{authenticate, blocking, json_body};
-use crate::AppState;
+use crate::extract::{authenticate, json, refused, MAX_BODY_BYTES};
 
 /// Looks a subject up. Identifiers travel in the body, never the URL.
 #[utoipa::path(
@@ -26,52 +23,12 @@ use crate::AppState;
     security(("bearer" = ["lookups"]))
 )]
 #[post("/v1/lookups")]
-pub async fn lookup(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::Lookups)?;
-    let parsed = match json_body(&req, &read_body(payload).await?) {
-        Ok(body) => vpr_domain::validate::lookup(&body).map_err(ApiError::Validation),
-        Err(e) => Err(e),
+pub async fn lookup(app: web::Data<App>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&app, &req, &[Scope::Lookups])?;
+    let body = match json(&req, payload, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(refusal) => return Err(refused(&app, &caller, "lookup", refusal).await),
     };
-    let valid = match parsed {
-        Ok(v) => v,
-        Err(refusal) => return Err(refuse_unread(&state, &principal, "lookup", refusal).await),
-    };
-    let access = AccessRequest {
-        purpose: valid.input.purpose.clone(),
-        user_id: valid.input.requester.user_id.clone(),
-        role: valid.input.requester.role.clone(),
-        context_ref: valid.input.context.as_ref().and_then(|c| c.reference.clone()),
-        justification: valid.input.break_glass.as_ref().map(|b| b.justification.trim().to_owned()),
-    };
-    let now = state.clock.now();
-    let st = state.clone();
-    let purpose = access.purpose.clone();
-    let disclosure = blocking(move || {
-        let (blind, subject_refs) = subject_keys(&st, &valid.subject);
-        let mut candidates = Vec::new();
-        for (id, matched) in st.store.find_by_blind_indexes(&blind)? {
-            if let Some(n) = st.store.get(id)? {
-                // Only notices in force are disclosed by look-ups.
-                if n.status == vpr_domain::vocab::NoticeStatus::Active {
-                    candidates.push((n, matched));
-                }
-            }
-        }
-        let read = Read::new("lookup", subject_refs, candidates, 403);
-        govern(&st, &principal, &access, read, now)
-    })
-    .await?;
-    if let Some(why) = disclosure.refused {
-        return Err(ApiError::Forbidden(why));
-    }
-    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
-        "lookup_id": disclosure.audit_id,
-        "purpose": purpose,
-        "agreement_version": state.agreement.version,
-        "results": disclosure.results,
-    })))
+    let result = app.lookup(&caller, body).await?;
+    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(result))
 }

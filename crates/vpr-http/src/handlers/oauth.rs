@@ -5,11 +5,11 @@ use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use vpr_auth::registry::Scope;
 use vpr_auth::AuthError;
 
+use crate::docs::{JwksDoc, ProblemDoc, TokenResponseDoc};
 use crate::error::ApiError;
-use crate::handlers::read_body;
-use crate::openapi::{JwksDoc, ProblemDoc, TokenResponseDoc};
-use crate::pipeline::blocking;
-use crate::AppState;
+use crate::extract::blocking;
+use crate::extract::{body, MAX_BODY_BYTES};
+use vpr_app::App;
 
 fn form(req: &HttpRequest, body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -42,11 +42,7 @@ fn single<'a>(params: &'a [(String, String)], name: &str) -> Result<Option<&'a s
     )
 )]
 #[post("/oauth2/token")]
-pub async fn token(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+pub async fn token(state: web::Data<App>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let result = issue(&state, &req, payload).await;
     let outcome = match &result {
         Ok(_) => "issued",
@@ -62,11 +58,11 @@ pub async fn token(
 }
 
 async fn issue(
-    state: &AppState,
+    state: &App,
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<vpr_auth::tokens::IssuedToken, ApiError> {
-    let body = read_body(payload).await?;
+    let body = body(payload, MAX_BODY_BYTES).await?;
     let params = form(req, &body)?;
     match single(&params, "grant_type")? {
         Some("client_credentials") => {}
@@ -105,14 +101,14 @@ async fn issue(
 /// The broker's public signing keys (current and still-valid previous keys).
 #[utoipa::path(tag = "oauth", responses((status = 200, description = "JWK Set", body = JwksDoc)))]
 #[get("/.well-known/jwks.json")]
-pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+pub async fn jwks(state: web::Data<App>) -> HttpResponse {
     HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "public, max-age=300")).json(state.tokens.keys().jwks())
 }
 
 /// OAuth 2.0 authorization server metadata (RFC 8414).
 #[utoipa::path(tag = "oauth", responses((status = 200, description = "Authorization server metadata", body = Object)))]
 #[get("/.well-known/oauth-authorization-server")]
-pub async fn metadata(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metadata(state: web::Data<App>) -> HttpResponse {
     let s = state.tokens.settings();
     HttpResponse::Ok().json(serde_json::json!({
         "issuer": s.issuer,

@@ -4,8 +4,10 @@ use actix_web::{get, web, HttpResponse};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::pipeline::blocking;
-use crate::AppState;
+use crate::extract::blocking;
+use vpr_app::App;
+
+use crate::docs::OpenApiDoc;
 
 /// Liveness: the process is up.
 #[utoipa::path(tag = "operations", responses((status = 200, description = "Alive", body = Object)))]
@@ -17,10 +19,10 @@ pub async fn healthz() -> HttpResponse {
 /// Readiness: the database answers and every migration is applied.
 #[utoipa::path(tag = "operations", responses(
     (status = 200, description = "Ready", body = Object),
-    (status = 503, description = "Not ready", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    (status = 503, description = "Not ready", body = crate::docs::ProblemDoc, content_type = "application/problem+json"),
 ))]
 #[get("/readyz")]
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn readyz(state: web::Data<App>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let backend = store.backend().name();
     blocking(move || store.ready().map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
@@ -30,25 +32,25 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 /// Prometheus metrics.
 #[utoipa::path(tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 #[get("/metrics")]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(state: web::Data<App>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
 }
 
 /// This API's OpenAPI 3.1 document, generated from the routes that are served.
 #[utoipa::path(tag = "operations", responses((status = 200, description = "OpenAPI document", body = Object)))]
 #[get("/openapi.json")]
-pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.openapi.as_ref())
+pub async fn openapi(doc: web::Data<OpenApiDoc>) -> HttpResponse {
+    HttpResponse::Ok().json(&doc.0)
 }
 
 /// The newest signed audit checkpoint (tree size and root hash, signed by the broker as JWS).
 /// Anyone holding an older checkpoint can check that the log only grew.
 #[utoipa::path(tag = "audit", responses(
     (status = 200, description = "The newest checkpoint", body = Object),
-    (status = 404, description = "Nothing sealed yet", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    (status = 404, description = "Nothing sealed yet", body = crate::docs::ProblemDoc, content_type = "application/problem+json"),
 ))]
 #[get("/v1/audit/checkpoints/latest")]
-pub async fn latest_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn latest_checkpoint(state: web::Data<App>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let cp = blocking(move || store.latest_checkpoint().map_err(ApiError::from)).await?;
     let cp = cp.ok_or_else(|| ApiError::NotFound("no audit entry has been sealed yet".into()))?;

@@ -7,38 +7,21 @@ use actix_web::http::header;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use uuid::Uuid;
-use vpr_auth::{EncryptionKey, Principal, Scope};
-use vpr_domain::subscription::{DeliveryMethod, SubscriptionRules, SubscriptionSpec, Topic};
-use vpr_domain::FieldError;
-use vpr_policy::{Requester, SubscriptionFacts};
-use vpr_store::audit::AuditEntry;
-use vpr_store::subscriptions::{status, NewSubscription, Subscription};
+use vpr_app::services::subscriptions::Facade;
+use vpr_app::App;
+use vpr_auth::{EncryptionKey, Scope};
+use vpr_domain::subscription::DeliveryMethod;
+use vpr_store::subscriptions::{status, Subscription};
 
-use crate::delivery::{decide_events, event_type};
-use crate::disclose::{audit_base, refuse_unread};
-use crate::error::ApiError;
-use crate::handlers::break_glass::ig_reviewer;
-use crate::handlers::read_body_up_to;
-use crate::openapi::{
+use crate::docs::{
     ApprovalInputDoc, CohortChangeDoc, EventFeedDoc, ProblemDoc, RedeliverInputDoc, SubscriptionDoc,
     SubscriptionInputDoc,
 };
-use crate::pipeline::{authenticate, blocking, json_body, query_int, query_text};
-use crate::AppState;
-
-/// Largest subscription body: a cohort of registered patients can be large.
-pub const MAX_SUBSCRIPTION_BODY: usize = 2 * 1024 * 1024;
+use crate::error::ApiError;
+use crate::extract::{authenticate, header_or_empty, json, path_id, Query, MAX_BODY_BYTES, MAX_SUBSCRIPTION_BODY};
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("no subscription has this id".into()))
-}
-
-fn rules(state: &AppState) -> SubscriptionRules {
-    SubscriptionRules {
-        now: state.clock.now(),
-        max_duration: chrono::Duration::days(state.delivery.max_subscription_days),
-        allow_insecure_webhooks: state.delivery.allow_insecure_webhooks,
-    }
+    path_id(raw, "subscription")
 }
 
 /// A subscription as its owner (or IG) sees it. The cohort is shown only by its size.
@@ -90,145 +73,13 @@ pub fn resource(sub: &Subscription, cohort_size: i64) -> Value {
     })
 }
 
-/// Checks what the agreement must allow before anything is stored, decides whether the
-/// subscription may start outright, and computes its cohort's blind indexes.
-pub(crate) fn prepare(
-    state: &AppState,
-    principal: &Principal,
-    spec: &SubscriptionSpec,
-    id: Uuid,
-) -> Result<NewSubscription, ApiError> {
-    // Disclosures of an organisation's notices go to a system that publishes for it.
-    if spec.topic == Topic::Disclosures && !principal.has(Scope::NoticesWrite) {
-        return Err(ApiError::InsufficientScope(Scope::NoticesWrite.code()));
-    }
-    let mut errs = Vec::new();
-    if !state.agreement.purposes.contains_key(&spec.purpose) {
-        errs.push(FieldError::new("/purpose", "unknown-purpose", "not a purpose of the data-sharing agreement"));
-    }
-    let holds = state.tokens.registry().system(&principal.client_id).is_some_and(|s| s.roles.contains(&spec.role));
-    if !holds {
-        errs.push(FieldError::new("/role", "role-not-held", "this system may not act in this role"));
-    } else if !state.agreement.role_allowed(&spec.role, principal.org_type) {
-        errs.push(FieldError::new(
-            "/role",
-            "role-not-allowed",
-            "the agreement gives this role to no organisation of your type",
-        ));
-    }
-    if let Some(k) = &spec.encryption_key {
-        if let Err(why) = EncryptionKey::from_jwk(k) {
-            errs.push(FieldError::new("/delivery/encryption_key", "jwk-unusable", why));
-        }
-    }
-    if !errs.is_empty() {
-        return Err(ApiError::Validation(errs));
-    }
-    let requester = Requester {
-        org: principal.org.as_str().to_owned(),
-        org_type: principal.org_type,
-        role: spec.role.clone(),
-        system: principal.client_id.clone(),
-    };
-    let facts = SubscriptionFacts {
-        topic: spec.topic.code().to_owned(),
-        subject_kinds: spec.criteria.subject_kinds.iter().map(|k| k.code().to_owned()).collect(),
-        has_cohort: spec.criteria.cohort,
-        has_geography: !spec.criteria.postcodes.is_empty(),
-        payload: spec.payload.code().to_owned(),
-        method: match spec.method {
-            DeliveryMethod::Webhook => "webhook".into(),
-            DeliveryMethod::Feed => "feed".into(),
-        },
-    };
-    let now = state.clock.now();
-    let decision =
-        state.agreement.decide_subscription(&requester, &facts, &spec.purpose, spec.context_reference.is_some());
-    let (status, approval) = if decision.permit {
-        (
-            status::ACTIVE,
-            json!({"decided_by": "agreement", "clauses": decision.clauses, "lawful_basis": decision.lawful_basis,
-                   "agreement_version": state.agreement.version, "at": now}),
-        )
-    } else {
-        (
-            status::PENDING,
-            json!({"decided_by": null, "awaiting": "an IG lead's approval: the agreement does not allow this subscription outright",
-                   "agreement_version": state.agreement.version, "at": now}),
-        )
-    };
-    let cohort = spec.cohort.as_ref().map(|subjects| {
-        subjects.iter().flat_map(|s| crate::disclose::subject_keys(state, s).0).collect::<Vec<String>>()
-    });
-    Ok(NewSubscription {
-        id,
-        owner_ods: principal.org.as_str().to_owned(),
-        owner_system: principal.client_id.clone(),
-        status: status.to_owned(),
-        purpose: spec.purpose.clone(),
-        role: spec.role.clone(),
-        context_ref: spec.context_reference.clone(),
-        topic: spec.topic,
-        criteria: spec.criteria.clone(),
-        payload: spec.payload,
-        channel: "vpr".into(),
-        method: spec.method,
-        endpoint: spec.url.clone(),
-        encryption_jwk: spec.encryption_key.as_ref().map(|k| Value::Object(k.clone()).to_string()),
-        tag: spec.tag.clone(),
-        expires_at: spec.expires_at,
-        heartbeat_seconds: None,
-        approval,
-        cohort,
-    })
-}
-
-/// The audit entry of a change to a subscription (not a disclosure, but IG reviews who asked to
-/// be told of what).
-pub(crate) fn subscription_audit(
-    state: &AppState,
-    principal: &Principal,
-    action: &str,
-    sub: &Subscription,
-    outcome: u16,
-) -> AuditEntry {
-    AuditEntry {
-        actor_role: Some(sub.role.clone()),
-        purpose: Some(sub.purpose.clone()),
-        context_ref: Some(format!("subscription={};status={}", sub.id, sub.status)),
-        decision: sub.status.clone(),
-        clauses: sub.approval.get("clauses").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default(),
-        lawful_basis: sub
-            .approval
-            .get("lawful_basis")
-            .and_then(|c| serde_json::from_value(c.clone()).ok())
-            .unwrap_or_default(),
-        ..audit_base(state, principal, action, outcome)
-    }
-}
-
 async fn respond_with(
-    state: &AppState,
+    app: &App,
     sub: Subscription,
     builder: &mut actix_web::HttpResponseBuilder,
 ) -> Result<HttpResponse, ApiError> {
-    let st = state.clone();
-    let id = sub.id;
-    let size = blocking(move || st.store.cohort_size(id).map_err(ApiError::from)).await?;
+    let size = app.cohort_size(sub.id).await?;
     Ok(builder.insert_header((header::CACHE_CONTROL, "no-store")).json(resource(&sub, size)))
-}
-
-/// The owner's subscription (any system of the owning organisation).
-async fn owned(state: &AppState, principal: &Principal, id: Uuid) -> Result<Subscription, ApiError> {
-    let st = state.clone();
-    let sub = blocking(move || st.store.subscription(id).map_err(ApiError::from)).await?;
-    match sub {
-        None => Err(ApiError::NotFound("no subscription has this id".into())),
-        Some(s) if s.owner_ods != principal.org.as_str() => {
-            Err(ApiError::Forbidden("this subscription belongs to another organisation".into()))
-        }
-        Some(s) => Ok(s),
-    }
 }
 
 /// Creates a subscription.
@@ -244,29 +95,14 @@ async fn owned(state: &AppState, principal: &Principal, id: Uuid) -> Result<Subs
     security(("bearer" = ["subscriptions"]))
 )]
 #[post("/v1/subscriptions")]
-pub async fn create(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
-    let body = json_body(&req, &read_body_up_to(payload, MAX_SUBSCRIPTION_BODY).await?)?;
-    let spec = rules(&state).subscription(&body).map_err(ApiError::Validation)?;
-    let new = prepare(&state, &principal, &spec, Uuid::new_v4())?;
-    let st = state.clone();
-    let now = state.clock.now();
-    let who = principal.clone();
-    let sub = blocking(move || {
-        let sub = st.store.create_subscription(&new, now)?;
-        st.store
-            .append_audit(&subscription_audit(&st, &who, "subscribe", &sub, 201))
-            .map_err(ApiError::audit_write_failed)?;
-        Ok(sub)
-    })
-    .await?;
-    tracing::info!(subscription = %sub.id, status = %sub.status, org = %principal.org, "subscription created");
+pub async fn create(app: web::Data<App>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
+    let body = json(&req, payload, MAX_SUBSCRIPTION_BODY).await?;
+    let spec = app.subscription_rules().subscription(&body).map_err(ApiError::Validation)?;
+    let new = app.admit(&caller, &spec, Uuid::new_v4())?;
+    let sub = app.subscribe(&caller, new).await?;
     let location = format!("/v1/subscriptions/{}", sub.id);
-    respond_with(&state, sub, HttpResponse::Created().insert_header((header::LOCATION, location))).await
+    respond_with(&app, sub, HttpResponse::Created().insert_header((header::LOCATION, location))).await
 }
 
 /// Lists your organisation's subscriptions, newest first (`?status=`). With `?all=true`, an IG
@@ -287,46 +123,20 @@ pub async fn create(
     security(("bearer" = ["subscriptions"]), ("bearer" = ["ig:write"]))
 )]
 #[get("/v1/subscriptions")]
-pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let all = match query_text(&req, "all")?.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => {
-            return Err(ApiError::Validation(vec![FieldError::new("/all", "type", "`all` must be `true` or `false`")]))
-        }
-    };
-    let principal = if all {
-        let p = authenticate(&state, &req, Scope::IgWrite)?;
-        let role = req.headers().get("VPR-User-Role").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        if let Err(refusal) = ig_reviewer(&state, &p, &role) {
-            return Err(refuse_unread(&state, &p, "subscriptions-list", refusal).await);
-        }
-        p
+pub async fn list(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let q = Query::of(&req)?;
+    let all = q.boolean("all")?.unwrap_or(false);
+    let caller = if all {
+        authenticate(&app, &req, &[Scope::IgWrite])?
     } else {
-        authenticate(&state, &req, Scope::Subscriptions)?
+        authenticate(&app, &req, &[Scope::Subscriptions])?
     };
-    let st = query_text(&req, "status")?;
-    if let Some(s) = &st {
-        let known =
-            [status::ACTIVE, status::PENDING, status::REJECTED, status::REVOKED, status::EXPIRED, status::DELETED];
-        if !known.contains(&s.as_str()) {
-            return Err(ApiError::Validation(vec![FieldError::new("/status", "enum", "not a subscription status")]));
-        }
-    }
-    let limit = query_int(&req, "limit", 1, 500, 100)?;
-    let store = state.store.clone();
-    let owner = (!all).then(|| principal.org.as_str().to_owned());
-    let items = blocking(move || {
-        let subs = store.subscriptions(owner.as_deref(), st.as_deref(), limit)?;
-        subs.into_iter()
-            .map(|s| {
-                let size = if s.criteria.cohort { store.cohort_size(s.id)? } else { 0 };
-                Ok(resource(&s, size))
-            })
-            .collect::<Result<Vec<Value>, vpr_store::StoreError>>()
-            .map_err(ApiError::from)
-    })
-    .await?;
+    let known = [status::ACTIVE, status::PENDING, status::REJECTED, status::REVOKED, status::EXPIRED, status::DELETED];
+    let st = q.one_of("status", &known)?;
+    let limit = q.int("limit", 1, 500)?.unwrap_or(100);
+    let ig_role = all.then(|| header_or_empty(&req, "VPR-User-Role"));
+    let subs = app.list_subscriptions(&caller, ig_role, st, limit).await?;
+    let items: Vec<Value> = subs.iter().map(|(s, size)| resource(s, *size)).collect();
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({ "subscriptions": items })))
 }
 
@@ -342,14 +152,10 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     security(("bearer" = ["subscriptions"]))
 )]
 #[get("/v1/subscriptions/{id}")]
-pub async fn read(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
-    let sub = owned(&state, &principal, parse_id(&id)?).await?;
-    respond_with(&state, sub, &mut HttpResponse::Ok()).await
+pub async fn read(app: web::Data<App>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
+    let sub = app.owned_subscription(&caller, parse_id(&id)?, Facade::Vpr).await?;
+    respond_with(&app, sub, &mut HttpResponse::Ok()).await
 }
 
 /// Replaces a subscription's settings, cohort included (a `PUT` without `criteria.cohort` drops
@@ -371,29 +177,17 @@ pub async fn read(
 )]
 #[put("/v1/subscriptions/{id}")]
 pub async fn replace(
-    state: web::Data<AppState>,
+    app: web::Data<App>,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
     let id = parse_id(&id)?;
-    let body = json_body(&req, &read_body_up_to(payload, MAX_SUBSCRIPTION_BODY).await?)?;
-    let spec = rules(&state).subscription(&body).map_err(ApiError::Validation)?;
-    owned(&state, &principal, id).await?;
-    let new = prepare(&state, &principal, &spec, id)?;
-    let st = state.clone();
-    let now = state.clock.now();
-    let who = principal.clone();
-    let sub = blocking(move || {
-        let sub = st.store.replace_subscription(&new, now)?;
-        st.store
-            .append_audit(&subscription_audit(&st, &who, "subscription-change", &sub, 200))
-            .map_err(ApiError::audit_write_failed)?;
-        Ok(sub)
-    })
-    .await?;
-    respond_with(&state, sub, &mut HttpResponse::Ok()).await
+    let body = json(&req, payload, MAX_SUBSCRIPTION_BODY).await?;
+    let spec = app.subscription_rules().subscription(&body).map_err(ApiError::Validation)?;
+    let sub = app.replace_subscription(&caller, id, spec).await?;
+    respond_with(&app, sub, &mut HttpResponse::Ok()).await
 }
 
 /// Ends a subscription: nothing more is sent (including retractions; its events stay readable
@@ -411,29 +205,14 @@ pub async fn replace(
 )]
 #[delete("/v1/subscriptions/{id}")]
 pub async fn delete_subscription(
-    state: web::Data<AppState>,
+    app: web::Data<App>,
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
-    let id = parse_id(&id)?;
-    owned(&state, &principal, id).await?;
-    let st = state.clone();
-    let now = state.clock.now();
-    let who = principal.clone();
-    let from = [status::ACTIVE, status::PENDING, status::EXPIRED, status::REVOKED, status::REJECTED];
-    let sub = blocking(move || {
-        let sub = st
-            .store
-            .set_subscription_status(id, &from, status::DELETED, None, now)?
-            .ok_or_else(|| ApiError::Conflict("the subscription is already deleted".into()))?;
-        st.store
-            .append_audit(&subscription_audit(&st, &who, "unsubscribe", &sub, 200))
-            .map_err(ApiError::audit_write_failed)?;
-        Ok(sub)
-    })
-    .await?;
-    respond_with(&state, sub, &mut HttpResponse::Ok()).await
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
+    let sub = app.owned_subscription(&caller, parse_id(&id)?, Facade::Vpr).await?;
+    let sub = app.delete_subscription(&caller, &sub, 200).await?;
+    respond_with(&app, sub, &mut HttpResponse::Ok()).await
 }
 
 /// The feed: the subscription's events after `after`, each decided by the agreement now, the
@@ -455,48 +234,25 @@ pub async fn delete_subscription(
     security(("bearer" = ["subscriptions"]))
 )]
 #[get("/v1/subscriptions/{id}/events")]
-pub async fn events(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
+pub async fn events(app: web::Data<App>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
     let id = parse_id(&id)?;
-    let after = query_int(&req, "after", 0, i64::MAX, 0)?;
-    let limit = query_int(&req, "limit", 1, 500, 100)?;
-    let sub = owned(&state, &principal, id).await?;
-    if matches!(sub.status.as_str(), status::PENDING | status::REJECTED | status::DELETED) {
-        return Err(ApiError::Conflict(format!("a subscription that is `{}` has no feed", sub.status)));
-    }
-    let st = state.clone();
-    let s = sub.clone();
-    let request_id = crate::error::current_request_id().unwrap_or_default();
-    let (decided, last) = blocking(move || {
-        let events = st.store.events_after(id, after, limit)?;
-        if events.is_empty() {
-            // Nothing disclosed: an empty poll is not an audited read.
-            return Ok((None, s.delivery.last_event_number));
-        }
-        let d = decide_events(&st, &s, &events, "feed", false, request_id)?;
-        Ok((Some((d, events.last().map_or(after, |e| e.number))), s.delivery.last_event_number))
-    })
-    .await?;
-    let (items, next_after, feed_id) = match decided {
-        None => (vec![], after, None),
-        Some((d, next)) => {
-            if let Some(why) = d.refused {
-                return Err(ApiError::Forbidden(why));
-            }
-            (d.events, next, Some(d.audit_id))
-        }
+    let q = Query::of(&req)?;
+    let after = q.int("after", 0, i64::MAX)?.unwrap_or(0);
+    let limit = q.int("limit", 1, 500)?.unwrap_or(100);
+    let page = app.feed(&caller, id, after, limit).await?;
+    let sub = &page.sub;
+    let (items, feed_id) = match &page.decided {
+        None => (vec![], None),
+        Some(d) => (d.events.iter().map(|e| e.to_json()).collect::<Vec<_>>(), Some(d.audit_id)),
     };
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
         "subscription_id": sub.id,
         "tag": sub.tag,
         "feed_id": feed_id,
         "events": items,
-        "next_after": next_after,
-        "last_event_number": last.max(next_after),
+        "next_after": page.next_after,
+        "last_event_number": sub.delivery.last_event_number.max(page.next_after),
     })))
 }
 
@@ -516,30 +272,15 @@ pub async fn events(
 )]
 #[post("/v1/subscriptions/{id}/cohort")]
 pub async fn change_cohort(
-    state: web::Data<AppState>,
+    app: web::Data<App>,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
     let id = parse_id(&id)?;
-    let body = json_body(&req, &read_body_up_to(payload, MAX_SUBSCRIPTION_BODY).await?)?;
-    let change = vpr_domain::subscription::cohort_change(&body).map_err(ApiError::Validation)?;
-    let sub = owned(&state, &principal, id).await?;
-    if !sub.criteria.cohort {
-        return Err(ApiError::Conflict(
-            "this subscription has no cohort: give `criteria.cohort` with PUT first".into(),
-        ));
-    }
-    if matches!(sub.status.as_str(), status::DELETED | status::REJECTED | status::REVOKED) {
-        return Err(ApiError::Conflict(format!("a subscription that is `{}` cannot be changed", sub.status)));
-    }
-    let keys = |subjects: &[vpr_domain::notice::Subject]| -> Vec<String> {
-        subjects.iter().flat_map(|s| crate::disclose::subject_keys(&state, s).0).collect()
-    };
-    let (add, remove) = (keys(&change.add), keys(&change.remove));
-    let store = state.store.clone();
-    let size = blocking(move || store.change_cohort(id, &add, &remove).map_err(ApiError::from)).await?;
+    let body = json(&req, payload, MAX_SUBSCRIPTION_BODY).await?;
+    let size = app.change_cohort(&caller, id, body).await?;
     Ok(HttpResponse::Ok().json(json!({"subscription_id": id, "cohort": {"size": size}})))
 }
 
@@ -560,50 +301,16 @@ pub async fn change_cohort(
 )]
 #[post("/v1/subscriptions/{id}/approval")]
 pub async fn decide_approval(
-    state: web::Data<AppState>,
+    app: web::Data<App>,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::IgWrite)?;
+    let caller = authenticate(&app, &req, &[Scope::IgWrite])?;
     let id = parse_id(&id)?;
-    let body = json_body(&req, &read_body_up_to(payload, crate::handlers::MAX_BODY_BYTES).await?)?;
-    let input = vpr_domain::subscription::approval(&body).map_err(ApiError::Validation)?;
-    if let Err(refusal) = ig_reviewer(&state, &principal, &input.reviewer.role) {
-        return Err(refuse_unread(&state, &principal, "subscription-approval", refusal).await);
-    }
-    let (from, to): (&[&str], &str) = match input.decision.as_str() {
-        "approve" => (&[status::PENDING], status::ACTIVE),
-        "reject" => (&[status::PENDING], status::REJECTED),
-        _ => (&[status::ACTIVE, status::EXPIRED], status::REVOKED),
-    };
-    let st = state.clone();
-    let now = state.clock.now();
-    let who = principal.clone();
-    let sub = blocking(move || {
-        let current = st.store.subscription(id)?.ok_or_else(|| ApiError::NotFound("no subscription has this id".into()))?;
-        let record = json!({
-            "decided_by": "ig", "decision": input.decision, "note": input.note.trim(),
-            "reviewer": {"organisation": who.org.as_str(), "user_id": input.reviewer.user_id, "role": input.reviewer.role},
-            "agreement_version": st.agreement.version, "at": now, "previous": current.approval,
-        });
-        let sub = st.store.set_subscription_status(id, from, to, Some(&record), now)?.ok_or_else(|| {
-            ApiError::Conflict(format!("a subscription that is `{}` cannot be given `{}`", current.status, input.decision))
-        })?;
-        let audit = AuditEntry {
-            actor_user: Some(input.reviewer.user_id.clone()),
-            actor_role: Some(input.reviewer.role.clone()),
-            purpose: Some("vpr-management".into()),
-            context_ref: Some(format!("subscription={id};decision={};owner={}", input.decision, sub.owner_ods)),
-            decision: to.to_owned(),
-            ..audit_base(&st, &who, "subscription-approval", 200)
-        };
-        st.store.append_audit(&audit).map_err(ApiError::audit_write_failed)?;
-        Ok(sub)
-    })
-    .await?;
-    state.outbox.changed();
-    respond_with(&state, sub, &mut HttpResponse::Ok()).await
+    let body = json(&req, payload, MAX_BODY_BYTES).await?;
+    let sub = app.decide_approval(&caller, id, body).await?;
+    respond_with(&app, sub, &mut HttpResponse::Ok()).await
 }
 
 /// Events whose retries ran out, newest first; the subscription stays suspended until
@@ -620,20 +327,17 @@ pub async fn decide_approval(
 )]
 #[get("/v1/subscriptions/{id}/dead-letters")]
 pub async fn dead_letters(
-    state: web::Data<AppState>,
+    app: web::Data<App>,
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
     let id = parse_id(&id)?;
-    let sub = owned(&state, &principal, id).await?;
-    let store = state.store.clone();
-    let items = blocking(move || store.dead_letters(id).map_err(ApiError::from)).await?;
-    let held = sub.delivery.last_event_number - sub.delivery.delivered_upto;
+    let (sub, items) = app.dead_letters(&caller, id).await?;
     Ok(HttpResponse::Ok().json(json!({
         "subscription_id": id,
         "delivery_state": sub.delivery.state,
-        "undelivered_events": held,
+        "undelivered_events": sub.delivery.last_event_number - sub.delivery.delivered_upto,
         "dead_letters": items,
     })))
 }
@@ -655,42 +359,14 @@ pub async fn dead_letters(
 )]
 #[post("/v1/subscriptions/{id}/redeliver")]
 pub async fn redeliver(
-    state: web::Data<AppState>,
+    app: web::Data<App>,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &req, Scope::Subscriptions)?;
+    let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
     let id = parse_id(&id)?;
-    let body = json_body(&req, &read_body_up_to(payload, crate::handlers::MAX_BODY_BYTES).await?)?;
-    let input = vpr_domain::subscription::redeliver(&body).map_err(ApiError::Validation)?;
-    let sub = owned(&state, &principal, id).await?;
-    if sub.method != DeliveryMethod::Webhook {
-        return Err(ApiError::Conflict("a feed subscription is replayed by reading its feed from any `after`".into()));
-    }
-    if matches!(sub.status.as_str(), status::DELETED | status::REJECTED | status::PENDING) {
-        return Err(ApiError::Conflict(format!("a subscription that is `{}` is not delivered", sub.status)));
-    }
-    let st = state.clone();
-    let now = state.clock.now();
-    let sub = blocking(move || {
-        if !st.store.redeliver(id, input.from_event, now)? {
-            return Err(ApiError::Validation(vec![FieldError::new(
-                "/from_event",
-                "beyond-last-event",
-                "there is no event with this number yet",
-            )]));
-        }
-        st.store.subscription(id)?.ok_or_else(|| ApiError::NotFound("no subscription has this id".into()))
-    })
-    .await?;
-    state.outbox.due();
-    respond_with(&state, sub, &mut HttpResponse::Accepted()).await
-}
-
-/// The wire type of every event kind, for the OpenAPI description.
-pub fn event_types() -> Vec<String> {
-    let mut v: Vec<String> = vpr_domain::vocab::ChangeKind::ALL.iter().map(|k| event_type(k.code())).collect();
-    v.push("withheld".into());
-    v
+    let body = json(&req, payload, MAX_BODY_BYTES).await?;
+    let sub = app.redeliver(&caller, id, body).await?;
+    respond_with(&app, sub, &mut HttpResponse::Accepted()).await
 }

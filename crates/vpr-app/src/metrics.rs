@@ -22,6 +22,8 @@ pub struct Metrics {
     pub deliveries: IntCounterVec,
     /// From a notice change to its acknowledged delivery.
     pub delivery_latency: Histogram,
+    /// Failed or panicked runs of a background task, by task.
+    pub task_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -55,6 +57,11 @@ impl Metrics {
         registry.register(Box::new(events_fanned_out.clone()))?;
         registry.register(Box::new(deliveries.clone()))?;
         registry.register(Box::new(delivery_latency.clone()))?;
+        let task_failures = IntCounterVec::new(
+            Opts::new("background_task_failures_total", "Failed or panicked runs of a background task"),
+            &["task"],
+        )?;
+        registry.register(Box::new(task_failures.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -64,6 +71,7 @@ impl Metrics {
             events_fanned_out,
             deliveries,
             delivery_latency,
+            task_failures,
         })
     }
 

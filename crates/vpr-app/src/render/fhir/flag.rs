@@ -1,8 +1,8 @@
 //! A notice as a FHIR `Flag`, in the spirit of the UK Core Flag profile, so a shared care record
 //! shows it as an alert.
 //!
-//! The Flag is made from the notice *already minimised to the decided view* (the same JSON the
-//! REST API discloses), so it cannot carry a field outside that view: `existence` gives the
+//! The Flag is made from the [`DisclosedNotice`] *already minimised to the decided view*, so it
+//! cannot carry a field outside that view: `existence` gives the
 //! status, author and whom to call; `summary` adds the category, risk, safety advice and review
 //! date; `full` adds the subject's identifiers, the incident date and the lawful bases.
 
@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::{coding, NHS_NUMBER, ODS_CODE, UK_CORE_FLAG, VPR_FHIR};
+use crate::disclose::DisclosedNotice;
 
 /// SNOMED CT: the finding every violence-risk flag is coded with.
 pub const SNOMED_AT_RISK_OF_HARMING_OTHERS: (&str, &str) = ("391155006", "At risk of harming others");
@@ -144,8 +145,69 @@ fn ext(name: &str, value_key: &str, value: Value) -> Value {
 }
 
 /// Builds the Flag for a disclosed (minimised) notice.
-pub fn flag(d: &Value, shown: Shown, known: &KnownSubject) -> Value {
-    let id = d["id"].as_str().unwrap_or_default();
+pub fn flag(d: &DisclosedNotice, shown: Shown, known: &KnownSubject) -> Value {
+    flag_of(&json!(d), shown, known)
+}
+
+/// The Flag of a disclosed notice in its wire form (the fields of its view, and no others).
+fn flag_of(d: &Value, shown: Shown, known: &KnownSubject) -> Value {
+    let mut flag = json!({
+        "resourceType": "Flag",
+        "id": d["id"].as_str().unwrap_or_default(),
+        "meta": {
+            "versionId": shown.version.to_string(),
+            "lastUpdated": shown.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "profile": [UK_CORE_FLAG],
+            "security": [vio_label()],
+        },
+        "extension": extensions(d),
+        "status": flag_status(d["status"].as_str().unwrap_or("inactive")),
+        "category": categories(d),
+        "code": {"coding": codings(d), "text": code_text(d)},
+        "subject": subject(d, known),
+        "author": {
+            "type": "Organization",
+            "identifier": {"system": ODS_CODE, "value": d["publisher"]["ods_code"]},
+            "display": d["publisher"]["name"],
+        },
+    });
+    let mut period = Map::new();
+    if let Some(start) = d["incident_date"].as_str() {
+        period.insert("start".into(), json!(start));
+    }
+    if let Some(end) = d["review_date"].as_str() {
+        period.insert("end".into(), json!(end));
+    }
+    if !period.is_empty() {
+        flag["period"] = Value::Object(period);
+    }
+    flag
+}
+
+fn categories(d: &Value) -> Vec<Value> {
+    let mut category = vec![
+        json!({"coding": [coding("http://terminology.hl7.org/CodeSystem/flag-category", "behavioral", "Behavioral")]}),
+    ];
+    if let Some(c) = d["category"].as_str() {
+        category.push(json!({"coding": [coding(&format!("{VPR_FHIR}/CodeSystem/violence-category"), c, &words(c))], "text": words(c)}));
+    }
+    category
+}
+
+fn codings(d: &Value) -> Vec<Value> {
+    let mut codings =
+        vec![coding("http://snomed.info/sct", SNOMED_AT_RISK_OF_HARMING_OTHERS.0, SNOMED_AT_RISK_OF_HARMING_OTHERS.1)];
+    if let Some(r) = d["risk_level"].as_str() {
+        codings.push(coding(
+            &format!("{VPR_FHIR}/CodeSystem/violence-risk-level"),
+            r,
+            &format!("{} risk of violence", words(r)),
+        ));
+    }
+    codings
+}
+
+fn extensions(d: &Value) -> Vec<Value> {
     let mut extensions = Vec::new();
     if let Some(c) = contact(&d["contact"]) {
         extensions.push(c);
@@ -192,53 +254,7 @@ pub fn flag(d: &Value, shown: Shown, known: &KnownSubject) -> Value {
     }
     extensions
         .push(json!({"url": format!("{VPR_FHIR}/StructureDefinition/disclosure-decision"), "extension": decided}));
-
-    let mut category = vec![
-        json!({"coding": [coding("http://terminology.hl7.org/CodeSystem/flag-category", "behavioral", "Behavioral")]}),
-    ];
-    let mut codings =
-        vec![coding("http://snomed.info/sct", SNOMED_AT_RISK_OF_HARMING_OTHERS.0, SNOMED_AT_RISK_OF_HARMING_OTHERS.1)];
-    if let Some(c) = d["category"].as_str() {
-        category.push(json!({"coding": [coding(&format!("{VPR_FHIR}/CodeSystem/violence-category"), c, &words(c))], "text": words(c)}));
-    }
-    if let Some(r) = d["risk_level"].as_str() {
-        codings.push(coding(
-            &format!("{VPR_FHIR}/CodeSystem/violence-risk-level"),
-            r,
-            &format!("{} risk of violence", words(r)),
-        ));
-    }
-    let mut flag = json!({
-        "resourceType": "Flag",
-        "id": id,
-        "meta": {
-            "versionId": shown.version.to_string(),
-            "lastUpdated": shown.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "profile": [UK_CORE_FLAG],
-            "security": [vio_label()],
-        },
-        "extension": extensions,
-        "status": flag_status(d["status"].as_str().unwrap_or("inactive")),
-        "category": category,
-        "code": {"coding": codings, "text": code_text(d)},
-        "subject": subject(d, known),
-        "author": {
-            "type": "Organization",
-            "identifier": {"system": ODS_CODE, "value": d["publisher"]["ods_code"]},
-            "display": d["publisher"]["name"],
-        },
-    });
-    let mut period = Map::new();
-    if let Some(start) = d["incident_date"].as_str() {
-        period.insert("start".into(), json!(start));
-    }
-    if let Some(end) = d["review_date"].as_str() {
-        period.insert("end".into(), json!(end));
-    }
-    if !period.is_empty() {
-        flag["period"] = Value::Object(period);
-    }
-    flag
+    extensions
 }
 
 #[cfg(test)]
@@ -261,7 +277,7 @@ mod tests {
 
     #[test]
     fn an_existence_view_shows_only_that_a_notice_exists_and_whom_to_call() {
-        let f = flag(&existence(), shown(), &KnownSubject::default());
+        let f = flag_of(&existence(), shown(), &KnownSubject::default());
         let text = f.to_string();
         assert_eq!(f["status"], "active");
         assert!(f.get("period").is_none());
@@ -272,7 +288,7 @@ mod tests {
         assert_eq!(f["meta"]["security"][0]["code"], "VIO");
         // An NHS number the caller already holds is shown as the subject.
         let known = KnownSubject { nhs_number: Some("9990000018".into()) };
-        assert_eq!(flag(&existence(), shown(), &known)["subject"]["identifier"]["value"], "9990000018");
+        assert_eq!(flag_of(&existence(), shown(), &known)["subject"]["identifier"]["value"], "9990000018");
     }
 
     #[test]
@@ -282,12 +298,12 @@ mod tests {
             "aggravating_factors": ["racial-or-religious"], "medical_factor_operative": false,
             "safety_advice": ["attend-with-police"], "advice_text": "Crew assaulted.", "review_date": "2027-05-15"});
         d.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let f = flag(&d, shown(), &KnownSubject::default());
+        let f = flag_of(&d, shown(), &KnownSubject::default());
         assert_eq!(f["period"]["end"], "2027-05-15");
         assert!(f["period"].get("start").is_none(), "the incident date is in the full view only");
         assert_eq!(f["code"]["coding"][1]["code"], "high");
         assert!(f["code"]["text"].as_str().unwrap().starts_with("High risk of violence to staff: physical assault."));
         assert_eq!(f["category"][1]["coding"][0]["code"], "physical-assault");
-        assert_eq!(flag(&json!({"status": "withdrawn"}), shown(), &KnownSubject::default())["status"], "inactive");
+        assert_eq!(flag_of(&json!({"status": "withdrawn"}), shown(), &KnownSubject::default())["status"], "inactive");
     }
 }

@@ -1,0 +1,81 @@
+//! The access checks every service shares: may this system act in this role for its
+//! organisation, and is this request's purpose, role and justification one the agreement allows.
+
+use vpr_auth::Principal;
+
+use crate::caller::Access;
+use crate::error::{AppError, AppResult};
+use crate::App;
+
+/// Roles of information governance: they record consents and objections, review the audit and
+/// decide subscriptions that wait for approval.
+pub const IG_ROLES: [&str; 3] = ["ig-lead", "caldicott-guardian", "dpo"];
+
+/// Why a system may not act in a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleRefusal {
+    /// The registry does not give the system this role.
+    NotHeld,
+    /// The agreement gives this role to no organisation of the system's type.
+    NotGiven,
+}
+
+/// Whether the system holds `role` in the registry and the agreement gives that role to its
+/// organisation's type: the one check behind every role a caller asserts.
+pub fn may_act_as(app: &App, principal: &Principal, role: &str) -> Result<(), RoleRefusal> {
+    let holds = app.tokens.registry().system(&principal.client_id).is_some_and(|s| s.roles.iter().any(|r| r == role));
+    if !holds {
+        return Err(RoleRefusal::NotHeld);
+    }
+    if !app.agreement.role_allowed(role, principal.org_type) {
+        return Err(RoleRefusal::NotGiven);
+    }
+    Ok(())
+}
+
+/// Whether `role` is an IG role this system may act in.
+pub fn is_ig_role(app: &App, principal: &Principal, role: &str) -> bool {
+    IG_ROLES.contains(&role) && may_act_as(app, principal, role).is_ok()
+}
+
+/// Refuses anyone but an IG role this system may act in; `what` names what is reserved to IG.
+pub fn ig_only(app: &App, principal: &Principal, role: &str, what: &str) -> AppResult<()> {
+    if is_ig_role(app, principal, role) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(format!("{what} is for information governance roles only")))
+    }
+}
+
+/// Why a requester is refused before any notice is considered, if it is: the purpose is not
+/// the agreement's, the role is not this system's or not given to its organisation's type, or a
+/// break-glass justification is too short.
+pub fn requester_refusal(app: &App, principal: &Principal, access: &Access) -> Option<String> {
+    let agreement = &app.agreement;
+    if !agreement.purposes.contains_key(&access.purpose) {
+        return Some(format!("purpose `{}` is not a purpose of the agreement", access.purpose));
+    }
+    match may_act_as(app, principal, &access.role) {
+        Err(RoleRefusal::NotHeld) => return Some(format!("this system may not act in the role `{}`", access.role)),
+        Err(RoleRefusal::NotGiven) => {
+            return Some(format!("the agreement gives no `{}` role to a {}", access.role, principal.org_type))
+        }
+        Ok(()) => {}
+    }
+    if let Some(j) = &access.justification {
+        let min = agreement.break_glass.min_justification_chars;
+        if j.trim().chars().count() < min {
+            return Some(format!("a break-glass justification needs at least {min} characters"));
+        }
+    }
+    None
+}
+
+/// Refuses a caller whose token lacks `scope`.
+pub fn require_scope(principal: &Principal, scope: vpr_auth::Scope) -> AppResult<()> {
+    if principal.has(scope) {
+        Ok(())
+    } else {
+        Err(AppError::InsufficientScope(scope.code()))
+    }
+}

@@ -1,0 +1,83 @@
+//! Audit entries for the services: who acted, for which request, and refusals recorded before
+//! they are answered.
+
+use uuid::Uuid;
+use vpr_store::audit::AuditEntry;
+
+use crate::caller::Caller;
+use crate::error::AppError;
+use crate::App;
+
+/// The actor an entry names: an organisation, its type and the system (which may no longer be
+/// in the registry).
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    /// ODS code.
+    pub org: &'a str,
+    /// Organisation type code.
+    pub org_type: &'a str,
+    /// Client id.
+    pub system: &'a str,
+}
+
+/// An entry for `actor` doing `action` now, for request `request_id`, with every other field
+/// empty for the caller to fill in.
+pub fn audit_entry(app: &App, actor: Actor<'_>, request_id: &str, action: &str, outcome: u16) -> AuditEntry {
+    AuditEntry {
+        id: Uuid::new_v4(),
+        at: app.clock.now(),
+        request_id: request_id.to_owned(),
+        action: action.to_owned(),
+        actor_org: actor.org.to_owned(),
+        actor_org_type: actor.org_type.to_owned(),
+        actor_system: actor.system.to_owned(),
+        actor_user: None,
+        actor_role: None,
+        purpose: None,
+        context_ref: None,
+        break_glass: false,
+        justification: None,
+        subject_refs: vec![],
+        decision: String::new(),
+        notices: vec![],
+        lawful_basis: vec![],
+        clauses: vec![],
+        agreement_version: app.agreement.version.clone(),
+        outcome,
+        ig_review: None,
+        received_by: None,
+    }
+}
+
+/// An entry for the caller doing `action` now, in its request.
+pub fn caller_entry(app: &App, caller: &Caller, action: &str, outcome: u16) -> AuditEntry {
+    let p = &caller.principal;
+    let actor = Actor { org: p.org.as_str(), org_type: p.org_type.code(), system: &p.client_id };
+    audit_entry(app, actor, &caller.request_id, action, outcome)
+}
+
+/// Records an authenticated request refused before anything was decided or read (bad input, a
+/// role it may not act in), then returns the refusal; if the entry cannot be committed the
+/// answer is that failure instead. Nothing about a subject is recorded: the input was not valid.
+/// Runs on the blocking pool.
+pub fn record_refusal(app: &App, caller: &Caller, action: &str, refusal: AppError) -> AppError {
+    match record_refused(app, caller, action, refusal.status()) {
+        Ok(()) => refusal,
+        Err(e) => e,
+    }
+}
+
+/// Records a refusal answered with `status` (for refusals an edge makes itself, such as a body
+/// that is not JSON).
+pub fn record_refused(app: &App, caller: &Caller, action: &str, status: u16) -> Result<(), AppError> {
+    let entry = AuditEntry { decision: "refused".to_owned(), ..caller_entry(app, caller, action, status) };
+    app.store.append_audit(&entry).map_err(AppError::audit_write_failed)
+}
+
+/// [`record_refusal`] from async code.
+pub async fn refuse(app: &App, caller: &Caller, action: &'static str, refusal: AppError) -> AppError {
+    let caller = caller.clone();
+    match app.blocking(move |app| Ok(record_refusal(app, &caller, action, refusal))).await {
+        Ok(e) | Err(e) => e,
+    }
+}

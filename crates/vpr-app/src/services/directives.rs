@@ -1,0 +1,107 @@
+//! Consents and objections: IG records a subject's consent or objection for a purpose, with
+//! evidence. The agreement decides what each changes.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+use vpr_store::audit::AuditEntry;
+use vpr_store::directives::{DirectiveKind, NewDirective};
+
+use crate::access::is_ig_role;
+use crate::audit::{caller_entry, record_refusal};
+use crate::caller::Caller;
+use crate::disclose::subject_keys;
+use crate::error::{AppError, AppResult};
+use crate::App;
+
+/// A recorded consent or objection, as its recorder is shown it.
+#[derive(Debug, Serialize)]
+pub struct DirectiveRecorded {
+    /// Its id.
+    pub id: Uuid,
+    /// `consent` or `objection`.
+    pub kind: &'static str,
+    /// The purpose it is for.
+    pub purpose: String,
+    /// Its status (`given`, `withdrawn`, `upheld`, `overridden`).
+    pub status: String,
+    /// Where the evidence is kept.
+    pub evidence_reference: String,
+    /// When.
+    pub recorded_at: DateTime<Utc>,
+}
+
+fn kind_code(kind: DirectiveKind) -> &'static str {
+    match kind {
+        DirectiveKind::Consent => "consent",
+        DirectiveKind::Objection => "objection",
+    }
+}
+
+impl App {
+    /// Records a consent or an objection (IG roles only). A refused attempt is audited; the
+    /// record and its audit entry commit together.
+    pub async fn record_directive(
+        &self,
+        caller: &Caller,
+        kind: DirectiveKind,
+        body: Value,
+    ) -> AppResult<DirectiveRecorded> {
+        let caller = caller.clone();
+        self.blocking(move |app| {
+            let action = kind_code(kind);
+            let now = app.clock.now();
+            let valid = vpr_domain::validate::directive(&body, kind == DirectiveKind::Objection, now.date_naive())
+                .map_err(AppError::Validation)?;
+            let input = &valid.input;
+            if !app.agreement.purposes.contains_key(&input.purpose) {
+                return Err(AppError::invalid(
+                    "/purpose",
+                    "agreement-purpose",
+                    format!("`{}` is not a purpose of the agreement", input.purpose),
+                ));
+            }
+            let role = &input.requester.role;
+            if !is_ig_role(app, &caller.principal, role) {
+                let refusal = AppError::Forbidden(
+                    "consents and objections are recorded by information governance roles only".into(),
+                );
+                return Err(record_refusal(app, &caller, action, refusal));
+            }
+            let (blind, subject_refs) = subject_keys(app, &valid.subject);
+            let directive = NewDirective {
+                kind,
+                blind_indexes: blind,
+                purpose: input.purpose.clone(),
+                status: input.status.clone(),
+                evidence_reference: input.evidence_reference.clone(),
+                reason: input.reason.clone(),
+                effective_from: input.effective_from.unwrap_or(now.date_naive()),
+                expires_on: input.expires_on,
+                recorded_by_org: caller.org().to_owned(),
+                recorded_by_user: input.requester.user_id.clone(),
+            };
+            let audit = AuditEntry {
+                actor_user: Some(input.requester.user_id.clone()),
+                actor_role: Some(role.clone()),
+                purpose: Some(input.purpose.clone()),
+                context_ref: Some(input.evidence_reference.clone()),
+                subject_refs,
+                decision: input.status.clone(),
+                ..caller_entry(app, &caller, action, 201)
+            };
+            let id = app.store.record_directive(&directive, now)?;
+            app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
+            Ok(DirectiveRecorded {
+                id,
+                kind: action,
+                purpose: input.purpose.clone(),
+                status: input.status.clone(),
+                evidence_reference: input.evidence_reference.clone(),
+                recorded_at: now,
+            })
+        })
+        .await
+    }
+}

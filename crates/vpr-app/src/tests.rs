@@ -1,0 +1,1 @@
+//! In-process service tests, on SQLite and PostgreSQL.
