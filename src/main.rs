@@ -211,16 +211,8 @@ fn open_store(cfg: &Config) -> Result<Store> {
     Ok(Store::open(&cfg.database_url, cfg.database_pool_size, vault)?)
 }
 
-async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<()> {
-    if cfg.demo {
-        tracing::warn!("DEMO MODE: fictional partners and demo-only keys are accepted; never use with real data");
-    }
-    if cfg.benchmark_unaudited_reads {
-        tracing::warn!("BENCHMARK: look-ups are decided but NOT audited");
-    }
-    if cfg.benchmark_ungoverned_reads {
-        tracing::warn!("BENCHMARK: look-ups are answered with NO policy decision and NO audit");
-    }
+/// The partner registry and the signing key files, refused if demo-only outside demo mode.
+fn load_registry_and_keys(cfg: &Config) -> Result<(Registry, Vec<SigningKeyFile>)> {
     let registry_text = std::fs::read_to_string(&cfg.registry)
         .with_context(|| format!("cannot read registry `{}`", cfg.registry.display()))?;
     let registry = Registry::from_json(&registry_text)?;
@@ -237,6 +229,83 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
             Ok(SigningKeyFile::from_json(&text)?)
         })
         .collect::<Result<Vec<_>>>()?;
+    Ok((registry, key_files))
+}
+
+/// Delivery settings from the configuration (subscriptions may run as long as a notice may go
+/// unreviewed).
+fn delivery_settings(cfg: &Config, max_subscription_days: i64) -> Result<vpr_app::delivery::DeliverySettings> {
+    let extra_roots_pem = match &cfg.delivery.ca_file {
+        Some(p) => vec![std::fs::read(p).with_context(|| format!("cannot read `delivery.ca_file` `{}`", p.display()))?],
+        None => Vec::new(),
+    };
+    Ok(vpr_app::delivery::DeliverySettings {
+        retry_for: Duration::from_secs(cfg.delivery.retry_for_seconds),
+        initial_backoff: Duration::from_millis(cfg.delivery.initial_backoff_ms),
+        max_backoff: Duration::from_secs(cfg.delivery.max_backoff_seconds),
+        timeout: Duration::from_millis(cfg.delivery.timeout_ms),
+        concurrency: cfg.delivery.concurrency,
+        lease: Duration::from_secs(cfg.delivery.lease_seconds),
+        poll: Duration::from_millis(cfg.delivery.poll_ms),
+        max_subscription_days,
+        allow_insecure_webhooks: cfg.demo,
+        min_heartbeat: Duration::from_secs(cfg.delivery.min_heartbeat_seconds),
+        extra_roots_pem,
+    })
+}
+
+/// Runs the HTTP edge and the workers until shutdown or until a worker ends; then stops the
+/// workers within the grace period. A worker that ended or did not stop cleanly is an error.
+async fn run_app(
+    cfg: &Config,
+    app: App,
+    client: vpr_app::delivery::WebhookClient,
+    delivery: &tokio::runtime::Handle,
+) -> Result<()> {
+    tracing::info!(database = app.store.backend().name(), public_url = %cfg.public_url, "vpr-broker starting");
+    let schedule = vpr_app::tasks::Schedule {
+        expire_notices: Duration::from_secs(cfg.notices.expiry_check_seconds),
+        seal_audit: Duration::from_secs(1),
+        retain_audit: Duration::from_secs(3600),
+        expire_subscriptions: Duration::from_secs(60),
+    };
+    // Fan-out and webhook delivery run on a runtime of their own, so pushes to slow receivers
+    // never hold up the HTTP workers.
+    let mut workers = vpr_app::tasks::start(&app, schedule, client, delivery);
+    let http_workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
+    let server = vpr_http::run(app, &cfg.listen, http_workers, grace)?;
+    let handle = server.handle();
+    let mut failed = None;
+    tokio::select! {
+        served = server => served?,
+        ended = workers.ended() => {
+            tracing::error!(problem = %ended, "a background worker stopped: shutting down");
+            failed = Some(ended);
+            handle.stop(true).await;
+        }
+    }
+    let problems = workers.stop(grace).await;
+    for p in &problems {
+        tracing::error!(problem = %p, "background worker did not stop cleanly");
+    }
+    if let Some(why) = failed.or_else(|| problems.first().cloned()) {
+        bail!("stopped because {why}");
+    }
+    Ok(())
+}
+
+async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<()> {
+    if cfg.demo {
+        tracing::warn!("DEMO MODE: fictional partners and demo-only keys are accepted; never use with real data");
+    }
+    if cfg.benchmark_unaudited_reads {
+        tracing::warn!("BENCHMARK: look-ups are decided but NOT audited");
+    }
+    if cfg.benchmark_ungoverned_reads {
+        tracing::warn!("BENCHMARK: look-ups are answered with NO policy decision and NO audit");
+    }
+    let (registry, key_files) = load_registry_and_keys(&cfg)?;
     let agreement = load_agreement(&cfg.agreement)?;
     check_registry_against_agreement(&registry, &agreement)?;
     tracing::info!(version = %agreement.version, clauses = agreement.clause_count(), "data-sharing agreement loaded");
@@ -262,23 +331,7 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
             leeway: Duration::from_secs(30),
         },
     );
-    let extra_roots_pem = match &cfg.delivery.ca_file {
-        Some(p) => vec![std::fs::read(p).with_context(|| format!("cannot read `delivery.ca_file` `{}`", p.display()))?],
-        None => Vec::new(),
-    };
-    let delivery = vpr_app::delivery::DeliverySettings {
-        retry_for: Duration::from_secs(cfg.delivery.retry_for_seconds),
-        initial_backoff: Duration::from_millis(cfg.delivery.initial_backoff_ms),
-        max_backoff: Duration::from_secs(cfg.delivery.max_backoff_seconds),
-        timeout: Duration::from_millis(cfg.delivery.timeout_ms),
-        concurrency: cfg.delivery.concurrency,
-        lease: Duration::from_secs(cfg.delivery.lease_seconds),
-        poll: Duration::from_millis(cfg.delivery.poll_ms),
-        max_subscription_days: agreement.max_review_interval_days,
-        allow_insecure_webhooks: cfg.demo,
-        min_heartbeat: Duration::from_secs(cfg.delivery.min_heartbeat_seconds),
-        extra_roots_pem,
-    };
+    let delivery = delivery_settings(&cfg, agreement.max_review_interval_days)?;
     let webhook_client = vpr_app::delivery::webhook_client(&delivery).map_err(anyhow::Error::msg)?;
     let app = App {
         store,
@@ -294,36 +347,7 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
         delivery: Arc::new(delivery),
         outbox: vpr_app::delivery::Outbox::default(),
     };
-    tracing::info!(database = app.store.backend().name(), public_url = %cfg.public_url, "vpr-broker starting");
-    let schedule = vpr_app::tasks::Schedule {
-        expire_notices: Duration::from_secs(cfg.notices.expiry_check_seconds),
-        seal_audit: Duration::from_secs(1),
-        retain_audit: Duration::from_secs(3600),
-        expire_subscriptions: Duration::from_secs(60),
-    };
-    // Fan-out and webhook delivery run on a runtime of their own, so pushes to slow receivers
-    // never hold up the HTTP workers.
-    let mut workers = vpr_app::tasks::start(&app, schedule, webhook_client, &delivery_runtime);
-    let http_workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
-    let server = vpr_http::run(app, &cfg.listen, http_workers, grace)?;
-    let handle = server.handle();
-    let mut failed = None;
-    tokio::select! {
-        served = server => served?,
-        ended = workers.ended() => {
-            tracing::error!(problem = %ended, "a background worker stopped: shutting down");
-            failed = Some(ended);
-            handle.stop(true).await;
-        }
-    }
-    let problems = workers.stop(grace).await;
-    for p in &problems {
-        tracing::error!(problem = %p, "background worker did not stop cleanly");
-    }
-    if let Some(why) = failed.or_else(|| problems.first().cloned()) {
-        bail!("stopped because {why}");
-    }
+    run_app(&cfg, app, webhook_client, &delivery_runtime).await?;
     tracing::info!("vpr-broker stopped");
     Ok(())
 }
@@ -369,92 +393,96 @@ fn dispatch(cli: Cli) -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
-        Command::Policy(PolicyCommand::Check { agreement, registry }) => {
-            let a = Agreement::load(&agreement)?;
-            println!(
-                "agreement {} ({}): {} clauses valid against the Cedar schema",
-                a.version,
-                a.title,
-                a.clause_count()
-            );
-            match &a.fixtures_path {
-                Some(f) => {
-                    let text = std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
-                    let n = vpr_policy::fixtures::replay(&a, &text)?;
-                    println!("{n} ALLOW/DENY fixtures pass");
-                }
-                None => println!("no fixtures named"),
-            }
-            if let Some(r) = registry {
-                let text = std::fs::read_to_string(&r).with_context(|| format!("cannot read `{}`", r.display()))?;
-                check_registry_against_agreement(&Registry::from_json(&text)?, &a)?;
-                println!("registry {} fits the agreement", r.display());
-            }
-            Ok(())
-        }
-        Command::Audit(AuditCommand::Export { database, out }) => {
-            let mut conn = vpr_store::seal::connect(&database)?;
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&out)
-                .with_context(|| format!("cannot create `{}` (it must not exist)", out.display()))?;
-            let mut writer = std::io::BufWriter::new(file);
-            let n = vpr_store::seal::export_audit(&mut conn, chrono::Utc::now(), &mut writer)?;
-            std::io::Write::flush(&mut writer)?;
-            println!("exported {n} sealed entries to {}", out.display());
-            Ok(())
-        }
+        Command::Policy(PolicyCommand::Check { agreement, registry }) => policy_check(&agreement, registry.as_deref()),
+        Command::Audit(AuditCommand::Export { database, out }) => audit_export(&database, &out),
         Command::Audit(AuditCommand::Verify { database, export, jwks }) => {
-            let jwks: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(&jwks).with_context(|| format!("cannot read `{}`", jwks.display()))?,
-            )
-            .context("the JWKS is not JSON")?;
-            let open = |jws: &str| -> Result<(i64, vpr_audit::merkle::Hash), String> {
-                let (size, root) = vpr_auth::keys::open_checkpoint(&jwks, jws)?;
-                let hash = vpr_audit::parse_hash(&root).ok_or("the root hash is not hex")?;
-                Ok((size, hash))
-            };
-            let started = std::time::Instant::now();
-            // Verification reads stored bytes only (it never decrypts) over one plain connection.
-            let report = match (export, database) {
-                (Some(path), _) => {
-                    let file =
-                        std::fs::File::open(&path).with_context(|| format!("cannot read `{}`", path.display()))?;
-                    vpr_store::seal::verify_export(std::io::BufReader::new(file), &open)?
-                }
-                (None, Some(database)) => {
-                    vpr_store::seal::verify_audit(&mut vpr_store::seal::connect(&database)?, &open)?
-                }
-                (None, None) => bail!("give `--database` or `--export`"),
-            };
-            println!(
-                "{} sealed entries ({} pruned under retention), {} pending, {} signed checkpoints checked in {:.2}s",
-                report.entries,
-                report.pruned,
-                report.unsealed,
-                report.checkpoints,
-                started.elapsed().as_secs_f64()
-            );
-            if report.problems.is_empty() {
-                println!("the audit log verifies");
-                Ok(())
-            } else {
-                for p in &report.problems {
-                    println!("PROBLEM: {p}");
-                }
-                bail!(
-                    "the audit log does not verify: {} problem(s), first: {}",
-                    report.problems.len(),
-                    report.problems.first().cloned().unwrap_or_default()
-                )
-            }
+            audit_verify(database.as_deref(), export.as_deref(), &jwks)
         }
         Command::Keys(KeysCommand::Data { out, demo_only }) => {
             write_new(&out, &serde_json::to_string_pretty(&DataKeyFile::generate(demo_only))?)?;
             println!("wrote {}", out.display());
             Ok(())
         }
+    }
+}
+
+/// `vpr-broker policy check`: the agreement's clauses against the Cedar schema, its fixtures,
+/// and optionally a registry against it.
+fn policy_check(agreement: &std::path::Path, registry: Option<&std::path::Path>) -> Result<()> {
+    let a = Agreement::load(agreement)?;
+    println!("agreement {} ({}): {} clauses valid against the Cedar schema", a.version, a.title, a.clause_count());
+    match &a.fixtures_path {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
+            let n = vpr_policy::fixtures::replay(&a, &text)?;
+            println!("{n} ALLOW/DENY fixtures pass");
+        }
+        None => println!("no fixtures named"),
+    }
+    if let Some(r) = registry {
+        let text = std::fs::read_to_string(r).with_context(|| format!("cannot read `{}`", r.display()))?;
+        check_registry_against_agreement(&Registry::from_json(&text)?, &a)?;
+        println!("registry {} fits the agreement", r.display());
+    }
+    Ok(())
+}
+
+/// `vpr-broker audit export`: the sealed log, for offline verification.
+fn audit_export(database: &str, out: &std::path::Path) -> Result<()> {
+    let mut conn = vpr_store::seal::connect(database)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .with_context(|| format!("cannot create `{}` (it must not exist)", out.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    let n = vpr_store::seal::export_audit(&mut conn, chrono::Utc::now(), &mut writer)?;
+    std::io::Write::flush(&mut writer)?;
+    println!("exported {n} sealed entries to {}", out.display());
+    Ok(())
+}
+
+/// `vpr-broker audit verify`: the sealed log against its signed checkpoints.
+fn audit_verify(database: Option<&str>, export: Option<&std::path::Path>, jwks: &std::path::Path) -> Result<()> {
+    let jwks: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(jwks).with_context(|| format!("cannot read `{}`", jwks.display()))?,
+    )
+    .context("the JWKS is not JSON")?;
+    let open = |jws: &str| -> Result<(i64, vpr_audit::merkle::Hash), String> {
+        let (size, root) = vpr_auth::keys::open_checkpoint(&jwks, jws)?;
+        let hash = vpr_audit::parse_hash(&root).ok_or("the root hash is not hex")?;
+        Ok((size, hash))
+    };
+    let started = std::time::Instant::now();
+    // Verification reads stored bytes only (it never decrypts) over one plain connection.
+    let report = match (export, database) {
+        (Some(path), _) => {
+            let file = std::fs::File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            vpr_store::seal::verify_export(std::io::BufReader::new(file), &open)?
+        }
+        (None, Some(database)) => vpr_store::seal::verify_audit(&mut vpr_store::seal::connect(database)?, &open)?,
+        (None, None) => bail!("give `--database` or `--export`"),
+    };
+    println!(
+        "{} sealed entries ({} pruned under retention), {} pending, {} signed checkpoints checked in {:.2}s",
+        report.entries,
+        report.pruned,
+        report.unsealed,
+        report.checkpoints,
+        started.elapsed().as_secs_f64()
+    );
+    if report.problems.is_empty() {
+        println!("the audit log verifies");
+        Ok(())
+    } else {
+        for p in &report.problems {
+            println!("PROBLEM: {p}");
+        }
+        bail!(
+            "the audit log does not verify: {} problem(s), first: {}",
+            report.problems.len(),
+            report.problems.first().cloned().unwrap_or_default()
+        )
     }
 }
 

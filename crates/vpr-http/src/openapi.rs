@@ -59,6 +59,13 @@ pub fn build(routes: fn(&mut ServiceConfig)) -> Value {
                 Errors are RFC 9457 problem details. Authenticate with OAuth2 client credentials and a signed JWT assertion (private_key_jwt).",
         }),
     );
+    // Every placeholder utoipa registered is replaced by its contract document.
+    root.insert("components".into(), json!({ "schemas": schemas(), "securitySchemes": security() }));
+    Value::Object(root)
+}
+
+/// The request and response bodies: the contract documents, and the shapes described here.
+fn schemas() -> Map<String, Value> {
     let mut schemas = Map::new();
     schemas.insert("NoticeInput".into(), contract(vpr_domain::validate::BodySchema::Notice.source()));
     schemas.insert("WithdrawInput".into(), contract(vpr_domain::validate::BodySchema::Withdraw.source()));
@@ -108,6 +115,12 @@ pub fn build(routes: fn(&mut ServiceConfig)) -> Value {
             }
         }),
     );
+    wire_schemas(&mut schemas);
+    schemas
+}
+
+/// The bodies with no contract document of their own.
+fn wire_schemas(schemas: &mut Map<String, Value>) {
     schemas.insert(
         "WebhookEvent".into(),
         json!({
@@ -150,7 +163,11 @@ pub fn build(routes: fn(&mut ServiceConfig)) -> Value {
         "JwkSet".into(),
         json!({"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array", "items": {"type": "object"}}}}),
     );
-    let security = json!({
+}
+
+/// The OAuth2 security scheme and its scopes.
+fn security() -> Value {
+    json!({
         "bearer": {
             "type": "oauth2",
             "description": "Access tokens from the client credentials grant with a private_key_jwt client assertion (RFC 7523).",
@@ -163,10 +180,7 @@ pub fn build(routes: fn(&mut ServiceConfig)) -> Value {
                 "ig:write": "record consents and objections (IG)"
             }}}
         }
-    });
-    // Every placeholder utoipa registered is replaced by its contract document.
-    root.insert("components".into(), json!({ "schemas": schemas, "securitySchemes": security }));
-    Value::Object(root)
+    })
 }
 
 #[cfg(test)]

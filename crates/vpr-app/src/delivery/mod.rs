@@ -26,6 +26,8 @@ pub use crate::render::event::{Decided, Shown};
 pub use decide::{decide_events, decide_many, ToDecide};
 pub use fanout::fan_out;
 pub use push::deliver;
+/// The HTTP client webhooks are pushed with ([`webhook_client`]).
+pub use reqwest::Client as WebhookClient;
 
 use crate::App;
 

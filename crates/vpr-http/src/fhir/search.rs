@@ -66,6 +66,46 @@ fn parse_date(raw: &str) -> Option<DateTime<Utc>> {
     })
 }
 
+/// The NHS number of a patient search parameter (`<system>|<number>`).
+fn patient(name: &str, value: &str) -> Result<String, ApiError> {
+    let (system, n) = value.split_once('|').unwrap_or(("", value));
+    if system != NHS_NUMBER {
+        return Err(bad(name, "identifier-system", format!("the identifier system must be `{NHS_NUMBER}`")));
+    }
+    let n = NhsNumber::parse(n).map_err(|e| bad(name, e.rule_id(), e.to_string()))?;
+    Ok(n.as_str().to_owned())
+}
+
+/// The Flag statuses of a `status` parameter.
+fn flag_statuses(value: &str) -> Result<Vec<String>, ApiError> {
+    value
+        .split(',')
+        .map(|s| {
+            if ["active", "inactive", "entered-in-error"].contains(&s) {
+                Ok(s.to_owned())
+            } else {
+                Err(bad("status", "code", "`status` is active, inactive or entered-in-error"))
+            }
+        })
+        .collect()
+}
+
+/// A `_lastUpdated` comparison.
+fn last_updated_of(value: &str) -> Result<(Cmp, DateTime<Utc>), ApiError> {
+    let (cmp, rest) = match value.get(..2) {
+        Some("ge") => (Cmp::Ge, value.get(2..).unwrap_or_default()),
+        Some("gt") => (Cmp::Gt, value.get(2..).unwrap_or_default()),
+        Some("le") => (Cmp::Le, value.get(2..).unwrap_or_default()),
+        Some("lt") => (Cmp::Lt, value.get(2..).unwrap_or_default()),
+        Some("eq") => (Cmp::Eq, value.get(2..).unwrap_or_default()),
+        _ => (Cmp::Eq, value),
+    };
+    let at = parse_date(rest).ok_or_else(|| {
+        bad("_lastUpdated", "date", "give a date or an instant, with an optional ge, gt, le, lt or eq prefix")
+    })?;
+    Ok((cmp, at))
+}
+
 impl FlagSearch {
     fn from_params(app: &App, caller: &Caller, params: &[(String, String)]) -> Result<Self, ApiError> {
         if let Some((_, token)) = params.iter().find(|(k, _)| k == "_page") {
@@ -84,43 +124,10 @@ impl FlagSearch {
                     if nhs.is_some() {
                         return Err(bad(name, "repeated", "give one patient identifier"));
                     }
-                    let (system, n) = value.split_once('|').unwrap_or(("", value));
-                    if system != NHS_NUMBER {
-                        return Err(bad(
-                            name,
-                            "identifier-system",
-                            format!("the identifier system must be `{NHS_NUMBER}`"),
-                        ));
-                    }
-                    let n = NhsNumber::parse(n).map_err(|e| bad(name, e.rule_id(), e.to_string()))?;
-                    nhs = Some(n.as_str().to_owned());
+                    nhs = Some(patient(name, value)?);
                 }
-                "status" => {
-                    for s in value.split(',') {
-                        if !["active", "inactive", "entered-in-error"].contains(&s) {
-                            return Err(bad("status", "code", "`status` is active, inactive or entered-in-error"));
-                        }
-                        statuses.push(s.to_owned());
-                    }
-                }
-                "_lastUpdated" => {
-                    let (cmp, rest) = match value.get(..2) {
-                        Some("ge") => (Cmp::Ge, &value[2..]),
-                        Some("gt") => (Cmp::Gt, &value[2..]),
-                        Some("le") => (Cmp::Le, &value[2..]),
-                        Some("lt") => (Cmp::Lt, &value[2..]),
-                        Some("eq") => (Cmp::Eq, &value[2..]),
-                        _ => (Cmp::Eq, value.as_str()),
-                    };
-                    let at = parse_date(rest).ok_or_else(|| {
-                        bad(
-                            "_lastUpdated",
-                            "date",
-                            "give a date or an instant, with an optional ge, gt, le, lt or eq prefix",
-                        )
-                    })?;
-                    last_updated.push((cmp, at));
-                }
+                "status" => statuses.extend(flag_statuses(value)?),
+                "_lastUpdated" => last_updated.push(last_updated_of(value)?),
                 "_count" => {
                     count = value
                         .parse()

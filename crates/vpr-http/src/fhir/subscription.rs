@@ -43,20 +43,14 @@ struct Requested {
     heartbeat: Option<i32>,
 }
 
-/// Checks a FHIR Subscription body, reporting every problem by its path.
-fn requested(app: &App, req: &HttpRequest, body: &Value) -> Result<Requested, ApiError> {
-    let mut errs = Vec::new();
-    let now = app.clock.now();
-    if body["resourceType"] != "Subscription" {
-        errs.push(field("/resourceType", "resource-type", "the body must be a Subscription"));
-    }
-    if body["criteria"] != TOPIC {
-        errs.push(field("/criteria", "topic", format!("`criteria` must be the topic `{TOPIC}`")));
-    }
-    let reason = body["reason"].as_str().map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned);
-    if reason.is_none() {
-        errs.push(field("/reason", "required", "say why the subscription is made (`reason`)"));
-    }
+/// The channel a FHIR Subscription asks for: its endpoint, payload content and heartbeat.
+struct Channel {
+    url: Option<String>,
+    payload: Payload,
+    heartbeat: Option<i32>,
+}
+
+fn channel_of(app: &App, body: &Value, errs: &mut Vec<FieldError>) -> Channel {
     let channel = &body["channel"];
     if channel["type"] != "rest-hook" {
         errs.push(field("/channel/type", "channel-type", "only `rest-hook` channels are served"));
@@ -104,6 +98,11 @@ fn requested(app: &App, req: &HttpRequest, body: &Value) -> Result<Requested, Ap
             }
         },
     };
+    Channel { url, payload, heartbeat }
+}
+
+/// The patients a FHIR Subscription filters by (its cohort).
+fn cohort_of(body: &Value, errs: &mut Vec<FieldError>) -> Vec<Subject> {
     let mut cohort = Vec::new();
     for (i, e) in
         extensions(&body["_criteria"], &format!("{BACKPORT}/backport-filter-criteria")).into_iter().enumerate()
@@ -144,8 +143,14 @@ fn requested(app: &App, req: &HttpRequest, body: &Value) -> Result<Requested, Ap
             }
         }
     }
+    cohort
+}
+
+/// When a FHIR Subscription ends (`end`, or the longest the agreement allows).
+fn end_of(app: &App, body: &Value, errs: &mut Vec<FieldError>) -> DateTime<Utc> {
+    let now = app.clock.now();
     let max = chrono::Duration::days(app.delivery.max_subscription_days);
-    let expires_at = match body["end"].as_str() {
+    match body["end"].as_str() {
         None => now + max,
         Some(raw) => match DateTime::parse_from_rfc3339(raw) {
             Ok(t) if t.with_timezone(&Utc) <= now => {
@@ -166,7 +171,25 @@ fn requested(app: &App, req: &HttpRequest, body: &Value) -> Result<Requested, Ap
                 now
             }
         },
-    };
+    }
+}
+
+/// Checks a FHIR Subscription body, reporting every problem by its path.
+fn requested(app: &App, req: &HttpRequest, body: &Value) -> Result<Requested, ApiError> {
+    let mut errs = Vec::new();
+    if body["resourceType"] != "Subscription" {
+        errs.push(field("/resourceType", "resource-type", "the body must be a Subscription"));
+    }
+    if body["criteria"] != TOPIC {
+        errs.push(field("/criteria", "topic", format!("`criteria` must be the topic `{TOPIC}`")));
+    }
+    let reason = body["reason"].as_str().map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned);
+    if reason.is_none() {
+        errs.push(field("/reason", "required", "say why the subscription is made (`reason`)"));
+    }
+    let Channel { url, payload, heartbeat } = channel_of(app, body, &mut errs);
+    let cohort = cohort_of(body, &mut errs);
+    let expires_at = end_of(app, body, &mut errs);
     let purpose = header_value(req, "VPR-Purpose");
     let role = header_value(req, "VPR-User-Role");
     if purpose.is_none() {

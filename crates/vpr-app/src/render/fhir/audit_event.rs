@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use vpr_store::audit::StoredAuditEntry;
+use vpr_store::audit::{AuditEntry, StoredAuditEntry};
 
 use super::flag::vio_label;
 use super::{coding, ODS_CODE, VPR_FHIR};
@@ -32,11 +32,8 @@ fn interaction(action: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// One audit entry as an `AuditEvent`.
-pub fn audit_event(app: &App, s: &StoredAuditEntry) -> Value {
-    let e = &s.entry;
-    let (subtype, action) = interaction(&e.action);
-    let refused = matches!(e.decision.as_str(), "deny" | "refused");
+/// The requesting agent: the organisation, its user and role, and the clauses that decided.
+fn requester(app: &App, e: &AuditEntry) -> Value {
     let policy: Vec<String> =
         e.clauses.iter().map(|c| format!("urn:vpr-broker:agreement:{}:clause:{c}", e.agreement_version)).collect();
     let org_name = app.tokens.registry().partner(&e.actor_org).map(|p| p.name.clone());
@@ -54,6 +51,11 @@ pub fn audit_event(app: &App, s: &StoredAuditEntry) -> Value {
     if !policy.is_empty() {
         requester["policy"] = json!(policy);
     }
+    requester
+}
+
+/// The entities: each Flag decided on, each subject reference, and the entry itself.
+fn entities(e: &AuditEntry) -> Vec<Value> {
     let mut entities: Vec<Value> = e
         .notices
         .iter()
@@ -108,6 +110,14 @@ pub fn audit_event(app: &App, s: &StoredAuditEntry) -> Value {
         "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "24", "Query"),
         "detail": context,
     }));
+    entities
+}
+
+/// One audit entry as an `AuditEvent`.
+pub fn audit_event(app: &App, s: &StoredAuditEntry) -> Value {
+    let e = &s.entry;
+    let (subtype, action) = interaction(&e.action);
+    let refused = matches!(e.decision.as_str(), "deny" | "refused");
     let mut event = json!({
         "resourceType": "AuditEvent",
         "id": e.id,
@@ -119,7 +129,7 @@ pub fn audit_event(app: &App, s: &StoredAuditEntry) -> Value {
         "outcome": if refused { "4" } else { "0" },
         "outcomeDesc": e.decision,
         "agent": [
-            requester,
+            requester(app, e),
             {
                 "type": {"coding": [coding("http://dicom.nema.org/resources/ontology/DCM", "110150", "Application")]},
                 "who": {"identifier": {"system": format!("{VPR_FHIR}/Id/client-id"), "value": e.actor_system}},
@@ -131,7 +141,7 @@ pub fn audit_event(app: &App, s: &StoredAuditEntry) -> Value {
             "observer": {"display": app.tokens.settings().issuer.clone()},
             "type": [coding("http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server")],
         },
-        "entity": entities,
+        "entity": entities(e),
     });
     if let Some(p) = &e.purpose {
         event["purposeOfEvent"] = json!([{"coding": [coding(&format!("{VPR_FHIR}/CodeSystem/purpose-of-use"), p, p)]}]);
