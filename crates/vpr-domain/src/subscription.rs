@@ -12,6 +12,61 @@ use crate::notice::{NoticeContent, Subject, SubjectInput};
 use crate::validate::{parse_body, subject_of, BodySchema, FieldError, RequesterInput};
 use crate::vocab::{Category, RiskLevel};
 
+crate::vocab::vocabulary! {
+    /// Where a subscription stands, stored as its code.
+    SubscriptionStatus {
+        /// Receiving events.
+        Active = "active",
+        /// Waiting for an IG decision: receives nothing.
+        Pending = "pending-approval",
+        /// Refused by IG.
+        Rejected = "rejected",
+        /// Stopped by IG: no new events, but retractions of notices it was given still reach it.
+        Revoked = "revoked",
+        /// Past its expiry: no new events, but retractions still reach it.
+        Expired = "expired",
+        /// Deleted by its owner: nothing more is sent.
+        Deleted = "deleted",
+    }
+}
+
+impl SubscriptionStatus {
+    /// Statuses still sent events: active ones for new matches; expired and revoked ones only
+    /// for retractions of notices they were given.
+    pub const RECEIVING: &'static [Self] = &[Self::Active, Self::Expired, Self::Revoked];
+    /// Statuses its owner may still replace (or change the cohort of).
+    pub const REPLACEABLE: &'static [Self] = &[Self::Active, Self::Pending, Self::Expired];
+    /// Statuses its owner may still delete from.
+    pub const DELETABLE: &'static [Self] = &[Self::Active, Self::Pending, Self::Expired, Self::Revoked, Self::Rejected];
+    /// Statuses IG may revoke from.
+    pub const REVOCABLE: &'static [Self] = &[Self::Active, Self::Expired];
+
+    /// Whether events still reach it (see [`Self::RECEIVING`]).
+    pub fn receives(self) -> bool {
+        Self::RECEIVING.contains(&self)
+    }
+
+    /// Whether new matches reach it (only an active subscription's).
+    pub fn receives_new(self) -> bool {
+        self == Self::Active
+    }
+
+    /// Whether its owner may replace it or change its cohort.
+    pub fn replaceable(self) -> bool {
+        Self::REPLACEABLE.contains(&self)
+    }
+
+    /// Whether its owner may delete it.
+    pub fn deletable(self) -> bool {
+        Self::DELETABLE.contains(&self)
+    }
+
+    /// The codes of `statuses` (for queries).
+    pub fn codes(statuses: &[Self]) -> Vec<&'static str> {
+        statuses.iter().map(|s| s.code()).collect()
+    }
+}
+
 /// What a delivery carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -570,6 +625,18 @@ mod tests {
 
     fn rules_of(errs: &[FieldError]) -> Vec<(String, String)> {
         errs.iter().map(|e| (e.pointer.clone(), e.rule.clone())).collect()
+    }
+
+    #[test]
+    fn statuses_read_back_from_their_codes_and_say_what_they_allow() {
+        for st in SubscriptionStatus::ALL {
+            assert_eq!(SubscriptionStatus::from_code(st.code()), Some(*st));
+        }
+        assert_eq!(SubscriptionStatus::Pending.code(), "pending-approval");
+        assert!(SubscriptionStatus::Revoked.receives() && !SubscriptionStatus::Revoked.receives_new());
+        assert!(!SubscriptionStatus::Pending.receives() && SubscriptionStatus::Pending.replaceable());
+        assert!(!SubscriptionStatus::Deleted.deletable() && SubscriptionStatus::Rejected.deletable());
+        assert!(!SubscriptionStatus::Revoked.replaceable());
     }
 
     #[test]
