@@ -2,7 +2,6 @@
 //! and the lawful-basis catalogue in DOMAIN.md. The JSON Schemas list the same codes; a test keeps
 //! them in step.
 
-
 macro_rules! vocabulary {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $code:literal),+ $(,)? }) => {
         $(#[$meta])*

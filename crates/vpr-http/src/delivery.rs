@@ -708,7 +708,7 @@ async fn push_subscription(
         };
         if reload {
             match current {
-                Some(c) if !matches!(c.status.as_str(), "deleted" | "rejected" | "pending-approval") => {
+                Some(c) if c.status.receives() => {
                     let upto = sub.delivery.delivered_upto;
                     sub = c;
                     sub.delivery.delivered_upto = upto;

@@ -168,7 +168,7 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound => ApiError::NotFound("no notice has this id".into()),
+            StoreError::NotFound(what) => ApiError::NotFound(what.to_string()),
             StoreError::NotPublisher => {
                 ApiError::Forbidden("only the publishing organisation may change this notice".into())
             }
@@ -177,6 +177,7 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyConflict => ApiError::IdempotencyKeyReused,
             e @ StoreError::SubscriptionClosed(_) => ApiError::Conflict(e.to_string()),
             e @ StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            StoreError::AuditWrite(e) => ApiError::audit_write_failed(e),
             e => ApiError::Internal(e.to_string()),
         }
     }

@@ -79,37 +79,32 @@ pub async fn retain_audit(state: AppState, every: Duration) {
             let Some(cutoff) = now.checked_sub_months(chrono::Months::new(years.saturating_mul(12))) else {
                 return Ok(0);
             };
-            let pruned = st.store.prune_audit(cutoff, now)?;
-            if pruned > 0 {
-                let entry = vpr_store::audit::AuditEntry {
-                    id: uuid::Uuid::new_v4(),
-                    at: now,
-                    request_id: String::new(),
-                    action: "audit-retention".into(),
-                    actor_org: "vpr-broker".into(),
-                    actor_org_type: "broker".into(),
-                    actor_system: "vpr-broker".into(),
-                    actor_user: None,
-                    actor_role: None,
-                    purpose: Some("vpr-management".into()),
-                    context_ref: Some(format!(
-                        "pruned={pruned};before={};retention_years={years}",
-                        cutoff.to_rfc3339()
-                    )),
-                    break_glass: false,
-                    justification: None,
-                    subject_refs: vec![],
-                    decision: "permit".into(),
-                    notices: vec![],
-                    lawful_basis: vec![],
-                    clauses: vec![],
-                    agreement_version: st.agreement.version.clone(),
-                    outcome: 200,
-                    ig_review: None,
-                    received_by: None,
-                };
-                st.store.append_audit(&entry)?;
-            }
+            let version = st.agreement.version.clone();
+            let entry = |pruned: usize| vpr_store::audit::AuditEntry {
+                id: uuid::Uuid::new_v4(),
+                at: now,
+                request_id: String::new(),
+                action: vpr_domain::audit::AuditAction::AuditRetention.into(),
+                actor_org: "vpr-broker".into(),
+                actor_org_type: "broker".into(),
+                actor_system: "vpr-broker".into(),
+                actor_user: None,
+                actor_role: None,
+                purpose: Some("vpr-management".into()),
+                context_ref: Some(format!("pruned={pruned};before={};retention_years={years}", cutoff.to_rfc3339())),
+                break_glass: false,
+                justification: None,
+                subject_refs: vec![],
+                decision: "permit".into(),
+                notices: vec![],
+                lawful_basis: vec![],
+                clauses: vec![],
+                agreement_version: version,
+                outcome: 200,
+                ig_review: None,
+                received_by: None,
+            };
+            let pruned = st.store.prune_audit(cutoff, now, entry)?;
             Ok::<_, vpr_store::StoreError>(pruned)
         })
         .await;

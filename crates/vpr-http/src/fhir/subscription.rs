@@ -16,10 +16,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use vpr_auth::{Principal, Scope};
+use vpr_domain::audit::AuditAction;
 use vpr_domain::notice::{Person, Subject};
-use vpr_domain::subscription::{webhook_url, Criteria, DeliveryMethod, Payload, SubscriptionSpec, Topic};
+use vpr_domain::subscription::{
+    webhook_url, Criteria, DeliveryMethod, Payload, SubscriptionSpec, SubscriptionStatus, Topic,
+};
 use vpr_domain::{FieldError, NhsNumber};
-use vpr_store::subscriptions::{delivery_state, status, Subscription, SubscriptionEvent};
+use vpr_store::subscriptions::{delivery_state, Subscription, SubscriptionEvent};
 
 use super::flag::{flag, KnownSubject};
 use super::notification::{notification_bundle, status_bundle, NotificationEvent};
@@ -207,10 +210,10 @@ fn requested(state: &AppState, req: &HttpRequest, body: &Value) -> Result<Reques
 
 /// The FHIR status of a subscription.
 fn fhir_status(sub: &Subscription) -> &'static str {
-    match sub.status.as_str() {
-        status::ACTIVE if sub.delivery.state == delivery_state::SUSPENDED => "error",
-        status::ACTIVE => "active",
-        status::PENDING => "requested",
+    match sub.status {
+        SubscriptionStatus::Active if sub.delivery.state == delivery_state::SUSPENDED => "error",
+        SubscriptionStatus::Active => "active",
+        SubscriptionStatus::Pending => "requested",
         _ => "off",
     }
 }
@@ -311,11 +314,11 @@ pub async fn create(
     let now = state.clock.now();
     let who = principal.clone();
     let sub = blocking(move || {
-        let sub = st.store.create_subscription(&new, now)?;
-        st.store
-            .append_audit(&subscription_audit(&st, &who, "subscribe", &sub, 201))
-            .map_err(ApiError::audit_write_failed)?;
-        Ok(sub)
+        st.store.audited(|tx| {
+            let sub = tx.create_subscription(&new, now)?;
+            let entry = subscription_audit(&st, &who, AuditAction::Subscribe.code(), &sub, 201);
+            Ok::<_, ApiError>((sub, entry))
+        })
     })
     .await?;
     respond(&state, sub, StatusCode::CREATED).await
@@ -362,14 +365,16 @@ pub async fn remove(
     let sub = owned(&state, &principal, &id).await?;
     let st = state.clone();
     let now = state.clock.now();
-    let from = [status::ACTIVE, status::PENDING, status::EXPIRED, status::REVOKED, status::REJECTED];
     blocking(move || {
-        if let Some(gone) = st.store.set_subscription_status(sub.id, &from, status::DELETED, None, now)? {
-            st.store
-                .append_audit(&subscription_audit(&st, &principal, "unsubscribe", &gone, 204))
-                .map_err(ApiError::audit_write_failed)?;
-        }
-        Ok(())
+        st.store.audited(|tx| {
+            // Deleting what is deleted already changes nothing, so records nothing.
+            let gone = tx.delete_subscription(sub.id, now)?;
+            let entries: Vec<_> = gone
+                .iter()
+                .map(|gone| subscription_audit(&st, &principal, AuditAction::Unsubscribe.code(), gone, 204))
+                .collect();
+            Ok::<_, ApiError>(((), entries))
+        })
     })
     .await?;
     Ok(HttpResponse::NoContent().finish())
@@ -465,7 +470,7 @@ pub async fn events_op(
         }
     };
     let sub = owned(&state, &principal, &id).await?;
-    if matches!(sub.status.as_str(), status::PENDING | status::REJECTED | status::DELETED) {
+    if !sub.status.receives() {
         return Err(ApiError::Conflict(format!("a subscription that is `{}` has no events", fhir_status(&sub))).into());
     }
     let full = full.unwrap_or(sub.payload == Payload::View);

@@ -86,7 +86,7 @@ pub async fn access_log(
     let before = page.before;
     let refused_by = principal.clone();
     let entries = blocking(move || {
-        let notice = st.store.get(id)?.ok_or(vpr_store::StoreError::NotFound)?;
+        let notice = st.store.get(id)?.ok_or(vpr_store::StoreError::NotFound(vpr_store::Missing::Notice))?;
         if notice.publisher_ods != principal.org.as_str() {
             return Err(ApiError::Forbidden("only the publishing organisation sees a notice's access log".into()));
         }

@@ -142,10 +142,12 @@ pub async fn review(
     let st = state.clone();
     let outcome = input.outcome.clone();
     blocking(move || {
-        if !st.store.review_break_glass(id, &outcome)? {
-            return Err(ApiError::Conflict("no pending break-glass access has this id".into()));
-        }
-        st.store.append_audit(&audit).map_err(|e| ApiError::Unavailable(e.to_string()))
+        st.store.audited(|tx| {
+            if !tx.review_break_glass(id, &outcome)? {
+                return Err(ApiError::Conflict("no pending break-glass access has this id".into()));
+            }
+            Ok(((), audit))
+        })
     })
     .await?;
     Ok(HttpResponse::Ok().json(json!({ "audit_id": id, "review": input.outcome })))

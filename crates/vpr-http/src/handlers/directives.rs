@@ -57,8 +57,8 @@ async fn record(
         recorded_by_user: input.requester.user_id.clone(),
     };
     let action = match kind {
-        DirectiveKind::Consent => "consent",
-        DirectiveKind::Objection => "objection",
+        DirectiveKind::Consent => vpr_domain::audit::AuditAction::Consent.code(),
+        DirectiveKind::Objection => vpr_domain::audit::AuditAction::Objection.code(),
     };
     let audit = AuditEntry {
         actor_user: Some(input.requester.user_id.clone()),
@@ -70,12 +70,8 @@ async fn record(
         ..audit_base(&state, &principal, action, 201)
     };
     let store = state.store.clone();
-    let id = blocking(move || {
-        let id = store.record_directive(&directive, now)?;
-        store.append_audit(&audit).map_err(ApiError::audit_write_failed)?;
-        Ok(id)
-    })
-    .await?;
+    let id =
+        blocking(move || store.audited(|tx| Ok::<_, ApiError>((tx.record_directive(&directive, now)?, audit)))).await?;
     Ok(HttpResponse::Created().json(json!({
         "id": id, "kind": action, "purpose": input.purpose, "status": input.status,
         "evidence_reference": input.evidence_reference, "recorded_at": now,

@@ -235,7 +235,9 @@ pub async fn read(
         authenticate(&state, &req, Scope::NoticesWrite).or_else(|_| authenticate(&state, &req, Scope::NoticesRead))?;
     let id = parse_id(&id)?;
     let store = state.store.clone();
-    let n = blocking(move || store.get(id).map_err(ApiError::from)).await?.ok_or(vpr_store::StoreError::NotFound)?;
+    let n = blocking(move || store.get(id).map_err(ApiError::from))
+        .await?
+        .ok_or(vpr_store::StoreError::NotFound(vpr_store::Missing::Notice))?;
     if principal.org.as_str() == n.publisher_ods {
         return Ok(respond(&state, &mut HttpResponse::Ok(), &n));
     }

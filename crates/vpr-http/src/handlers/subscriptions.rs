@@ -8,11 +8,12 @@ use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use vpr_auth::{EncryptionKey, Principal, Scope};
-use vpr_domain::subscription::{DeliveryMethod, SubscriptionRules, SubscriptionSpec, Topic};
+use vpr_domain::audit::AuditAction;
+use vpr_domain::subscription::{DeliveryMethod, SubscriptionRules, SubscriptionSpec, SubscriptionStatus, Topic};
 use vpr_domain::FieldError;
 use vpr_policy::{Requester, SubscriptionFacts};
 use vpr_store::audit::AuditEntry;
-use vpr_store::subscriptions::{status, NewSubscription, Subscription};
+use vpr_store::subscriptions::{NewSubscription, Subscription};
 
 use crate::delivery::{decide_events, event_type};
 use crate::disclose::{audit_base, refuse_unread};
@@ -146,13 +147,13 @@ pub(crate) fn prepare(
         state.agreement.decide_subscription(&requester, &facts, &spec.purpose, spec.context_reference.is_some());
     let (status, approval) = if decision.permit {
         (
-            status::ACTIVE,
+            SubscriptionStatus::Active,
             json!({"decided_by": "agreement", "clauses": decision.clauses, "lawful_basis": decision.lawful_basis,
                    "agreement_version": state.agreement.version, "at": now}),
         )
     } else {
         (
-            status::PENDING,
+            SubscriptionStatus::Pending,
             json!({"decided_by": null, "awaiting": "an IG lead's approval: the agreement does not allow this subscription outright",
                    "agreement_version": state.agreement.version, "at": now}),
         )
@@ -196,7 +197,7 @@ pub(crate) fn subscription_audit(
         actor_role: Some(sub.role.clone()),
         purpose: Some(sub.purpose.clone()),
         context_ref: Some(format!("subscription={};status={}", sub.id, sub.status)),
-        decision: sub.status.clone(),
+        decision: sub.status.code().to_owned(),
         clauses: sub.approval.get("clauses").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default(),
         lawful_basis: sub
             .approval
@@ -257,11 +258,11 @@ pub async fn create(
     let now = state.clock.now();
     let who = principal.clone();
     let sub = blocking(move || {
-        let sub = st.store.create_subscription(&new, now)?;
-        st.store
-            .append_audit(&subscription_audit(&st, &who, "subscribe", &sub, 201))
-            .map_err(ApiError::audit_write_failed)?;
-        Ok(sub)
+        st.store.audited(|tx| {
+            let sub = tx.create_subscription(&new, now)?;
+            let entry = subscription_audit(&st, &who, AuditAction::Subscribe.code(), &sub, 201);
+            Ok::<_, ApiError>((sub, entry))
+        })
     })
     .await?;
     tracing::info!(subscription = %sub.id, status = %sub.status, org = %principal.org, "subscription created");
@@ -307,9 +308,7 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     };
     let st = query_text(&req, "status")?;
     if let Some(s) = &st {
-        let known =
-            [status::ACTIVE, status::PENDING, status::REJECTED, status::REVOKED, status::EXPIRED, status::DELETED];
-        if !known.contains(&s.as_str()) {
+        if SubscriptionStatus::from_code(s).is_none() {
             return Err(ApiError::Validation(vec![FieldError::new("/status", "enum", "not a subscription status")]));
         }
     }
@@ -317,7 +316,8 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     let store = state.store.clone();
     let owner = (!all).then(|| principal.org.as_str().to_owned());
     let items = blocking(move || {
-        let subs = store.subscriptions(owner.as_deref(), st.as_deref(), limit)?;
+        let status_is = st.as_deref().and_then(SubscriptionStatus::from_code);
+        let subs = store.subscriptions(owner.as_deref(), status_is, limit)?;
         subs.into_iter()
             .map(|s| {
                 let size = if s.criteria.cohort { store.cohort_size(s.id)? } else { 0 };
@@ -386,11 +386,11 @@ pub async fn replace(
     let now = state.clock.now();
     let who = principal.clone();
     let sub = blocking(move || {
-        let sub = st.store.replace_subscription(&new, now)?;
-        st.store
-            .append_audit(&subscription_audit(&st, &who, "subscription-change", &sub, 200))
-            .map_err(ApiError::audit_write_failed)?;
-        Ok(sub)
+        st.store.audited(|tx| {
+            let sub = tx.replace_subscription(&new, now)?;
+            let entry = subscription_audit(&st, &who, AuditAction::SubscriptionChange.code(), &sub, 200);
+            Ok::<_, ApiError>((sub, entry))
+        })
     })
     .await?;
     respond_with(&state, sub, &mut HttpResponse::Ok()).await
@@ -421,16 +421,14 @@ pub async fn delete_subscription(
     let st = state.clone();
     let now = state.clock.now();
     let who = principal.clone();
-    let from = [status::ACTIVE, status::PENDING, status::EXPIRED, status::REVOKED, status::REJECTED];
     let sub = blocking(move || {
-        let sub = st
-            .store
-            .set_subscription_status(id, &from, status::DELETED, None, now)?
-            .ok_or_else(|| ApiError::Conflict("the subscription is already deleted".into()))?;
-        st.store
-            .append_audit(&subscription_audit(&st, &who, "unsubscribe", &sub, 200))
-            .map_err(ApiError::audit_write_failed)?;
-        Ok(sub)
+        st.store.audited(|tx| {
+            let sub = tx
+                .delete_subscription(id, now)?
+                .ok_or_else(|| ApiError::Conflict("the subscription is already deleted".into()))?;
+            let entry = subscription_audit(&st, &who, AuditAction::Unsubscribe.code(), &sub, 200);
+            Ok::<_, ApiError>((sub, entry))
+        })
     })
     .await?;
     respond_with(&state, sub, &mut HttpResponse::Ok()).await
@@ -465,7 +463,7 @@ pub async fn events(
     let after = query_int(&req, "after", 0, i64::MAX, 0)?;
     let limit = query_int(&req, "limit", 1, 500, 100)?;
     let sub = owned(&state, &principal, id).await?;
-    if matches!(sub.status.as_str(), status::PENDING | status::REJECTED | status::DELETED) {
+    if !sub.status.receives() {
         return Err(ApiError::Conflict(format!("a subscription that is `{}` has no feed", sub.status)));
     }
     let st = state.clone();
@@ -531,7 +529,7 @@ pub async fn change_cohort(
             "this subscription has no cohort: give `criteria.cohort` with PUT first".into(),
         ));
     }
-    if matches!(sub.status.as_str(), status::DELETED | status::REJECTED | status::REVOKED) {
+    if !sub.status.replaceable() {
         return Err(ApiError::Conflict(format!("a subscription that is `{}` cannot be changed", sub.status)));
     }
     let keys = |subjects: &[vpr_domain::notice::Subject]| -> Vec<String> {
@@ -539,7 +537,7 @@ pub async fn change_cohort(
     };
     let (add, remove) = (keys(&change.add), keys(&change.remove));
     let store = state.store.clone();
-    let size = blocking(move || store.change_cohort(id, &add, &remove).map_err(ApiError::from)).await?;
+    let size = blocking(move || store.write(|tx| tx.change_cohort(id, &add, &remove)).map_err(ApiError::from)).await?;
     Ok(HttpResponse::Ok().json(json!({"subscription_id": id, "cohort": {"size": size}})))
 }
 
@@ -570,24 +568,24 @@ pub async fn decide_approval(
     let body = json_body(&req, &read_body_up_to(payload, crate::handlers::MAX_BODY_BYTES).await?)?;
     let input = vpr_domain::subscription::approval(&body).map_err(ApiError::Validation)?;
     if let Err(refusal) = ig_reviewer(&state, &principal, &input.reviewer.role) {
-        return Err(refuse_unread(&state, &principal, "subscription-approval", refusal).await);
+        return Err(refuse_unread(&state, &principal, AuditAction::SubscriptionApproval.code(), refusal).await);
     }
-    let (from, to): (&[&str], &str) = match input.decision.as_str() {
-        "approve" => (&[status::PENDING], status::ACTIVE),
-        "reject" => (&[status::PENDING], status::REJECTED),
-        _ => (&[status::ACTIVE, status::EXPIRED], status::REVOKED),
+    let (from, to): (&[SubscriptionStatus], SubscriptionStatus) = match input.decision.as_str() {
+        "approve" => (&[SubscriptionStatus::Pending], SubscriptionStatus::Active),
+        "reject" => (&[SubscriptionStatus::Pending], SubscriptionStatus::Rejected),
+        _ => (SubscriptionStatus::REVOCABLE, SubscriptionStatus::Revoked),
     };
     let st = state.clone();
     let now = state.clock.now();
     let who = principal.clone();
-    let sub = blocking(move || {
-        let current = st.store.subscription(id)?.ok_or_else(|| ApiError::NotFound("no subscription has this id".into()))?;
+    let sub = blocking(move || st.store.audited(|tx| {
+        let current = tx.subscription(id)?.ok_or_else(|| ApiError::NotFound("no subscription has this id".into()))?;
         let record = json!({
             "decided_by": "ig", "decision": input.decision, "note": input.note.trim(),
             "reviewer": {"organisation": who.org.as_str(), "user_id": input.reviewer.user_id, "role": input.reviewer.role},
             "agreement_version": st.agreement.version, "at": now, "previous": current.approval,
         });
-        let sub = st.store.set_subscription_status(id, from, to, Some(&record), now)?.ok_or_else(|| {
+        let sub = tx.set_subscription_status(id, from, to, Some(&record), now)?.ok_or_else(|| {
             ApiError::Conflict(format!("a subscription that is `{}` cannot be given `{}`", current.status, input.decision))
         })?;
         let audit = AuditEntry {
@@ -595,12 +593,11 @@ pub async fn decide_approval(
             actor_role: Some(input.reviewer.role.clone()),
             purpose: Some("vpr-management".into()),
             context_ref: Some(format!("subscription={id};decision={};owner={}", input.decision, sub.owner_ods)),
-            decision: to.to_owned(),
-            ..audit_base(&st, &who, "subscription-approval", 200)
+            decision: to.code().to_owned(),
+            ..audit_base(&st, &who, AuditAction::SubscriptionApproval.code(), 200)
         };
-        st.store.append_audit(&audit).map_err(ApiError::audit_write_failed)?;
-        Ok(sub)
-    })
+        Ok::<_, ApiError>((sub, audit))
+    }))
     .await?;
     state.outbox.changed();
     respond_with(&state, sub, &mut HttpResponse::Ok()).await
@@ -668,7 +665,7 @@ pub async fn redeliver(
     if sub.method != DeliveryMethod::Webhook {
         return Err(ApiError::Conflict("a feed subscription is replayed by reading its feed from any `after`".into()));
     }
-    if matches!(sub.status.as_str(), status::DELETED | status::REJECTED | status::PENDING) {
+    if !sub.status.receives() {
         return Err(ApiError::Conflict(format!("a subscription that is `{}` is not delivered", sub.status)));
     }
     let st = state.clone();
