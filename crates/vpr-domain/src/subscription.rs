@@ -411,6 +411,22 @@ pub fn cohort_subjects(items: &[SubjectInput], base: &str, errs: &mut Vec<FieldE
 }
 
 impl SubscriptionRules {
+    /// The expiry must be in the future and within the longest duration allowed.
+    fn check_expiry(&self, expires_at: DateTime<Utc>, errs: &mut Vec<FieldError>) {
+        if expires_at <= self.now {
+            errs.push(FieldError::new("/expires_at", "date-in-past", "the expiry must be in the future"));
+        } else if expires_at > self.now + self.max_duration {
+            errs.push(FieldError::new(
+                "/expires_at",
+                "expiry-too-far",
+                format!(
+                    "a subscription may run at most {} days: renew it before it ends",
+                    self.max_duration.num_days()
+                ),
+            ));
+        }
+    }
+
     /// Validates a subscription body: the schema, then the domain rules.
     pub fn subscription(&self, body: &Value) -> Result<SubscriptionSpec, Vec<FieldError>> {
         let input: SubscriptionInput = parse_body(BodySchema::Subscription, body)?;
@@ -434,40 +450,8 @@ impl SubscriptionRules {
             }
             _ => None,
         };
-        if input.expires_at <= self.now {
-            errs.push(FieldError::new("/expires_at", "date-in-past", "the expiry must be in the future"));
-        } else if input.expires_at > self.now + self.max_duration {
-            errs.push(FieldError::new(
-                "/expires_at",
-                "expiry-too-far",
-                format!(
-                    "a subscription may run at most {} days: renew it before it ends",
-                    self.max_duration.num_days()
-                ),
-            ));
-        }
-        if input.topic == Topic::Disclosures {
-            let c = &input.criteria;
-            if !c.categories.is_empty()
-                || c.min_risk_level.is_some()
-                || !c.subject_kinds.is_empty()
-                || !c.postcodes.is_empty()
-                || c.cohort.is_some()
-            {
-                errs.push(FieldError::new(
-                    "/criteria",
-                    "criteria-not-applicable",
-                    "a `disclosures` subscription takes no criteria: it covers every notice your organisation published",
-                ));
-            }
-            if input.purpose != DISCLOSURES_PURPOSE {
-                errs.push(FieldError::new(
-                    "/purpose",
-                    "purpose-for-topic",
-                    format!("a `disclosures` subscription serves `{DISCLOSURES_PURPOSE}`"),
-                ));
-            }
-        }
+        self.check_expiry(input.expires_at, &mut errs);
+        disclosures_rules(&input, &mut errs);
         if input.tag.as_deref().is_some_and(|t| t.trim().is_empty()) {
             errs.push(FieldError::new("/tag", "not-blank", "the tag must not be blank"));
         }
@@ -499,6 +483,32 @@ impl SubscriptionRules {
             expires_at: input.expires_at,
             tag: input.tag,
         })
+    }
+}
+
+/// A `disclosures` subscription takes no criteria and serves the management purpose only.
+fn disclosures_rules(input: &SubscriptionInput, errs: &mut Vec<FieldError>) {
+    if input.topic == Topic::Disclosures {
+        let c = &input.criteria;
+        if !c.categories.is_empty()
+            || c.min_risk_level.is_some()
+            || !c.subject_kinds.is_empty()
+            || !c.postcodes.is_empty()
+            || c.cohort.is_some()
+        {
+            errs.push(FieldError::new(
+                "/criteria",
+                "criteria-not-applicable",
+                "a `disclosures` subscription takes no criteria: it covers every notice your organisation published",
+            ));
+        }
+        if input.purpose != DISCLOSURES_PURPOSE {
+            errs.push(FieldError::new(
+                "/purpose",
+                "purpose-for-topic",
+                format!("a `disclosures` subscription serves `{DISCLOSURES_PURPOSE}`"),
+            ));
+        }
     }
 }
 

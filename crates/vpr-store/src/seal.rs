@@ -1,5 +1,5 @@
 //! Sealing the audit log into an RFC 9162 Merkle tree with signed checkpoints (verifying it is
-//! [`crate::verify`]).
+//! the `verify` module).
 //!
 //! Each committed, unsealed entry is given the next leaf index and sealed: its leaf is the
 //! canonical encoding of its stored content (see [`leaf_bytes`]), so any later edit changes the
