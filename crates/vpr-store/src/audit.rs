@@ -40,7 +40,7 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
     /// The request id (as in `X-Request-Id` and the logs).
     pub request_id: String,
-    /// `lookup`, `read`, `consent`, `objection`.
+    /// The action's code ([`vpr_domain::audit::AuditAction::code`]; empty once pruned).
     pub action: String,
     /// Actor organisation (ODS).
     pub actor_org: String,
