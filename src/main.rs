@@ -429,14 +429,14 @@ fn policy_check(agreement: &std::path::Path, registry: Option<&std::path::Path>)
 
 /// `vpr-broker audit export`: the sealed log, for offline verification.
 fn audit_export(database: &str, out: &std::path::Path) -> Result<()> {
-    let mut conn = vpr_store::seal::connect(database)?;
+    let mut conn = vpr_store::verify::connect(database)?;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(out)
         .with_context(|| format!("cannot create `{}` (it must not exist)", out.display()))?;
     let mut writer = std::io::BufWriter::new(file);
-    let n = vpr_store::seal::export_audit(&mut conn, chrono::Utc::now(), &mut writer)?;
+    let n = vpr_store::verify::export_audit(&mut conn, chrono::Utc::now(), &mut writer)?;
     std::io::Write::flush(&mut writer)?;
     println!("exported {n} sealed entries to {}", out.display());
     Ok(())
@@ -458,9 +458,9 @@ fn audit_verify(database: Option<&str>, export: Option<&std::path::Path>, jwks: 
     let report = match (export, database) {
         (Some(path), _) => {
             let file = std::fs::File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-            vpr_store::seal::verify_export(std::io::BufReader::new(file), &open)?
+            vpr_store::verify::verify_export(std::io::BufReader::new(file), &open)?
         }
-        (None, Some(database)) => vpr_store::seal::verify_audit(&mut vpr_store::seal::connect(database)?, &open)?,
+        (None, Some(database)) => vpr_store::verify::verify_audit(&mut vpr_store::verify::connect(database)?, &open)?,
         (None, None) => bail!("give `--database` or `--export`"),
     };
     println!(

@@ -9,9 +9,7 @@ mod support;
 
 mod access_log;
 mod audit;
-// Enabled when every audited write commits with its entry (issue 13, still open: today the
-// change commits first, so these tests fail at their "nothing changed" checks).
-// mod audited_writes;
+mod audited_writes;
 mod auth;
 mod durability;
 mod fhir;

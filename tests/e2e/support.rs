@@ -630,7 +630,6 @@ pub fn assert_matches_schema(schema_file: &str, value: &Value) {
 /// Ways of making the audit log unwritable under a running broker, to show that a request that
 /// depends on its audit entry fails and changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code, reason = "for audited_writes.rs, registered once audited writes commit with their entry (issue 13)")]
 pub enum AuditOutage {
     /// The table is renamed away: every statement on it fails (as the read-path test does).
     Renamed,
@@ -639,12 +638,10 @@ pub enum AuditOutage {
     InsertsRefused,
 }
 
-#[allow(dead_code, reason = "for audited_writes.rs, registered once audited writes commit with their entry (issue 13)")]
 impl AuditOutage {
     pub const ALL: [AuditOutage; 2] = [AuditOutage::Renamed, AuditOutage::InsertsRefused];
 }
 
-#[allow(dead_code, reason = "for audited_writes.rs, registered once audited writes commit with their entry (issue 13)")]
 impl TestBroker {
     /// Makes the audit log unwritable in the way given.
     pub fn break_audit(&self, how: AuditOutage) {

@@ -68,7 +68,7 @@ impl AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound => AppError::NotFound("no notice has this id".into()),
+            StoreError::NotFound(what) => AppError::NotFound(what.to_string()),
             StoreError::NotPublisher => {
                 AppError::Forbidden("only the publishing organisation may change this notice".into())
             }
@@ -77,6 +77,7 @@ impl From<StoreError> for AppError {
             StoreError::IdempotencyConflict => AppError::IdempotencyKeyReused,
             e @ StoreError::SubscriptionClosed(_) => AppError::Conflict(e.to_string()),
             e @ StoreError::Unavailable(_) => AppError::Unavailable(e.to_string()),
+            StoreError::AuditWrite(cause) => AppError::audit_write_failed(cause),
             e => AppError::Internal(e.to_string()),
         }
     }

@@ -228,7 +228,7 @@ async fn admission_checks_what_the_agreement_must_allow_before_anything_is_store
             app.subscription_rules().subscription(&body).unwrap()
         };
         let admitted = app.admit(&crew, &spec("staff-safety", "ambulance-dispatcher"), Uuid::new_v4()).unwrap();
-        assert!(["active", "pending-approval"].contains(&admitted.status.as_str()), "{db}: {}", admitted.status);
+        assert!(["active", "pending-approval"].contains(&admitted.status.code()), "{db}: {}", admitted.status);
         assert_eq!(admitted.approval["agreement_version"], json!(app.agreement.version), "{db}");
         let pointers = |r: Result<_, AppError>| match r {
             Err(AppError::Validation(errs)) => errs.into_iter().map(|e| (e.pointer, e.rule)).collect::<Vec<_>>(),

@@ -222,50 +222,10 @@ impl Registry {
                 errs.push(FieldError::new(format!("{at}/ods_code"), "ods-code-format", "not an ODS code"));
                 continue;
             };
-            let telephone = match p.contact.telephone.as_deref().map(Telephone::parse).transpose() {
-                Ok(t) => t,
-                Err(e) => {
-                    errs.push(FieldError::new(format!("{at}/contact/telephone"), e.rule_id(), e.to_string()));
-                    None
-                }
-            };
-            if telephone.is_none() && p.contact.email.is_none() {
-                errs.push(FieldError::new(
-                    format!("{at}/contact"),
-                    "contact-reachable",
-                    "give a telephone number or an email",
-                ));
-            }
-            let contact = ContactPoint { name: p.contact.name, telephone, email: p.contact.email };
+            let contact = contact_of(p.contact, &at, &mut errs);
             for (si, s) in p.systems.into_iter().enumerate() {
                 let sat = format!("{at}/systems/{si}");
-                let mut verifiers = BTreeMap::new();
-                for (ki, key) in s.jwks.keys.into_iter().enumerate() {
-                    let kat = format!("{sat}/jwks/keys/{ki}");
-                    let jwk = match Jwk::from_map(key) {
-                        Ok(j) => j,
-                        Err(e) => {
-                            errs.push(FieldError::new(kat, "jwk", e.to_string()));
-                            continue;
-                        }
-                    };
-                    let kid = jwk.key_id().unwrap_or_default().to_owned();
-                    // Key ids are unique across the registry, so an assertion's `kid` names one client.
-                    if !kids.insert(kid.clone()) {
-                        errs.push(FieldError::new(
-                            format!("{kat}/kid"),
-                            "unique",
-                            format!("key id `{kid}` is used twice"),
-                        ));
-                        continue;
-                    }
-                    match verifier_for(&jwk) {
-                        Ok(v) => {
-                            verifiers.insert(kid, v);
-                        }
-                        Err(e) => errs.push(FieldError::new(kat, "jwk", e)),
-                    }
-                }
+                let verifiers = verifiers_of(s.jwks.keys, &sat, &mut kids, &mut errs);
                 if systems.contains_key(&s.client_id) {
                     errs.push(FieldError::new(
                         format!("{sat}/client_id"),
@@ -322,6 +282,56 @@ impl Registry {
     pub fn systems(&self) -> impl Iterator<Item = &PartnerSystem> {
         self.systems.values()
     }
+}
+
+/// A partner's contact point; a telephone that does not parse, or no way to reach it, is an
+/// error at `at`.
+fn contact_of(c: ContactFile, at: &str, errs: &mut Vec<FieldError>) -> ContactPoint {
+    let telephone = match c.telephone.as_deref().map(Telephone::parse).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            errs.push(FieldError::new(format!("{at}/contact/telephone"), e.rule_id(), e.to_string()));
+            None
+        }
+    };
+    if telephone.is_none() && c.email.is_none() {
+        errs.push(FieldError::new(format!("{at}/contact"), "contact-reachable", "give a telephone number or an email"));
+    }
+    ContactPoint { name: c.name, telephone, email: c.email }
+}
+
+/// The verifiers of a system's keys (at `sat`), by key id; key ids are unique across the
+/// registry (`kids` holds those seen so far).
+fn verifiers_of(
+    keys: Vec<serde_json::Map<String, Value>>,
+    sat: &str,
+    kids: &mut BTreeSet<String>,
+    errs: &mut Vec<FieldError>,
+) -> BTreeMap<String, Box<dyn JwsVerifier>> {
+    let mut verifiers = BTreeMap::new();
+    for (ki, key) in keys.into_iter().enumerate() {
+        let kat = format!("{sat}/jwks/keys/{ki}");
+        let jwk = match Jwk::from_map(key) {
+            Ok(j) => j,
+            Err(e) => {
+                errs.push(FieldError::new(kat, "jwk", e.to_string()));
+                continue;
+            }
+        };
+        let kid = jwk.key_id().unwrap_or_default().to_owned();
+        // Key ids are unique across the registry, so an assertion's `kid` names one client.
+        if !kids.insert(kid.clone()) {
+            errs.push(FieldError::new(format!("{kat}/kid"), "unique", format!("key id `{kid}` is used twice")));
+            continue;
+        }
+        match verifier_for(&jwk) {
+            Ok(v) => {
+                verifiers.insert(kid, v);
+            }
+            Err(e) => errs.push(FieldError::new(kat, "jwk", e)),
+        }
+    }
+    verifiers
 }
 
 #[cfg(test)]

@@ -449,9 +449,9 @@ fn audit(args: AuditArgs) -> Result<()> {
 /// Verifies the log at `url` as `vpr-broker audit verify` does (one plain connection), and
 /// returns the seconds it took.
 fn timed_verify(url: &str, jwks: &Value, entries: u64) -> Result<f64> {
-    let mut conn = vpr_store::seal::connect(url)?;
+    let mut conn = vpr_store::verify::connect(url)?;
     let started = Instant::now();
-    let report = vpr_store::seal::verify_audit(&mut conn, &|jws| {
+    let report = vpr_store::verify::verify_audit(&mut conn, &|jws| {
         let (size, root) = vpr_auth::keys::open_checkpoint(jwks, jws)?;
         Ok((size, vpr_audit::parse_hash(&root).ok_or("bad root")?))
     })?;

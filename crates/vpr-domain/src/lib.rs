@@ -3,6 +3,7 @@
 //! This crate sits at the bottom of the dependency graph: it knows nothing of storage, HTTP or
 //! configuration, so partner client code can use the same types the broker does.
 
+pub mod audit;
 pub mod ids;
 pub mod notice;
 pub mod subscription;

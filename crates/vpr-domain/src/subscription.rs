@@ -12,6 +12,61 @@ use crate::notice::{NoticeContent, Subject, SubjectInput};
 use crate::validate::{parse_body, subject_of, BodySchema, FieldError, RequesterInput};
 use crate::vocab::{Category, RiskLevel};
 
+crate::vocab::vocabulary! {
+    /// Where a subscription stands, stored as its code.
+    SubscriptionStatus {
+        /// Receiving events.
+        Active = "active",
+        /// Waiting for an IG decision: receives nothing.
+        Pending = "pending-approval",
+        /// Refused by IG.
+        Rejected = "rejected",
+        /// Stopped by IG: no new events, but retractions of notices it was given still reach it.
+        Revoked = "revoked",
+        /// Past its expiry: no new events, but retractions still reach it.
+        Expired = "expired",
+        /// Deleted by its owner: nothing more is sent.
+        Deleted = "deleted",
+    }
+}
+
+impl SubscriptionStatus {
+    /// Statuses still sent events: active ones for new matches; expired and revoked ones only
+    /// for retractions of notices they were given.
+    pub const RECEIVING: &'static [Self] = &[Self::Active, Self::Expired, Self::Revoked];
+    /// Statuses its owner may still replace (or change the cohort of).
+    pub const REPLACEABLE: &'static [Self] = &[Self::Active, Self::Pending, Self::Expired];
+    /// Statuses its owner may still delete from.
+    pub const DELETABLE: &'static [Self] = &[Self::Active, Self::Pending, Self::Expired, Self::Revoked, Self::Rejected];
+    /// Statuses IG may revoke from.
+    pub const REVOCABLE: &'static [Self] = &[Self::Active, Self::Expired];
+
+    /// Whether events still reach it (see [`Self::RECEIVING`]).
+    pub fn receives(self) -> bool {
+        Self::RECEIVING.contains(&self)
+    }
+
+    /// Whether new matches reach it (only an active subscription's).
+    pub fn receives_new(self) -> bool {
+        self == Self::Active
+    }
+
+    /// Whether its owner may replace it or change its cohort.
+    pub fn replaceable(self) -> bool {
+        Self::REPLACEABLE.contains(&self)
+    }
+
+    /// Whether its owner may delete it.
+    pub fn deletable(self) -> bool {
+        Self::DELETABLE.contains(&self)
+    }
+
+    /// The codes of `statuses` (for queries).
+    pub fn codes(statuses: &[Self]) -> Vec<&'static str> {
+        statuses.iter().map(|s| s.code()).collect()
+    }
+}
+
 /// What a delivery carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -356,6 +411,22 @@ pub fn cohort_subjects(items: &[SubjectInput], base: &str, errs: &mut Vec<FieldE
 }
 
 impl SubscriptionRules {
+    /// The expiry must be in the future and within the longest duration allowed.
+    fn check_expiry(&self, expires_at: DateTime<Utc>, errs: &mut Vec<FieldError>) {
+        if expires_at <= self.now {
+            errs.push(FieldError::new("/expires_at", "date-in-past", "the expiry must be in the future"));
+        } else if expires_at > self.now + self.max_duration {
+            errs.push(FieldError::new(
+                "/expires_at",
+                "expiry-too-far",
+                format!(
+                    "a subscription may run at most {} days: renew it before it ends",
+                    self.max_duration.num_days()
+                ),
+            ));
+        }
+    }
+
     /// Validates a subscription body: the schema, then the domain rules.
     pub fn subscription(&self, body: &Value) -> Result<SubscriptionSpec, Vec<FieldError>> {
         let input: SubscriptionInput = parse_body(BodySchema::Subscription, body)?;
@@ -379,40 +450,8 @@ impl SubscriptionRules {
             }
             _ => None,
         };
-        if input.expires_at <= self.now {
-            errs.push(FieldError::new("/expires_at", "date-in-past", "the expiry must be in the future"));
-        } else if input.expires_at > self.now + self.max_duration {
-            errs.push(FieldError::new(
-                "/expires_at",
-                "expiry-too-far",
-                format!(
-                    "a subscription may run at most {} days: renew it before it ends",
-                    self.max_duration.num_days()
-                ),
-            ));
-        }
-        if input.topic == Topic::Disclosures {
-            let c = &input.criteria;
-            if !c.categories.is_empty()
-                || c.min_risk_level.is_some()
-                || !c.subject_kinds.is_empty()
-                || !c.postcodes.is_empty()
-                || c.cohort.is_some()
-            {
-                errs.push(FieldError::new(
-                    "/criteria",
-                    "criteria-not-applicable",
-                    "a `disclosures` subscription takes no criteria: it covers every notice your organisation published",
-                ));
-            }
-            if input.purpose != DISCLOSURES_PURPOSE {
-                errs.push(FieldError::new(
-                    "/purpose",
-                    "purpose-for-topic",
-                    format!("a `disclosures` subscription serves `{DISCLOSURES_PURPOSE}`"),
-                ));
-            }
-        }
+        self.check_expiry(input.expires_at, &mut errs);
+        disclosures_rules(&input, &mut errs);
         if input.tag.as_deref().is_some_and(|t| t.trim().is_empty()) {
             errs.push(FieldError::new("/tag", "not-blank", "the tag must not be blank"));
         }
@@ -444,6 +483,32 @@ impl SubscriptionRules {
             expires_at: input.expires_at,
             tag: input.tag,
         })
+    }
+}
+
+/// A `disclosures` subscription takes no criteria and serves the management purpose only.
+fn disclosures_rules(input: &SubscriptionInput, errs: &mut Vec<FieldError>) {
+    if input.topic == Topic::Disclosures {
+        let c = &input.criteria;
+        if !c.categories.is_empty()
+            || c.min_risk_level.is_some()
+            || !c.subject_kinds.is_empty()
+            || !c.postcodes.is_empty()
+            || c.cohort.is_some()
+        {
+            errs.push(FieldError::new(
+                "/criteria",
+                "criteria-not-applicable",
+                "a `disclosures` subscription takes no criteria: it covers every notice your organisation published",
+            ));
+        }
+        if input.purpose != DISCLOSURES_PURPOSE {
+            errs.push(FieldError::new(
+                "/purpose",
+                "purpose-for-topic",
+                format!("a `disclosures` subscription serves `{DISCLOSURES_PURPOSE}`"),
+            ));
+        }
     }
 }
 
@@ -570,6 +635,18 @@ mod tests {
 
     fn rules_of(errs: &[FieldError]) -> Vec<(String, String)> {
         errs.iter().map(|e| (e.pointer.clone(), e.rule.clone())).collect()
+    }
+
+    #[test]
+    fn statuses_read_back_from_their_codes_and_say_what_they_allow() {
+        for st in SubscriptionStatus::ALL {
+            assert_eq!(SubscriptionStatus::from_code(st.code()), Some(*st));
+        }
+        assert_eq!(SubscriptionStatus::Pending.code(), "pending-approval");
+        assert!(SubscriptionStatus::Revoked.receives() && !SubscriptionStatus::Revoked.receives_new());
+        assert!(!SubscriptionStatus::Pending.receives() && SubscriptionStatus::Pending.replaceable());
+        assert!(!SubscriptionStatus::Deleted.deletable() && SubscriptionStatus::Rejected.deletable());
+        assert!(!SubscriptionStatus::Revoked.replaceable());
     }
 
     #[test]

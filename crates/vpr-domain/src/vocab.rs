@@ -2,12 +2,10 @@
 //! and the lawful-basis catalogue in DOMAIN.md. The JSON Schemas list the same codes; a test keeps
 //! them in step.
 
-use serde::{Deserialize, Serialize};
-
 macro_rules! vocabulary {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $code:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $code)] $variant),+
         }
@@ -34,6 +32,7 @@ macro_rules! vocabulary {
         }
     };
 }
+pub(crate) use vocabulary;
 
 vocabulary! {
     /// Violence and aggression sub-categories (seed 004, appendix parts 1 and 2).

@@ -165,32 +165,7 @@ impl Agreement {
         if !result.validation_passed() {
             return Err(PolicyError::Policies(result.validation_errors().map(|e| e.to_string()).collect()));
         }
-        let mut errs = Vec::new();
-        let mut clauses = BTreeSet::new();
-        for p in policies.policies() {
-            let where_ = format!("policy at {}", p.id());
-            match p.annotation("clause") {
-                Some(c) if !c.is_empty() => {
-                    if !clauses.insert(c.to_owned()) {
-                        errs.push(format!("{where_}: clause `{c}` is used twice"));
-                    }
-                }
-                _ => errs.push(format!("{where_}: needs a @clause(\"...\") annotation")),
-            }
-            if p.annotation("title").is_none_or(str::is_empty) {
-                errs.push(format!("{where_}: needs a @title(\"...\") annotation"));
-            }
-            match p.annotation("basis") {
-                Some(b) if !b.trim().is_empty() => {
-                    for code in b.split_whitespace() {
-                        if LawfulBasis::from_code(code).is_none() {
-                            errs.push(format!("{where_}: `{code}` is not a lawful-basis code"));
-                        }
-                    }
-                }
-                _ => errs.push(format!("{where_}: needs a @basis(\"...\") annotation of lawful-basis codes")),
-            }
-        }
+        let mut errs = annotation_errors(&policies);
         let mut seen = BTreeSet::new();
         for code in file.purposes.iter().map(|p| &p.code).chain(file.roles.iter().map(|r| &r.code)) {
             if !seen.insert(code.clone()) {
@@ -234,4 +209,36 @@ impl Agreement {
     pub fn clause_count(&self) -> usize {
         self.policies.policies().count()
     }
+}
+
+/// What is wrong with the policies' annotations: each needs a unique `@clause`, a `@title`, and
+/// a `@basis` of lawful-basis codes.
+fn annotation_errors(policies: &PolicySet) -> Vec<String> {
+    let mut errs = Vec::new();
+    let mut clauses = BTreeSet::new();
+    for p in policies.policies() {
+        let where_ = format!("policy at {}", p.id());
+        match p.annotation("clause") {
+            Some(c) if !c.is_empty() => {
+                if !clauses.insert(c.to_owned()) {
+                    errs.push(format!("{where_}: clause `{c}` is used twice"));
+                }
+            }
+            _ => errs.push(format!("{where_}: needs a @clause(\"...\") annotation")),
+        }
+        if p.annotation("title").is_none_or(str::is_empty) {
+            errs.push(format!("{where_}: needs a @title(\"...\") annotation"));
+        }
+        match p.annotation("basis") {
+            Some(b) if !b.trim().is_empty() => {
+                for code in b.split_whitespace() {
+                    if LawfulBasis::from_code(code).is_none() {
+                        errs.push(format!("{where_}: `{code}` is not a lawful-basis code"));
+                    }
+                }
+            }
+            _ => errs.push(format!("{where_}: needs a @basis(\"...\") annotation of lawful-basis codes")),
+        }
+    }
+    errs
 }

@@ -206,38 +206,10 @@ impl Agreement {
             return deny(vec![]);
         };
         let principal = requester_entity(&p_uid, who);
-        let resource = Entity::new(
-            r_uid.clone(),
-            HashMap::from([
-                ("publisher".to_owned(), RestrictedExpression::new_string(notice.publisher.clone())),
-                (
-                    "publisher_type".to_owned(),
-                    RestrictedExpression::new_string(notice.publisher_type.code().to_owned()),
-                ),
-                ("category".to_owned(), RestrictedExpression::new_string(notice.category.clone())),
-                ("risk_level".to_owned(), RestrictedExpression::new_string(notice.risk_level.clone())),
-                (
-                    "medical_factor_operative".to_owned(),
-                    RestrictedExpression::new_bool(notice.medical_factor_operative),
-                ),
-                ("lawful_basis".to_owned(), strings(&notice.lawful_basis)),
-                ("subject_kinds".to_owned(), strings(&notice.subject_kinds)),
-                ("has_crime_reference".to_owned(), RestrictedExpression::new_bool(notice.has_crime_reference)),
-                ("active".to_owned(), RestrictedExpression::new_bool(notice.active)),
-            ]),
-            HashSet::new(),
-        );
-        let (Some(principal), Ok(resource)) = (principal, resource) else { return deny(vec![]) };
+        let resource = notice_entity(&r_uid, notice);
+        let (Some(principal), Some(resource)) = (principal, resource) else { return deny(vec![]) };
         let Ok(entities) = Entities::from_entities([principal, resource], None) else { return deny(vec![]) };
-        let context = Context::from_pairs([
-            ("purpose".to_owned(), RestrictedExpression::new_string(ctx.purpose.clone())),
-            ("break_glass".to_owned(), RestrictedExpression::new_bool(ctx.break_glass)),
-            ("objection_upheld".to_owned(), RestrictedExpression::new_bool(ctx.objection_upheld)),
-            ("consent_given".to_owned(), RestrictedExpression::new_bool(ctx.consent_given)),
-            ("has_context_reference".to_owned(), RestrictedExpression::new_bool(ctx.has_context_reference)),
-            ("previously_received".to_owned(), RestrictedExpression::new_bool(ctx.previously_received)),
-        ]);
-        let Ok(context) = context else { return deny(vec![]) };
+        let Some(context) = context_of(ctx) else { return deny(vec![]) };
         let authorizer = Authorizer::new();
         let ask = |action: &str| -> Option<(bool, Vec<PolicyId>)> {
             let a = uid("Vpr::Action", action)?;
@@ -367,4 +339,37 @@ impl Agreement {
             clauses: clauses.into_iter().collect(),
         }
     }
+}
+
+/// The notice as a Cedar entity.
+fn notice_entity(r_uid: &EntityUid, notice: &NoticeFacts) -> Option<Entity> {
+    Entity::new(
+        r_uid.clone(),
+        HashMap::from([
+            ("publisher".to_owned(), RestrictedExpression::new_string(notice.publisher.clone())),
+            ("publisher_type".to_owned(), RestrictedExpression::new_string(notice.publisher_type.code().to_owned())),
+            ("category".to_owned(), RestrictedExpression::new_string(notice.category.clone())),
+            ("risk_level".to_owned(), RestrictedExpression::new_string(notice.risk_level.clone())),
+            ("medical_factor_operative".to_owned(), RestrictedExpression::new_bool(notice.medical_factor_operative)),
+            ("lawful_basis".to_owned(), strings(&notice.lawful_basis)),
+            ("subject_kinds".to_owned(), strings(&notice.subject_kinds)),
+            ("has_crime_reference".to_owned(), RestrictedExpression::new_bool(notice.has_crime_reference)),
+            ("active".to_owned(), RestrictedExpression::new_bool(notice.active)),
+        ]),
+        HashSet::new(),
+    )
+    .ok()
+}
+
+/// The request context of a read, for Cedar.
+fn context_of(ctx: &AccessContext) -> Option<Context> {
+    Context::from_pairs([
+        ("purpose".to_owned(), RestrictedExpression::new_string(ctx.purpose.clone())),
+        ("break_glass".to_owned(), RestrictedExpression::new_bool(ctx.break_glass)),
+        ("objection_upheld".to_owned(), RestrictedExpression::new_bool(ctx.objection_upheld)),
+        ("consent_given".to_owned(), RestrictedExpression::new_bool(ctx.consent_given)),
+        ("has_context_reference".to_owned(), RestrictedExpression::new_bool(ctx.has_context_reference)),
+        ("previously_received".to_owned(), RestrictedExpression::new_bool(ctx.previously_received)),
+    ])
+    .ok()
 }

@@ -6,8 +6,10 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::db::write_tx;
-use crate::schema::audit_entries as ae;
+use std::collections::BTreeSet;
+
+use crate::db::{write_tx, DbConnection, Tx};
+use crate::schema::{audit_entries as ae, subscription_notice_seen as seen};
 use crate::{Store, StoreError};
 
 /// The decision on one notice, as recorded.
@@ -38,7 +40,7 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
     /// The request id (as in `X-Request-Id` and the logs).
     pub request_id: String,
-    /// `lookup`, `read`, `consent`, `objection`.
+    /// The action's code ([`vpr_domain::audit::AuditAction::code`]; empty once pruned).
     pub action: String,
     /// Actor organisation (ODS).
     pub actor_org: String,
@@ -95,10 +97,6 @@ pub struct StoredAuditEntry {
 
 fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned())
 }
 
 /// One stored audit entry, every column, in table order (read by the review API and the sealer,
@@ -179,32 +177,51 @@ pub(crate) fn audit_writer(pool: crate::db::DbPool, vault: crate::Vault, writers
     )
 }
 
-fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&AuditEntry]) -> Result<(), StoreError> {
-    use crate::schema::{audit_notice_refs as nrefs, audit_subject_refs as srefs};
-    let mut rows = Vec::with_capacity(entries.len());
+/// An entry's rows, ready to insert: the entry, its notice and subject references, and the
+/// notices it recorded a subscription as given.
+struct Encoded<'e> {
+    entry: &'e AuditEntry,
+    id: String,
+    justification: Option<Vec<u8>>,
+    notice_refs: Vec<String>,
+    subject_refs: Vec<&'e str>,
+    received: Vec<(String, String)>,
+}
+
+fn encode<'e>(vault: &crate::Vault, e: &'e AuditEntry) -> Result<Encoded<'e>, StoreError> {
+    let id = e.id.to_string();
+    let justification = e
+        .justification
+        .as_deref()
+        .map(|j| vault.seal(j.as_bytes(), &format!("audit/{id}/justification")))
+        .transpose()?;
+    let mut seen = std::collections::BTreeSet::new();
     let mut notice_refs = Vec::new();
-    let mut subject_refs = Vec::new();
     let mut received = Vec::new();
-    for e in entries {
-        let id = e.id.to_string();
-        let justification = e
-            .justification
-            .as_deref()
-            .map(|j| vault.seal(j.as_bytes(), &format!("audit/{id}/justification")))
-            .transpose()?;
-        let mut seen = std::collections::BTreeSet::new();
-        for n in e.notices.iter().filter(|n| seen.insert(n.id.as_str())) {
-            notice_refs.push((nrefs::notice_id.eq(n.id.clone()), nrefs::audit_id.eq(id.clone())));
-            if let (Some(sub), "permit") = (&e.received_by, n.decision.as_str()) {
-                received.push((sub.clone(), n.id.clone()));
-            }
+    for n in e.notices.iter().filter(|n| seen.insert(n.id.as_str())) {
+        notice_refs.push(n.id.clone());
+        if let (Some(sub), "permit") = (&e.received_by, n.decision.as_str()) {
+            received.push((sub.clone(), n.id.clone()));
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for r in e.subject_refs.iter().filter(|r| seen.insert(r.as_str())) {
-            subject_refs.push((srefs::subject_ref.eq(r.clone()), srefs::audit_id.eq(id.clone())));
-        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let subject_refs = e.subject_refs.iter().map(String::as_str).filter(|r| seen.insert(*r)).collect();
+    Ok(Encoded { entry: e, id, justification, notice_refs, subject_refs, received })
+}
+
+fn text_of<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::AuditWrite(format!("cannot encode the entry: {e}")))
+}
+
+/// Inserts encoded entries, in a few multi-row statements rather than one round trip per row,
+/// inside the caller's transaction.
+fn insert_encoded(conn: &mut DbConnection, encoded: &[Encoded<'_>]) -> Result<(), StoreError> {
+    use crate::schema::{audit_notice_refs as nrefs, audit_subject_refs as srefs};
+    let mut rows = Vec::with_capacity(encoded.len());
+    for x in encoded {
+        let e = x.entry;
         rows.push((
-            ae::id.eq(id),
+            ae::id.eq(&x.id),
             ae::at.eq(e.at.naive_utc()),
             ae::request_id.eq(&e.request_id),
             ae::action.eq(&e.action),
@@ -216,39 +233,117 @@ fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&Audit
             ae::purpose.eq(&e.purpose),
             ae::context_ref.eq(&e.context_ref),
             ae::break_glass.eq(e.break_glass),
-            ae::justification.eq(justification),
-            ae::subject_refs.eq(json(&e.subject_refs)),
+            ae::justification.eq(&x.justification),
+            ae::subject_refs.eq(text_of(&e.subject_refs)?),
             ae::decision.eq(&e.decision),
-            ae::notices.eq(json(&e.notices)),
-            ae::lawful_basis.eq(json(&e.lawful_basis)),
-            ae::clauses.eq(json(&e.clauses)),
+            ae::notices.eq(text_of(&e.notices)?),
+            ae::lawful_basis.eq(text_of(&e.lawful_basis)?),
+            ae::clauses.eq(text_of(&e.clauses)?),
             ae::agreement_version.eq(&e.agreement_version),
             ae::outcome.eq(i32::from(e.outcome)),
             ae::ig_review.eq(&e.ig_review),
         ));
     }
+    let notice_refs: Vec<_> = encoded
+        .iter()
+        .flat_map(|x| x.notice_refs.iter().map(|n| (nrefs::notice_id.eq(n), nrefs::audit_id.eq(&x.id))))
+        .collect();
+    let subject_refs: Vec<_> = encoded
+        .iter()
+        .flat_map(|x| x.subject_refs.iter().map(|r| (srefs::subject_ref.eq(*r), srefs::audit_id.eq(&x.id))))
+        .collect();
+    let received: Vec<(String, String)> = encoded.iter().flat_map(|x| x.received.iter().cloned()).collect();
+    crate::db::insert_chunks!(conn, ae::table, rows, 512);
+    crate::db::insert_chunks!(conn, nrefs::table, notice_refs, 2000);
+    crate::db::insert_chunks!(conn, srefs::table, subject_refs, 2000);
+    record_received(conn, &received)
+}
+
+fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&AuditEntry]) -> Result<(), StoreError> {
+    let encoded = entries.iter().map(|e| encode(vault, e)).collect::<Result<Vec<_>, _>>()?;
     let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    // A few multi-row statements per batch, not one round trip per row.
-    write_tx(&mut conn, |conn| {
-        crate::db::insert_chunks!(conn, ae::table, rows, 512);
-        crate::db::insert_chunks!(conn, nrefs::table, notice_refs, 2000);
-        crate::db::insert_chunks!(conn, srefs::table, subject_refs, 2000);
-        crate::subscriptions::record_received(conn, &received)?;
-        Ok(())
-    })
+    write_tx(&mut conn, |conn| insert_encoded(conn, &encoded))
+}
+
+/// Inserts entries inside the caller's transaction; any failure is [`StoreError::AuditWrite`].
+pub(crate) fn insert_entries(
+    conn: &mut DbConnection,
+    vault: &crate::Vault,
+    entries: &[AuditEntry],
+) -> Result<(), StoreError> {
+    let audit_write = |e: StoreError| match e {
+        e @ StoreError::AuditWrite(_) => e,
+        e => StoreError::AuditWrite(e.to_string()),
+    };
+    let encoded = entries.iter().map(|e| encode(vault, e)).collect::<Result<Vec<_>, _>>().map_err(audit_write)?;
+    insert_encoded(conn, &encoded).map_err(audit_write)
+}
+
+/// Records that subscriptions were given notices (with their audit entries, in one transaction):
+/// the receipts that make sure a subscriber given a notice is told when it is withdrawn.
+fn record_received(conn: &mut DbConnection, pairs: &[(String, String)]) -> Result<(), StoreError> {
+    let unique: BTreeSet<&(String, String)> = pairs.iter().collect();
+    let rows: Vec<_> =
+        unique.into_iter().map(|(sub, notice)| (seen::subscription_id.eq(sub), seen::notice_id.eq(notice))).collect();
+    // A few multi-row statements, not one per pair; a pair recorded before is left as it is.
+    for chunk in rows.chunks(1000) {
+        match &mut *conn {
+            DbConnection::Pg(c) => {
+                diesel::insert_into(seen::table).values(chunk).on_conflict_do_nothing().execute(c)?
+            }
+            DbConnection::Sqlite(c) => {
+                diesel::insert_into(seen::table).values(chunk).on_conflict_do_nothing().execute(c)?
+            }
+        };
+    }
+    Ok(())
+}
+
+/// What an audited change returns beside its result: one audit entry or several.
+pub trait AuditEntries {
+    /// The entries.
+    fn into_entries(self) -> Vec<AuditEntry>;
+}
+
+impl AuditEntries for AuditEntry {
+    fn into_entries(self) -> Vec<AuditEntry> {
+        vec![self]
+    }
+}
+
+impl AuditEntries for Vec<AuditEntry> {
+    fn into_entries(self) -> Vec<AuditEntry> {
+        self
+    }
 }
 
 impl Store {
+    /// Runs an audited change: `f` makes the change through the transaction handle and returns
+    /// its result with the audit entry (or entries) recording it; the entries are inserted in
+    /// the same transaction, and both commit or neither does. A failed audit insert is
+    /// [`StoreError::AuditWrite`], and nothing is changed.
+    pub fn audited<T, A: AuditEntries, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<(T, A), E>,
+    ) -> Result<T, E> {
+        self.write(|tx| {
+            let (value, entries) = f(tx)?;
+            insert_entries(tx.conn, &self.vault, &entries.into_entries())?;
+            Ok(value)
+        })
+    }
+
     /// Appends an entry durably: returns only once it is committed (group commit). Nothing may
     /// be disclosed unless this returns `Ok`.
     pub fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
-        self.audit_writer.submit(e.clone())
+        self.audit_writer.submit(e.clone()).map_err(|e| StoreError::AuditWrite(e.to_string()))
     }
 
     /// Appends several entries durably, sharing commits: returns once every one is committed,
     /// or the first failure (some may then be committed, none is disclosed).
     pub fn append_audits(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
-        self.audit_writer.submit_many(entries).into_iter().collect()
+        let written: Result<(), StoreError> = self.audit_writer.submit_many(entries).into_iter().collect();
+        written.map_err(|e| StoreError::AuditWrite(e.to_string()))
     }
 
     /// Audit entries after `after_seq`, oldest first, at most `limit`.
@@ -270,18 +365,6 @@ impl Store {
         self.decode(rows)
     }
 
-    /// The audit entries concerning one notice, newest first, before `before_seq` (for stable
-    /// paging), at most `limit`.
-    pub fn notice_access_log(
-        &self,
-        notice_id: Uuid,
-        before_seq: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<StoredAuditEntry>, StoreError> {
-        let q = crate::review::AuditQuery { notice: Some(notice_id), ..Default::default() };
-        self.search_audit(&q, before_seq, limit)
-    }
-
     /// Break-glass accesses with this IG review status (`pending`, or an outcome), newest
     /// first, at most `limit`.
     pub fn break_glass_entries(&self, status: &str, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
@@ -293,22 +376,6 @@ impl Store {
             .limit(limit)
             .load(&mut conn)?;
         self.decode(rows)
-    }
-
-    /// Records the IG outcome on a pending break-glass entry. Returns false if there is no such
-    /// pending entry (unknown, not break-glass, or already reviewed). The status column is
-    /// outside the seal; the review itself is recorded as an audit entry of its own.
-    pub fn review_break_glass(&self, audit_id: Uuid, outcome: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
-        let n = diesel::update(
-            ae::table
-                .filter(ae::id.eq(audit_id.to_string()))
-                .filter(ae::ig_review.eq("pending"))
-                .filter(ae::break_glass.eq(true)),
-        )
-        .set(ae::ig_review.eq(outcome))
-        .execute(&mut conn)?;
-        Ok(n == 1)
     }
 
     pub(crate) fn decode(&self, rows: Vec<AuditRow>) -> Result<Vec<StoredAuditEntry>, StoreError> {
@@ -349,5 +416,22 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+impl Tx<'_> {
+    /// Records the IG outcome on a pending break-glass entry. Returns false if there is no such
+    /// pending entry (unknown, not break-glass, or already reviewed). The status column is
+    /// outside the seal; the review itself is recorded as an audit entry of its own.
+    pub fn review_break_glass(&mut self, audit_id: Uuid, outcome: &str) -> Result<bool, StoreError> {
+        let n = diesel::update(
+            ae::table
+                .filter(ae::id.eq(audit_id.to_string()))
+                .filter(ae::ig_review.eq("pending"))
+                .filter(ae::break_glass.eq(true)),
+        )
+        .set(ae::ig_review.eq(outcome))
+        .execute(self.conn)?;
+        Ok(n == 1)
     }
 }

@@ -142,14 +142,23 @@ pub fn write_tx<T>(
     conn: &mut DbConnection,
     f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    write_tx_as(conn, f)
+}
+
+/// [`write_tx`] for a closure with an error of its own (any error a [`StoreError`] converts to).
+pub fn write_tx_as<T, E: From<StoreError>>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, E>,
+) -> Result<T, E> {
     type Tm = <DbConnection as Connection>::TransactionManager;
-    match conn {
-        DbConnection::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
-        DbConnection::Pg(_) => Tm::begin_transaction(conn)?,
-    }
+    let begun = match conn {
+        DbConnection::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"),
+        DbConnection::Pg(_) => Tm::begin_transaction(conn),
+    };
+    begun.map_err(StoreError::from)?;
     match f(conn) {
         Ok(value) => {
-            Tm::commit_transaction(conn)?;
+            Tm::commit_transaction(conn).map_err(StoreError::from)?;
             Ok(value)
         }
         Err(err) => {
@@ -158,6 +167,28 @@ pub fn write_tx<T>(
             }
             Err(err)
         }
+    }
+}
+
+/// One write transaction of the store, open: the changes that must commit together (a change
+/// and its audit entry, see [`crate::Store::audited`]) are its methods.
+pub struct Tx<'a> {
+    pub(crate) conn: &'a mut DbConnection,
+    pub(crate) store: &'a crate::Store,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx").finish_non_exhaustive()
+    }
+}
+
+impl crate::Store {
+    /// Runs `f` in one write transaction, committed if it returns `Ok` (for changes that carry
+    /// no audit entry; those that do use [`crate::Store::audited`]).
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E> {
+        let mut conn = self.conn()?;
+        write_tx_as(&mut conn, |conn| f(&mut Tx { conn, store: self }))
     }
 }
 

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::db::write_tx;
+use crate::db::Tx;
 use crate::schema::subject_directives as sd;
 use crate::{Store, StoreError};
 
@@ -105,37 +105,36 @@ impl Store {
         }
         Ok(out)
     }
+}
 
+impl Tx<'_> {
     /// Records a consent or objection; the newest record for a subject and purpose wins.
-    pub fn record_directive(&self, d: &NewDirective, now: DateTime<Utc>) -> Result<Uuid, StoreError> {
+    /// Returns the record's id.
+    pub fn record_directive(&mut self, d: &NewDirective, now: DateTime<Utc>) -> Result<Uuid, StoreError> {
         let id = Uuid::new_v4();
         let reason = d
             .reason
             .as_deref()
-            .map(|r| self.vault().seal(r.as_bytes(), &format!("directive/{id}/reason")))
+            .map(|r| self.store.vault().seal(r.as_bytes(), &format!("directive/{id}/reason")))
             .transpose()?;
-        let mut conn = self.conn()?;
-        write_tx(&mut conn, |conn| {
-            for blind in &d.blind_indexes {
-                diesel::insert_into(sd::table)
-                    .values((
-                        sd::record_id.eq(id.to_string()),
-                        sd::blind_index.eq(blind),
-                        sd::kind.eq(d.kind.code()),
-                        sd::purpose.eq(&d.purpose),
-                        sd::status.eq(&d.status),
-                        sd::evidence_reference.eq(&d.evidence_reference),
-                        sd::reason.eq(&reason),
-                        sd::effective_from.eq(d.effective_from),
-                        sd::expires_on.eq(d.expires_on),
-                        sd::recorded_at.eq(now.naive_utc()),
-                        sd::recorded_by_org.eq(&d.recorded_by_org),
-                        sd::recorded_by_user.eq(&d.recorded_by_user),
-                    ))
-                    .execute(conn)?;
-            }
-            Ok(())
-        })?;
+        for blind in &d.blind_indexes {
+            diesel::insert_into(sd::table)
+                .values((
+                    sd::record_id.eq(id.to_string()),
+                    sd::blind_index.eq(blind),
+                    sd::kind.eq(d.kind.code()),
+                    sd::purpose.eq(&d.purpose),
+                    sd::status.eq(&d.status),
+                    sd::evidence_reference.eq(&d.evidence_reference),
+                    sd::reason.eq(&reason),
+                    sd::effective_from.eq(d.effective_from),
+                    sd::expires_on.eq(d.expires_on),
+                    sd::recorded_at.eq(now.naive_utc()),
+                    sd::recorded_by_org.eq(&d.recorded_by_org),
+                    sd::recorded_by_user.eq(&d.recorded_by_user),
+                ))
+                .execute(self.conn)?;
+        }
         Ok(id)
     }
 }

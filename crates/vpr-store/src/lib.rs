@@ -12,13 +12,18 @@ pub mod review;
 pub mod schema;
 pub mod seal;
 pub mod subscriptions;
+#[cfg(any(test, feature = "testdb"))]
 pub mod testdb;
 pub mod tokens;
 pub mod vault;
+pub mod verify;
 
+pub use audit::AuditEntries;
+pub use db::Tx;
 use db::{Backend, DbConnection, DbPool, PooledDb};
 pub use notices::{Change, NewNotice, Published, StoredNotice};
 pub use vault::{DataKeyFile, Vault, VaultError};
+use vpr_domain::subscription::SubscriptionStatus;
 use vpr_domain::vocab::NoticeStatus;
 
 /// Errors from the store. Internal causes stay in logs; the HTTP edge shows only the kind.
@@ -42,9 +47,9 @@ pub enum StoreError {
     /// Encryption failed.
     #[error(transparent)]
     Vault(#[from] VaultError),
-    /// No such notice.
-    #[error("notice not found")]
-    NotFound,
+    /// What was asked for does not exist.
+    #[error("{0}")]
+    NotFound(Missing),
     /// The caller's organisation did not publish the notice.
     #[error("only the publishing organisation may change a notice")]
     NotPublisher,
@@ -67,7 +72,35 @@ pub enum StoreError {
     IdempotencyConflict,
     /// The subscription can no longer be changed.
     #[error("a subscription that is `{0}` cannot be changed")]
-    SubscriptionClosed(String),
+    SubscriptionClosed(SubscriptionStatus),
+    /// A worker thread of the store failed (a panic), so its result is unknown.
+    #[error("internal failure: {0}")]
+    Internal(String),
+    /// The audit entry a change or a disclosure depends on could not be committed (so neither
+    /// was); the edge answers 503.
+    #[error("the audit entry could not be written: {0}")]
+    AuditWrite(String),
+}
+
+/// What a [`StoreError::NotFound`] did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// A notice (or a version of it).
+    Notice,
+    /// A subscription.
+    Subscription,
+    /// Sealed audit entries: the tree is smaller than the size asked for.
+    SealedLeaves,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Missing::Notice => "no notice has this id",
+            Missing::Subscription => "no subscription has this id",
+            Missing::SealedLeaves => "the sealed audit log has fewer entries than asked for",
+        })
+    }
 }
 
 /// The broker's store: a connection pool and the vault for identifiers at rest.

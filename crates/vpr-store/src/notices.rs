@@ -11,7 +11,7 @@ use vpr_domain::notice::{MatchKind, NoticeContent, VersionInfo};
 use vpr_domain::vocab::{ChangeKind, NoticeStatus};
 
 use crate::db::{write_tx, DbConnection};
-use crate::schema::{idempotency_keys, notice_match_keys, notice_versions, notices};
+use crate::schema::{idempotency_keys, notice_events, notice_match_keys, notice_versions, notices};
 use crate::{Store, StoreError};
 
 /// A notice version as stored, decrypted.
@@ -227,7 +227,8 @@ impl Store {
                     if &earlier_hash != hash {
                         return Err(StoreError::IdempotencyConflict);
                     }
-                    let first = self.version_in(conn, &notice_id, 1)?.ok_or(StoreError::NotFound)?;
+                    let first =
+                        self.version_in(conn, &notice_id, 1)?.ok_or(StoreError::NotFound(crate::Missing::Notice))?;
                     return Ok(Published::Replayed(first));
                 }
             }
@@ -257,7 +258,7 @@ impl Store {
             let row = self.seal_version(&id, 1, &step, at)?;
             diesel::insert_into(notice_versions::table).values(&row).execute(conn)?;
             self.write_match_keys(conn, &id, c)?;
-            crate::subscriptions::record_notice_event(conn, &id, 1, ChangeKind::Created, at)?;
+            record_notice_event(conn, &id, 1, ChangeKind::Created, at)?;
             if let Some((key, hash)) = &new.idempotency {
                 diesel::insert_into(idempotency_keys::table)
                     .values((
@@ -343,7 +344,7 @@ impl Store {
         let mut conn = self.conn()?;
         let id = id.to_string();
         let Some(head) = self.head_in(&mut conn, &id)? else {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound(crate::Missing::Notice));
         };
         let rows: Vec<VersionRow> = notice_versions::table
             .filter(notice_versions::notice_id.eq(&id))
@@ -424,14 +425,16 @@ impl Store {
         let mut conn = self.conn()?;
         let id = id.to_string();
         write_tx(&mut conn, |conn| {
-            let head = self.head_in(conn, &id)?.ok_or(StoreError::NotFound)?;
+            let head = self.head_in(conn, &id)?.ok_or(StoreError::NotFound(crate::Missing::Notice))?;
             if head.publisher_ods != actor_org {
                 return Err(StoreError::NotPublisher);
             }
             if expected_version.is_some_and(|v| v != head.current_version) {
                 return Err(StoreError::VersionMismatch { current: head.current_version });
             }
-            let current = self.version_in(conn, &id, head.current_version)?.ok_or(StoreError::NotFound)?;
+            let current = self
+                .version_in(conn, &id, head.current_version)?
+                .ok_or(StoreError::NotFound(crate::Missing::Notice))?;
             let status = current.status;
             let (kind, new_status, content, reason) = match change {
                 Change::Amend(content) => {
@@ -505,7 +508,7 @@ impl Store {
             self.write_match_keys(conn, &head.id, content)?;
         }
         // The outbox: subscribers learn of the change from this row, committed with it.
-        crate::subscriptions::record_notice_event(conn, &head.id, next, step.kind, at)?;
+        record_notice_event(conn, &head.id, next, step.kind, at)?;
         let mut new_head = head.clone();
         new_head.current_version = next;
         self.open_version(row, &new_head)
@@ -530,7 +533,9 @@ impl Store {
                 if head.status != NoticeStatus::Active.code() || head.review_date >= today {
                     return Ok(None);
                 }
-                let current = self.version_in(conn, &id, head.current_version)?.ok_or(StoreError::NotFound)?;
+                let current = self
+                    .version_in(conn, &id, head.current_version)?
+                    .ok_or(StoreError::NotFound(crate::Missing::Notice))?;
                 let reason = format!("review date {} passed without review", current.content.review_date);
                 let step = Step {
                     kind: ChangeKind::Expired,
@@ -581,4 +586,23 @@ impl RecentNotices {
             map.insert(id, (version, std::time::Instant::now(), n.clone(), blind.to_vec()));
         }
     }
+}
+
+/// Writes the outbox row of a notice change (inside the change's transaction).
+fn record_notice_event(
+    conn: &mut DbConnection,
+    notice_id: &str,
+    version: i64,
+    kind: ChangeKind,
+    at: NaiveDateTime,
+) -> Result<(), StoreError> {
+    diesel::insert_into(notice_events::table)
+        .values((
+            notice_events::notice_id.eq(notice_id),
+            notice_events::version.eq(version),
+            notice_events::kind.eq(kind.code()),
+            notice_events::at.eq(at),
+        ))
+        .execute(conn)?;
+    Ok(())
 }

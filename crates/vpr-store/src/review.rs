@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::audit::{AuditRow, StoredAuditEntry};
+use crate::audit::{AuditEntry, AuditRow, StoredAuditEntry};
 use crate::db::{write_tx, DbConnection};
 use crate::schema::{
     audit_entries as ae, audit_notice_refs as nrefs, audit_subject_refs as srefs, notice_match_keys as keys, notices,
@@ -143,6 +143,18 @@ pub struct SummaryRow {
 }
 
 impl Store {
+    /// The audit entries concerning one notice, newest first, before `before_seq` (for stable
+    /// paging), at most `limit`.
+    pub fn notice_access_log(
+        &self,
+        notice_id: Uuid,
+        before_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<StoredAuditEntry>, StoreError> {
+        let q = AuditQuery { notice: Some(notice_id), ..Default::default() };
+        self.search_audit(&q, before_seq, limit)
+    }
+
     /// Entries matching `q`, newest first, older than the `before` seq (the paging cursor), at
     /// most `limit`. Paging by `seq` is stable: entries already seen never reappear or shift,
     /// and entries appended meanwhile appear only on a fresh first page.
@@ -201,8 +213,14 @@ impl Store {
     /// Retention: removes the content of sealed entries older than `before`, keeping each
     /// entry's id, time, position and leaf hash so the tree and every checkpoint still verify.
     /// Entries are pruned oldest first in tree order and only as a prefix, so a pruned entry is
-    /// never followed by a kept one. Returns how many entries were pruned.
-    pub fn prune_audit(&self, before: DateTime<Utc>, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    /// never followed by a kept one. When any are, the audit entry `entry(pruned)` records the
+    /// prune, committed with it. Returns how many entries were pruned.
+    pub fn prune_audit(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        entry: impl FnOnce(usize) -> AuditEntry,
+    ) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;
         write_tx(&mut conn, |conn| {
             // Sealing must not run meanwhile (on PostgreSQL each statement sees its own
@@ -251,6 +269,9 @@ impl Store {
                 ae::ig_review.eq(None::<String>),
             ))
             .execute(conn)?;
+            if n > 0 {
+                crate::audit::insert_entries(conn, &self.vault, &[entry(n)])?;
+            }
             Ok(n)
         })
     }

@@ -2,7 +2,9 @@
 
 use chrono::{Duration, Utc};
 use diesel::RunQueryDsl;
+use vpr_domain::audit::AuditAction;
 use vpr_domain::notice::{MatchKind, NoticeContent, Person, Subject, SubjectInformed};
+use vpr_domain::subscription::SubscriptionStatus;
 use vpr_domain::vocab::{Category, ChangeKind, LawfulBasis, NoticeStatus, RiskLevel};
 use vpr_domain::NhsNumber;
 
@@ -288,6 +290,15 @@ fn audit_entry(n: usize, at: chrono::DateTime<Utc>) -> audit::AuditEntry {
     }
 }
 
+fn retention_entry(pruned: usize, at: chrono::DateTime<Utc>) -> audit::AuditEntry {
+    audit::AuditEntry {
+        action: AuditAction::AuditRetention.into(),
+        context_ref: Some(format!("pruned={pruned}")),
+        subject_refs: vec![],
+        ..audit_entry(1000 + pruned, at)
+    }
+}
+
 /// A stand-in signature for store tests (the real JWS is tested end to end): `size:root`.
 fn sign_plain(size: i64, root: &vpr_audit::merkle::Hash, _: chrono::DateTime<Utc>) -> Result<String, String> {
     Ok(format!("{size}:{}", vpr_audit::hex(root)))
@@ -314,14 +325,21 @@ fn retention_prunes_old_content_but_the_log_still_verifies() {
         assert!(before.problems.is_empty(), "{name}: {:?}", before.problems);
 
         let cutoff = now - Duration::days(8 * 365);
-        assert_eq!(s.prune_audit(cutoff, now).unwrap(), 6, "{name}");
-        assert_eq!(s.prune_audit(cutoff, now).unwrap(), 0, "{name}: pruning twice changes nothing");
+        assert_eq!(s.prune_audit(cutoff, now, |n| retention_entry(n, now)).unwrap(), 6, "{name}");
+        assert_eq!(
+            s.prune_audit(cutoff, now, |n| retention_entry(n, now)).unwrap(),
+            0,
+            "{name}: pruning twice changes nothing"
+        );
         let after = s.verify_audit(&open_plain).unwrap();
         assert!(after.problems.is_empty(), "{name}: {:?}", after.problems);
         assert_eq!((after.entries, after.pruned, after.checkpoints), (10, 6, before.checkpoints), "{name}");
         // Pruned entries are gone from review; the recent ones remain.
+        // (The prune recorded itself, committed with it.)
         let all = s.search_audit(&review::AuditQuery::default(), None, 100).unwrap();
-        assert_eq!(all.len(), 4, "{name}");
+        assert_eq!(all.len(), 5, "{name}");
+        assert_eq!(all.first().map(|e| e.entry.action.as_str()), Some("audit-retention"), "{name}");
+        assert_eq!(all.first().and_then(|e| e.entry.context_ref.as_deref()), Some("pruned=6"), "{name}");
         let by_subject = review::AuditQuery {
             subject: Some(review::SubjectKeys { refs: vec!["nhs:1".into(), "nhs:7".into()], blind: vec![] }),
             ..Default::default()
@@ -333,12 +351,12 @@ fn retention_prunes_old_content_but_the_log_still_verifies() {
         // An export of the pruned log verifies the same way, and an edit to it is caught.
         let mut conn = s.conn().unwrap();
         let mut out = Vec::new();
-        assert_eq!(seal::export_audit(&mut conn, now, &mut out).unwrap(), 10);
-        let report = seal::verify_export(&out[..], &open_plain).unwrap();
+        assert_eq!(verify::export_audit(&mut conn, now, &mut out).unwrap(), 10);
+        let report = verify::verify_export(&out[..], &open_plain).unwrap();
         assert!(report.problems.is_empty() && report.pruned == 6, "{name}: {report:?}");
         let text = String::from_utf8(out).unwrap();
         let edited = text.replacen("\"user-8\"", "\"user-9\"", 1);
-        let report = seal::verify_export(edited.as_bytes(), &open_plain).unwrap();
+        let report = verify::verify_export(edited.as_bytes(), &open_plain).unwrap();
         assert!(report.problems.first().is_some_and(|p| p.contains("leaf 8")), "{name}: {report:?}");
 
         // Removing the content of a recent entry out of order is not retention: it is reported.
@@ -397,7 +415,7 @@ fn subscription(
         id,
         owner_ods: "XAM01".into(),
         owner_system: "amb-cad".into(),
-        status: subscriptions::status::ACTIVE.into(),
+        status: SubscriptionStatus::Active,
         purpose: "staff-safety".into(),
         role: "ambulance-dispatcher".into(),
         context_ref: None,
@@ -425,12 +443,12 @@ fn changes_fan_out_numbered_per_subscription_and_withdrawals_follow_earlier_reci
         let everything = uuid::Uuid::new_v4();
         let high_only = uuid::Uuid::new_v4();
         let cohort_id = uuid::Uuid::new_v4();
-        store.create_subscription(&subscription(everything, Criteria::default(), None), now).unwrap();
+        store.write(|tx| tx.create_subscription(&subscription(everything, Criteria::default(), None), now)).unwrap();
         let high = Criteria { min_risk_level: Some(RiskLevel::High), ..Default::default() };
-        store.create_subscription(&subscription(high_only, high, None), now).unwrap();
+        store.write(|tx| tx.create_subscription(&subscription(high_only, high, None), now)).unwrap();
         let member = store.vault().blind_index(MatchKind::NhsNumber, "9990000026");
         let in_cohort = Criteria { cohort: true, ..Default::default() };
-        store.create_subscription(&subscription(cohort_id, in_cohort, Some(vec![member])), now).unwrap();
+        store.write(|tx| tx.create_subscription(&subscription(cohort_id, in_cohort, Some(vec![member])), now)).unwrap();
         assert_eq!(store.cohort_size(cohort_id).unwrap(), 1, "{name}");
 
         let a = created(store.publish(&new_notice("9990000018", None), now).unwrap());
@@ -486,16 +504,7 @@ fn changes_fan_out_numbered_per_subscription_and_withdrawals_follow_earlier_reci
             store.events_after(everything, 0, 10).unwrap().iter().chain(e.iter()).map(|e| e.event_id).collect();
         assert_eq!(ids.len(), 12, "{name}");
         // A deleted subscription gets nothing more.
-        store
-            .set_subscription_status(
-                everything,
-                &[subscriptions::status::ACTIVE],
-                subscriptions::status::DELETED,
-                None,
-                now,
-            )
-            .unwrap()
-            .unwrap();
+        store.write(|tx| tx.delete_subscription(everything, now)).unwrap().unwrap();
         store
             .change(c.id, "RX9", "cad", None, Change::Withdraw { reason: "gone".into(), entered_in_error: false }, now)
             .unwrap();
@@ -514,11 +523,13 @@ fn a_delivery_round_reads_many_subscriptions_at_once_as_it_would_each_alone() {
         let (x, y, idle) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
         let member = store.vault().blind_index(MatchKind::NhsNumber, "9990000018");
         let stranger = store.vault().blind_index(MatchKind::NhsNumber, "9990000026");
-        store.create_subscription(&subscription(x, Criteria::default(), None), now).unwrap();
+        store.write(|tx| tx.create_subscription(&subscription(x, Criteria::default(), None), now)).unwrap();
         let cohort = Criteria { cohort: true, ..Default::default() };
-        store.create_subscription(&subscription(y, cohort, Some(vec![member.clone()])), now).unwrap();
+        store.write(|tx| tx.create_subscription(&subscription(y, cohort, Some(vec![member.clone()])), now)).unwrap();
         store
-            .create_subscription(&subscription(idle, Criteria { cohort: true, ..Default::default() }, None), now)
+            .write(|tx| {
+                tx.create_subscription(&subscription(idle, Criteria { cohort: true, ..Default::default() }, None), now)
+            })
             .unwrap();
         let a = created(store.publish(&new_notice("9990000018", None), now).unwrap());
         let c = created(store.publish(&new_notice("9990000026", None), now).unwrap());
@@ -601,7 +612,7 @@ fn deliveries_are_leased_acknowledged_retried_and_dead_lettered() {
     for (name, store) in &b.stores {
         let now = Utc::now();
         let id = uuid::Uuid::new_v4();
-        store.create_subscription(&subscription(id, Default::default(), None), now).unwrap();
+        store.write(|tx| tx.create_subscription(&subscription(id, Default::default(), None), now)).unwrap();
         for nhs in ["9990000018", "9990000026"] {
             store.publish(&new_notice(nhs, None), now).unwrap();
         }
@@ -681,7 +692,7 @@ fn retention_racing_the_sealer_never_prunes_a_recent_entry() {
             });
             scope.spawn(|| {
                 for _ in 0..200 {
-                    let n = s.prune_audit(cutoff, Utc::now()).unwrap();
+                    let n = s.prune_audit(cutoff, Utc::now(), |n| retention_entry(n, Utc::now())).unwrap();
                     pruned.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
                 }
             });
@@ -690,5 +701,150 @@ fn retention_racing_the_sealer_never_prunes_a_recent_entry() {
         assert_eq!(pruned.load(std::sync::atomic::Ordering::SeqCst), 0, "{name}: a recent entry was pruned");
         let report = s.verify_audit(&open_plain).unwrap();
         assert!(report.problems.is_empty() && report.pruned == 0 && report.entries == 60, "{name}: {report:?}");
+    }
+}
+
+/// Makes the audit table refuse inserts (or accept them again).
+fn audit_unwritable(store: &Store, unwritable: bool) {
+    use diesel::connection::SimpleConnection;
+    let mut conn = store.conn().unwrap();
+    let sql = match (&*conn, unwritable) {
+        (db::DbConnection::Sqlite(_), true) => {
+            "CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_entries \
+             BEGIN SELECT RAISE(ABORT, 'the audit is unwritable'); END;"
+        }
+        (db::DbConnection::Pg(_), true) => {
+            "CREATE FUNCTION audit_unwritable() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'the audit is unwritable'; END $$; \
+             CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_entries \
+             FOR EACH ROW EXECUTE FUNCTION audit_unwritable();"
+        }
+        (db::DbConnection::Sqlite(_), false) => "DROP TRIGGER audit_unwritable;",
+        (db::DbConnection::Pg(_), false) => {
+            "DROP TRIGGER audit_unwritable ON audit_entries; DROP FUNCTION audit_unwritable();"
+        }
+    };
+    conn.batch_execute(sql).unwrap();
+}
+
+fn audit_of(action: AuditAction, n: usize) -> audit::AuditEntry {
+    audit::AuditEntry { action: action.into(), ..audit_entry(n, Utc::now()) }
+}
+
+fn directive_rows(store: &Store) -> i64 {
+    use diesel::QueryDsl;
+    schema::subject_directives::table.count().get_result(&mut *store.conn().unwrap()).unwrap()
+}
+
+fn directive() -> directives::NewDirective {
+    directives::NewDirective {
+        kind: directives::DirectiveKind::Objection,
+        blind_indexes: vec!["b1".into(), "b2".into()],
+        purpose: "staff-safety".into(),
+        status: "upheld".into(),
+        evidence_reference: "case-1".into(),
+        reason: Some("asked".into()),
+        effective_from: Utc::now().date_naive(),
+        expires_on: None,
+        recorded_by_org: "XIG01".into(),
+        recorded_by_user: "ig-1".into(),
+    }
+}
+
+#[test]
+fn an_audited_change_commits_with_its_entry_or_not_at_all() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let now = Utc::now();
+        let (kept, refused) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let created: subscriptions::Subscription = store
+            .audited(|tx| {
+                let sub =
+                    tx.create_subscription(&subscription(kept, Default::default(), Some(vec!["m".into()])), now)?;
+                Ok::<_, StoreError>((sub, audit_of(AuditAction::Subscribe, 1)))
+            })
+            .unwrap();
+        assert_eq!(created.status, SubscriptionStatus::Active, "{name}");
+        let logged = store.audit_entries(0, 10).unwrap();
+        assert_eq!(logged.iter().map(|e| e.entry.action.as_str()).collect::<Vec<_>>(), ["subscribe"], "{name}");
+
+        audit_unwritable(store, true);
+        let err = store
+            .audited(|tx| {
+                let sub = tx.create_subscription(&subscription(refused, Default::default(), None), now)?;
+                Ok::<_, StoreError>((sub, audit_of(AuditAction::Subscribe, 2)))
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AuditWrite(_)), "{name}: {err}");
+        assert!(store.subscription(refused).unwrap().is_none(), "{name}: the subscription stayed unaudited");
+
+        let err = store
+            .audited(|tx| {
+                Ok::<_, StoreError>((
+                    tx.change_cohort(kept, &[], &["m".into()])?,
+                    audit_of(AuditAction::SubscriptionCohort, 3),
+                ))
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AuditWrite(_)), "{name}: {err}");
+        assert_eq!(store.cohort_size(kept).unwrap(), 1, "{name}: the cohort changed unaudited");
+
+        let err = store
+            .audited(|tx| {
+                Ok::<_, StoreError>((tx.delete_subscription(kept, now)?, audit_of(AuditAction::Unsubscribe, 4)))
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AuditWrite(_)), "{name}: {err}");
+        assert_eq!(store.subscription(kept).unwrap().map(|s| s.status), Some(SubscriptionStatus::Active), "{name}");
+
+        let err = store
+            .audited(|tx| {
+                Ok::<_, StoreError>((tx.record_directive(&directive(), now)?, audit_of(AuditAction::Objection, 5)))
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AuditWrite(_)), "{name}: {err}");
+        assert_eq!(directive_rows(store), 0, "{name}: the objection was recorded unaudited");
+
+        let err = store.prune_audit(now + Duration::days(1), now, |_| audit_of(AuditAction::AuditRetention, 6));
+        assert_eq!(err.ok(), Some(0), "{name}: nothing sealed, so nothing to prune or record");
+        assert_eq!(store.audit_entries(0, 10).unwrap().len(), 1, "{name}: only the first entry was written");
+
+        audit_unwritable(store, false);
+        let replaced = store
+            .audited(|tx| {
+                let sub = tx.replace_subscription(&subscription(kept, Default::default(), None), now)?;
+                Ok::<_, StoreError>((sub, audit_of(AuditAction::SubscriptionChange, 7)))
+            })
+            .unwrap();
+        assert_eq!(store.cohort_size(replaced.id).unwrap(), 0, "{name}");
+        assert_eq!(store.audit_entries(0, 10).unwrap().len(), 2, "{name}");
+        let missing = store.audited(|tx| {
+            Ok::<_, StoreError>((tx.change_cohort(refused, &[], &[])?, audit_of(AuditAction::SubscriptionCohort, 8)))
+        });
+        assert!(matches!(missing, Err(StoreError::NotFound(Missing::Subscription))), "{name}: {missing:?}");
+        assert_eq!(store.audit_entries(0, 10).unwrap().len(), 2, "{name}: a refused change writes no entry");
+    }
+}
+
+#[test]
+fn a_break_glass_review_commits_with_its_entry_or_not_at_all() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let access =
+            audit::AuditEntry { break_glass: true, ig_review: Some("pending".into()), ..audit_entry(1, Utc::now()) };
+        store.append_audit(&access).unwrap();
+        let review = |store: &Store, n| {
+            store.audited(|tx| {
+                let reviewed = tx.review_break_glass(access.id, "justified")?;
+                Ok::<_, StoreError>((reviewed, audit_of(AuditAction::BreakGlassReview, n)))
+            })
+        };
+        audit_unwritable(store, true);
+        assert!(matches!(review(store, 2), Err(StoreError::AuditWrite(_))), "{name}");
+        assert_eq!(store.break_glass_entries("pending", 10).unwrap().len(), 1, "{name}: reviewed unaudited");
+        audit_unwritable(store, false);
+        assert!(review(store, 3).unwrap(), "{name}");
+        assert_eq!(store.break_glass_entries("justified", 10).unwrap().len(), 1, "{name}");
+        assert!(!review(store, 4).unwrap(), "{name}: reviewed once only");
     }
 }

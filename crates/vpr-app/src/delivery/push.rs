@@ -226,7 +226,7 @@ async fn load_round(app: &App, sub: &mut Subscription, reload: bool) -> Option<R
         }
     };
     if reload {
-        let c = current.filter(|c| !matches!(c.status.as_str(), "deleted" | "rejected" | "pending-approval"))?;
+        let c = current.filter(|c| c.status.receives())?;
         let upto = sub.delivery.delivered_upto;
         *sub = c;
         sub.delivery.delivered_upto = upto;

@@ -91,8 +91,8 @@ impl App {
                 decision: input.status.clone(),
                 ..caller_entry(app, &caller, action, 201)
             };
-            let id = app.store.record_directive(&directive, now)?;
-            app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
+            // The record and its entry commit together.
+            let id = app.store.audited(|tx| Ok::<_, AppError>((tx.record_directive(&directive, now)?, audit)))?;
             Ok(DirectiveRecorded {
                 id,
                 kind: action,

@@ -6,7 +6,6 @@ use vpr_store::audit::AuditEntry;
 
 use super::periodic;
 use crate::audit::{audit_entry, Actor};
-use crate::error::AppError;
 use crate::stop::Stop;
 use crate::App;
 
@@ -65,16 +64,14 @@ pub async fn retain_audit(app: App, every: Duration, stop: Stop) {
         let Some(cutoff) = now.checked_sub_months(chrono::Months::new(years.saturating_mul(12))) else {
             return Ok(0);
         };
-        let pruned = app.store.prune_audit(cutoff, now)?;
-        if pruned > 0 {
-            let entry = AuditEntry {
-                purpose: Some("vpr-management".into()),
-                context_ref: Some(format!("pruned={pruned};before={};retention_years={years}", cutoff.to_rfc3339())),
-                decision: "permit".into(),
-                ..audit_entry(app, BROKER, "", "audit-retention", 200)
-            };
-            app.store.append_audit(&entry).map_err(AppError::audit_write_failed)?;
-        }
+        // The prune and its own entry commit together.
+        let record = |pruned: usize| AuditEntry {
+            purpose: Some("vpr-management".into()),
+            context_ref: Some(format!("pruned={pruned};before={};retention_years={years}", cutoff.to_rfc3339())),
+            decision: "permit".into(),
+            ..audit_entry(app, BROKER, "", "audit-retention", 200)
+        };
+        let pruned = app.store.prune_audit(cutoff, now, record)?;
         Ok(pruned)
     };
     periodic(app, "retain-audit", every, stop, job, |_, pruned| {

@@ -11,7 +11,8 @@ use vpr_app::services::subscriptions::Facade;
 use vpr_app::App;
 use vpr_auth::{EncryptionKey, Scope};
 use vpr_domain::subscription::DeliveryMethod;
-use vpr_store::subscriptions::{status, Subscription};
+use vpr_domain::subscription::SubscriptionStatus;
+use vpr_store::subscriptions::Subscription;
 
 use crate::docs::{
     ApprovalInputDoc, CohortChangeDoc, EventFeedDoc, ProblemDoc, RedeliverInputDoc, SubscriptionDoc,
@@ -131,8 +132,8 @@ pub async fn list(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse,
     } else {
         authenticate(&app, &req, &[Scope::Subscriptions])?
     };
-    let known = [status::ACTIVE, status::PENDING, status::REJECTED, status::REVOKED, status::EXPIRED, status::DELETED];
-    let st = q.one_of("status", &known)?;
+    let known: Vec<&str> = SubscriptionStatus::ALL.iter().map(|s| s.code()).collect();
+    let st = q.one_of("status", &known)?.and_then(|s| SubscriptionStatus::from_code(&s));
     let limit = q.int("limit", 1, 500)?.unwrap_or(100);
     let ig_role = all.then(|| header_or_empty(&req, "VPR-User-Role"));
     let subs = app.list_subscriptions(&caller, ig_role, st, limit).await?;

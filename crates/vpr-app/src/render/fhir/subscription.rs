@@ -7,7 +7,8 @@
 
 use serde_json::{json, Value};
 use vpr_domain::subscription::Payload;
-use vpr_store::subscriptions::{delivery_state, status, Subscription, SubscriptionEvent};
+use vpr_domain::subscription::SubscriptionStatus;
+use vpr_store::subscriptions::{delivery_state, Subscription, SubscriptionEvent};
 
 use super::flag::{flag, KnownSubject, Shown};
 use super::notification::{notification_bundle, NotificationEvent};
@@ -17,10 +18,10 @@ use crate::App;
 
 /// The FHIR status of a subscription.
 pub fn fhir_status(sub: &Subscription) -> &'static str {
-    match sub.status.as_str() {
-        status::ACTIVE if sub.delivery.state == delivery_state::SUSPENDED => "error",
-        status::ACTIVE => "active",
-        status::PENDING => "requested",
+    match sub.status {
+        SubscriptionStatus::Active if sub.delivery.state == delivery_state::SUSPENDED => "error",
+        SubscriptionStatus::Active => "active",
+        SubscriptionStatus::Pending => "requested",
         _ => "off",
     }
 }

@@ -233,10 +233,13 @@ impl App {
                 justification: Some(input.note.clone()),
                 ..caller_entry(app, &caller, "break-glass-review", 200)
             };
-            if !app.store.review_break_glass(id, &input.outcome)? {
-                return Err(AppError::Conflict("no pending break-glass access has this id".into()));
-            }
-            app.store.append_audit(&audit).map_err(AppError::audit_write_failed)
+            // The outcome and its entry commit together.
+            app.store.audited(|tx| {
+                if !tx.review_break_glass(id, &input.outcome)? {
+                    return Err(AppError::Conflict("no pending break-glass access has this id".into()));
+                }
+                Ok(((), audit))
+            })
         })
         .await
     }

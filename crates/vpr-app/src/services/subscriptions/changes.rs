@@ -3,9 +3,9 @@
 
 use serde_json::{json, Value};
 use uuid::Uuid;
-use vpr_domain::subscription::DeliveryMethod;
+use vpr_domain::subscription::{DeliveryMethod, SubscriptionStatus};
 use vpr_store::audit::AuditEntry;
-use vpr_store::subscriptions::{status, DeadLetter, Subscription};
+use vpr_store::subscriptions::{DeadLetter, Subscription};
 
 use super::Facade;
 use crate::access::ig_only;
@@ -26,7 +26,7 @@ impl App {
                 "this subscription has no cohort: give `criteria.cohort` with PUT first".into(),
             ));
         }
-        if matches!(sub.status.as_str(), status::DELETED | status::REJECTED | status::REVOKED) {
+        if !sub.status.replaceable() {
             return Err(AppError::Conflict(format!("a subscription that is `{}` cannot be changed", sub.status)));
         }
         let keys = |subjects: &[vpr_domain::notice::Subject]| -> Vec<String> {
@@ -35,26 +35,29 @@ impl App {
         let (add, remove) = (keys(&change.add), keys(&change.remove));
         let caller = caller.clone();
         self.blocking(move |app| {
-            let size = app.store.change_cohort(id, &add, &remove)?;
-            let entry = AuditEntry {
-                actor_role: Some(sub.role.clone()),
-                purpose: Some(sub.purpose.clone()),
-                context_ref: Some(format!(
-                    "subscription={id};added={};removed={};size={size}",
-                    add.len(),
-                    remove.len()
-                )),
-                decision: "permit".into(),
-                ..caller_entry(app, &caller, "subscription-cohort", 200)
-            };
-            app.store.append_audit(&entry).map_err(AppError::audit_write_failed)?;
-            Ok(size)
+            // The change and its entry commit together.
+            app.store.audited(|tx| {
+                let size = tx.change_cohort(id, &add, &remove)?;
+                let entry = AuditEntry {
+                    actor_role: Some(sub.role.clone()),
+                    purpose: Some(sub.purpose.clone()),
+                    context_ref: Some(format!(
+                        "subscription={id};added={};removed={};size={size}",
+                        add.len(),
+                        remove.len()
+                    )),
+                    decision: "permit".into(),
+                    ..caller_entry(app, &caller, "subscription-cohort", 200)
+                };
+                Ok::<_, AppError>((size, entry))
+            })
         })
         .await
     }
 
     /// IG decides on a subscription: approve or reject one awaiting approval, or revoke an
-    /// active one. A caller not in an IG role is refused and audited.
+    /// active one. A caller not in an IG role is refused and audited; the decision and its
+    /// entry commit together.
     pub async fn decide_approval(&self, caller: &Caller, id: Uuid, body: Value) -> AppResult<Subscription> {
         let input = vpr_domain::subscription::approval(&body).map_err(AppError::Validation)?;
         let caller = caller.clone();
@@ -62,31 +65,7 @@ impl App {
             .blocking(move |app| {
                 ig_only(app, &caller.principal, &input.reviewer.role, "deciding on subscriptions")
                     .map_err(|refusal| record_refusal(app, &caller, "subscription-approval", refusal))?;
-                let (from, to): (&[&str], &str) = match input.decision.as_str() {
-                    "approve" => (&[status::PENDING], status::ACTIVE),
-                    "reject" => (&[status::PENDING], status::REJECTED),
-                    _ => (&[status::ACTIVE, status::EXPIRED], status::REVOKED),
-                };
-                let now = app.clock.now();
-                let current = app.store.subscription(id)?.ok_or_else(|| AppError::NotFound("no subscription has this id".into()))?;
-                let record = json!({
-                    "decided_by": "ig", "decision": input.decision, "note": input.note.trim(),
-                    "reviewer": {"organisation": caller.org(), "user_id": input.reviewer.user_id, "role": input.reviewer.role},
-                    "agreement_version": app.agreement.version, "at": now, "previous": current.approval,
-                });
-                let sub = app.store.set_subscription_status(id, from, to, Some(&record), now)?.ok_or_else(|| {
-                    AppError::Conflict(format!("a subscription that is `{}` cannot be given `{}`", current.status, input.decision))
-                })?;
-                let audit = AuditEntry {
-                    actor_user: Some(input.reviewer.user_id.clone()),
-                    actor_role: Some(input.reviewer.role.clone()),
-                    purpose: Some("vpr-management".into()),
-                    context_ref: Some(format!("subscription={id};decision={};owner={}", input.decision, sub.owner_ods)),
-                    decision: to.to_owned(),
-                    ..caller_entry(app, &caller, "subscription-approval", 200)
-                };
-                app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
-                Ok(sub)
+                app.store.audited(|tx| approve(app, tx, &caller, id, &input))
             })
             .await?;
         self.outbox.changed();
@@ -110,7 +89,7 @@ impl App {
                 "a feed subscription is replayed by reading its feed from any `after`".into(),
             ));
         }
-        if matches!(sub.status.as_str(), status::DELETED | status::REJECTED | status::PENDING) {
+        if !sub.status.receives() {
             return Err(AppError::Conflict(format!("a subscription that is `{}` is not delivered", sub.status)));
         }
         let sub = self
@@ -128,4 +107,38 @@ impl App {
         self.outbox.due();
         Ok(sub)
     }
+}
+
+/// An IG decision on a subscription, in the transaction that records it.
+fn approve(
+    app: &App,
+    tx: &mut vpr_store::Tx<'_>,
+    caller: &Caller,
+    id: Uuid,
+    input: &vpr_domain::subscription::ApprovalInput,
+) -> AppResult<(Subscription, AuditEntry)> {
+    let (from, to): (&[SubscriptionStatus], SubscriptionStatus) = match input.decision.as_str() {
+        "approve" => (&[SubscriptionStatus::Pending], SubscriptionStatus::Active),
+        "reject" => (&[SubscriptionStatus::Pending], SubscriptionStatus::Rejected),
+        _ => (SubscriptionStatus::REVOCABLE, SubscriptionStatus::Revoked),
+    };
+    let now = app.clock.now();
+    let current = tx.subscription(id)?.ok_or_else(|| AppError::NotFound("no subscription has this id".into()))?;
+    let record = json!({
+        "decided_by": "ig", "decision": input.decision, "note": input.note.trim(),
+        "reviewer": {"organisation": caller.org(), "user_id": input.reviewer.user_id, "role": input.reviewer.role},
+        "agreement_version": app.agreement.version, "at": now, "previous": current.approval,
+    });
+    let sub = tx.set_subscription_status(id, from, to, Some(&record), now)?.ok_or_else(|| {
+        AppError::Conflict(format!("a subscription that is `{}` cannot be given `{}`", current.status, input.decision))
+    })?;
+    let audit = AuditEntry {
+        actor_user: Some(input.reviewer.user_id.clone()),
+        actor_role: Some(input.reviewer.role.clone()),
+        purpose: Some("vpr-management".into()),
+        context_ref: Some(format!("subscription={id};decision={};owner={}", input.decision, sub.owner_ods)),
+        decision: to.code().to_owned(),
+        ..caller_entry(app, caller, "subscription-approval", 200)
+    };
+    Ok((sub, audit))
 }

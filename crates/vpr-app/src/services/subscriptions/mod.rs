@@ -6,11 +6,11 @@
 use serde_json::{json, Value};
 use uuid::Uuid;
 use vpr_auth::{EncryptionKey, Scope};
-use vpr_domain::subscription::{DeliveryMethod, SubscriptionRules, SubscriptionSpec, Topic};
+use vpr_domain::subscription::{DeliveryMethod, SubscriptionRules, SubscriptionSpec, SubscriptionStatus, Topic};
 use vpr_domain::FieldError;
 use vpr_policy::{Requester, SubscriptionFacts};
 use vpr_store::audit::AuditEntry;
-use vpr_store::subscriptions::{status, NewSubscription, Subscription, SubscriptionEvent};
+use vpr_store::subscriptions::{NewSubscription, Subscription, SubscriptionEvent};
 
 use crate::access::{ig_only, may_act_as, require_scope, RoleRefusal};
 use crate::audit::{caller_entry, record_refusal};
@@ -58,7 +58,7 @@ fn subscription_audit(app: &App, caller: &Caller, action: &str, sub: &Subscripti
         actor_role: Some(sub.role.clone()),
         purpose: Some(sub.purpose.clone()),
         context_ref: Some(format!("subscription={};status={}", sub.id, sub.status)),
-        decision: sub.status.clone(),
+        decision: sub.status.code().to_owned(),
         clauses: from_approval("clauses"),
         lawful_basis: from_approval("lawful_basis"),
         ..caller_entry(app, caller, action, outcome)
@@ -91,7 +91,7 @@ fn admission_problems(app: &App, caller: &Caller, spec: &SubscriptionSpec) -> Ve
 }
 
 /// Whether the agreement lets the subscription start outright: its status and approval record.
-fn admission_decision(app: &App, caller: &Caller, spec: &SubscriptionSpec) -> (&'static str, Value) {
+fn admission_decision(app: &App, caller: &Caller, spec: &SubscriptionSpec) -> (SubscriptionStatus, Value) {
     let p = &caller.principal;
     let requester = Requester {
         org: p.org.as_str().to_owned(),
@@ -116,11 +116,11 @@ fn admission_decision(app: &App, caller: &Caller, spec: &SubscriptionSpec) -> (&
     if d.permit {
         let record = json!({"decided_by": "agreement", "clauses": d.clauses, "lawful_basis": d.lawful_basis,
                             "agreement_version": version, "at": now});
-        (status::ACTIVE, record)
+        (SubscriptionStatus::Active, record)
     } else {
         let record = json!({"decided_by": null, "awaiting": "an IG lead's approval: the agreement does not allow this subscription outright",
                             "agreement_version": version, "at": now});
-        (status::PENDING, record)
+        (SubscriptionStatus::Pending, record)
     }
 }
 
@@ -154,7 +154,7 @@ impl App {
             id,
             owner_ods: caller.org().to_owned(),
             owner_system: caller.principal.client_id.clone(),
-            status: status.to_owned(),
+            status,
             purpose: spec.purpose.clone(),
             role: spec.role.clone(),
             context_ref: spec.context_reference.clone(),
@@ -178,10 +178,11 @@ impl App {
         let caller = caller.clone();
         let sub = self
             .blocking(move |app| {
-                let sub = app.store.create_subscription(&new, app.clock.now())?;
-                let entry = subscription_audit(app, &caller, "subscribe", &sub, 201);
-                app.store.append_audit(&entry).map_err(AppError::audit_write_failed)?;
-                Ok(sub)
+                app.store.audited(|tx| {
+                    let sub = tx.create_subscription(&new, app.clock.now())?;
+                    let entry = subscription_audit(app, &caller, "subscribe", &sub, 201);
+                    Ok::<_, AppError>((sub, entry))
+                })
             })
             .await?;
         tracing::info!(subscription = %sub.id, status = %sub.status, "subscription created");
@@ -214,7 +215,7 @@ impl App {
         &self,
         caller: &Caller,
         all: Option<String>,
-        status: Option<String>,
+        status: Option<SubscriptionStatus>,
         limit: i64,
     ) -> AppResult<Vec<(Subscription, i64)>> {
         let caller = caller.clone();
@@ -224,7 +225,7 @@ impl App {
                     .map_err(|refusal| record_refusal(app, &caller, "subscriptions-list", refusal))?;
             }
             let owner = all.is_none().then(|| caller.org().to_owned());
-            let subs = app.store.subscriptions(owner.as_deref(), status.as_deref(), limit)?;
+            let subs = app.store.subscriptions(owner.as_deref(), status, limit)?;
             subs.into_iter()
                 .map(|s| {
                     let size = if s.criteria.cohort { app.store.cohort_size(s.id)? } else { 0 };
@@ -246,10 +247,11 @@ impl App {
         let new = self.admit(caller, &spec, id)?;
         let caller = caller.clone();
         self.blocking(move |app| {
-            let sub = app.store.replace_subscription(&new, app.clock.now())?;
-            let entry = subscription_audit(app, &caller, "subscription-change", &sub, 200);
-            app.store.append_audit(&entry).map_err(AppError::audit_write_failed)?;
-            Ok(sub)
+            app.store.audited(|tx| {
+                let sub = tx.replace_subscription(&new, app.clock.now())?;
+                let entry = subscription_audit(app, &caller, "subscription-change", &sub, 200);
+                Ok::<_, AppError>((sub, entry))
+            })
         })
         .await
     }
@@ -263,15 +265,14 @@ impl App {
         outcome: u16,
     ) -> AppResult<Subscription> {
         let (caller, id) = (caller.clone(), sub.id);
-        let from = [status::ACTIVE, status::PENDING, status::EXPIRED, status::REVOKED, status::REJECTED];
         self.blocking(move |app| {
-            let sub = app
-                .store
-                .set_subscription_status(id, &from, status::DELETED, None, app.clock.now())?
-                .ok_or_else(|| AppError::Conflict("the subscription is already deleted".into()))?;
-            let entry = subscription_audit(app, &caller, "unsubscribe", &sub, outcome);
-            app.store.append_audit(&entry).map_err(AppError::audit_write_failed)?;
-            Ok(sub)
+            app.store.audited(|tx| {
+                let sub = tx
+                    .delete_subscription(id, app.clock.now())?
+                    .ok_or_else(|| AppError::Conflict("the subscription is already deleted".into()))?;
+                let entry = subscription_audit(app, &caller, "unsubscribe", &sub, outcome);
+                Ok((sub, entry))
+            })
         })
         .await
     }
@@ -287,7 +288,7 @@ impl App {
         until: i64,
         limit: i64,
     ) -> AppResult<(Vec<SubscriptionEvent>, Option<Decided>)> {
-        if matches!(sub.status.as_str(), status::PENDING | status::REJECTED | status::DELETED) {
+        if !sub.status.receives() {
             return Err(AppError::Conflict(format!("a subscription that is `{}` has no feed", sub.status)));
         }
         let (s, request_id) = (sub.clone(), caller.request_id.clone());
