@@ -2,11 +2,16 @@
 //! they are answered.
 
 use uuid::Uuid;
+use vpr_domain::audit::AuditAction;
 use vpr_store::audit::AuditEntry;
 
 use crate::caller::Caller;
 use crate::error::AppError;
 use crate::App;
+
+/// The purpose the broker's own management uses are recorded under (IG review, access logs,
+/// subscription decisions, retention): the agreement's security-management purpose.
+pub const MANAGEMENT_PURPOSE: &str = "vpr-management";
 
 /// The actor an entry names: an organisation, its type and the system (which may no longer be
 /// in the registry).
@@ -22,12 +27,12 @@ pub struct Actor<'a> {
 
 /// An entry for `actor` doing `action` now, for request `request_id`, with every other field
 /// empty for the caller to fill in.
-pub fn audit_entry(app: &App, actor: Actor<'_>, request_id: &str, action: &str, outcome: u16) -> AuditEntry {
+pub fn audit_entry(app: &App, actor: Actor<'_>, request_id: &str, action: AuditAction, outcome: u16) -> AuditEntry {
     AuditEntry {
         id: Uuid::new_v4(),
         at: app.clock.now(),
         request_id: request_id.to_owned(),
-        action: action.to_owned(),
+        action: action.code().to_owned(),
         actor_org: actor.org.to_owned(),
         actor_org_type: actor.org_type.to_owned(),
         actor_system: actor.system.to_owned(),
@@ -50,7 +55,7 @@ pub fn audit_entry(app: &App, actor: Actor<'_>, request_id: &str, action: &str, 
 }
 
 /// An entry for the caller doing `action` now, in its request.
-pub fn caller_entry(app: &App, caller: &Caller, action: &str, outcome: u16) -> AuditEntry {
+pub fn caller_entry(app: &App, caller: &Caller, action: AuditAction, outcome: u16) -> AuditEntry {
     let p = &caller.principal;
     let actor = Actor { org: p.org.as_str(), org_type: p.org_type.code(), system: &p.client_id };
     audit_entry(app, actor, &caller.request_id, action, outcome)
@@ -60,7 +65,7 @@ pub fn caller_entry(app: &App, caller: &Caller, action: &str, outcome: u16) -> A
 /// role it may not act in), then returns the refusal; if the entry cannot be committed the
 /// answer is that failure instead. Nothing about a subject is recorded: the input was not valid.
 /// Runs on the blocking pool.
-pub fn record_refusal(app: &App, caller: &Caller, action: &str, refusal: AppError) -> AppError {
+pub fn record_refusal(app: &App, caller: &Caller, action: AuditAction, refusal: AppError) -> AppError {
     match record_refused(app, caller, action, refusal.status()) {
         Ok(()) => refusal,
         Err(e) => e,
@@ -69,13 +74,13 @@ pub fn record_refusal(app: &App, caller: &Caller, action: &str, refusal: AppErro
 
 /// Records a refusal answered with `status` (for refusals an edge makes itself, such as a body
 /// that is not JSON).
-pub fn record_refused(app: &App, caller: &Caller, action: &str, status: u16) -> Result<(), AppError> {
+pub fn record_refused(app: &App, caller: &Caller, action: AuditAction, status: u16) -> Result<(), AppError> {
     let entry = AuditEntry { decision: "refused".to_owned(), ..caller_entry(app, caller, action, status) };
     app.store.append_audit(&entry).map_err(AppError::audit_write_failed)
 }
 
 /// [`record_refusal`] from async code.
-pub async fn refuse(app: &App, caller: &Caller, action: &'static str, refusal: AppError) -> AppError {
+pub async fn refuse(app: &App, caller: &Caller, action: AuditAction, refusal: AppError) -> AppError {
     let caller = caller.clone();
     match app.blocking(move |app| Ok(record_refusal(app, &caller, action, refusal))).await {
         Ok(e) | Err(e) => e,

@@ -207,7 +207,7 @@ async fn the_subject_access_report_lists_each_disclosure_of_the_subject() {
             &caller(app, "northmoor-cad", "req-sar-2"),
             "u",
             "ambulance-dispatcher",
-            "subject-access-report",
+            vpr_domain::audit::AuditAction::SubjectAccessReport,
         );
         assert!(matches!(refused, Err(AppError::Forbidden(_))), "{db}");
         assert_eq!(entry_with(app, "req-sar-2").entry.decision, "refused", "{db}");

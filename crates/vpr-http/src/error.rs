@@ -187,6 +187,35 @@ pub fn etag(version: i64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
+impl ApiError {
+    /// The headers an error answer carries whatever its body: the bearer challenge, the
+    /// current version's `ETag`, `Retry-After` (shared by problem+json and FHIR answers).
+    pub fn add_headers(&self, resp: &mut actix_web::HttpResponseBuilder) {
+        match self {
+            ApiError::Unauthorized(why) => {
+                resp.insert_header((header::WWW_AUTHENTICATE, bearer_challenge("invalid_token", why)));
+            }
+            ApiError::InsufficientScope(scope) => {
+                let v = format!("Bearer realm=\"vpr-broker\", error=\"insufficient_scope\", scope=\"{scope}\"");
+                resp.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Bearer")),
+                ));
+            }
+            ApiError::OAuth(AuthError::InvalidClient(_)) => {
+                resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"vpr-broker\"")));
+            }
+            ApiError::PreconditionFailed { current } => {
+                resp.insert_header((header::ETAG, etag(*current)));
+            }
+            ApiError::Unavailable(_) => {
+                resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            _ => {}
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -227,28 +256,7 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(status);
         resp.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
         resp.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-        match self {
-            ApiError::Unauthorized(why) => {
-                resp.insert_header((header::WWW_AUTHENTICATE, bearer_challenge("invalid_token", why)));
-            }
-            ApiError::InsufficientScope(scope) => {
-                let v = format!("Bearer realm=\"vpr-broker\", error=\"insufficient_scope\", scope=\"{scope}\"");
-                resp.insert_header((
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Bearer")),
-                ));
-            }
-            ApiError::OAuth(AuthError::InvalidClient(_)) => {
-                resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"vpr-broker\"")));
-            }
-            ApiError::PreconditionFailed { current } => {
-                resp.insert_header((header::ETAG, etag(*current)));
-            }
-            ApiError::Unavailable(_) => {
-                resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
-            }
-            _ => {}
-        }
+        self.add_headers(&mut resp);
         resp.body(serde_json::to_vec(&self.problem()).unwrap_or_default())
     }
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use uuid::Uuid;
 use vpr_app::{Access, App, AppError, Caller};
 use vpr_auth::{Principal, Scope};
+use vpr_domain::audit::AuditAction;
 use vpr_domain::FieldError;
 
 use crate::error::ApiError;
@@ -218,7 +219,7 @@ pub fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 
 /// Records a refusal the edge made itself (a body that is not JSON, say) for an audited kind
 /// of request, then returns it.
-pub async fn refused(app: &App, caller: &Caller, action: &'static str, refusal: ApiError) -> ApiError {
+pub async fn refused(app: &App, caller: &Caller, action: AuditAction, refusal: ApiError) -> ApiError {
     let status = actix_web::ResponseError::status_code(&refusal).as_u16();
     let c = caller.clone();
     match app.blocking(move |app| vpr_app::audit::record_refused(app, &c, action, status)).await {

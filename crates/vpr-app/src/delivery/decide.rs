@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use uuid::Uuid;
 use vpr_auth::Principal;
+use vpr_domain::audit::AuditAction;
 use vpr_domain::notice::MatchKind;
 use vpr_domain::subscription::{Payload, Topic};
 use vpr_policy::View;
@@ -39,7 +40,7 @@ pub fn decide_events(
     app: &App,
     sub: &Subscription,
     events: &[SubscriptionEvent],
-    action: &'static str,
+    action: AuditAction,
     push: bool,
     request_id: String,
 ) -> AppResult<Decided> {
@@ -99,7 +100,7 @@ impl RoundFacts {
 /// [`decide_events`] for several subscriptions at once (a delivery round): the facts are read
 /// in a few queries for all of them, and the audit entries (one per subscription) share
 /// commits. Every entry is committed before this returns; one result per subscription, in order.
-pub fn decide_many(app: &App, batch: &[ToDecide<'_>], action: &'static str, push: bool) -> AppResult<Vec<Decided>> {
+pub fn decide_many(app: &App, batch: &[ToDecide<'_>], action: AuditAction, push: bool) -> AppResult<Vec<Decided>> {
     let principals: Vec<Option<Principal>> = batch.iter().map(|d| subscriber(app, d.sub)).collect();
     // Each subscription's notices, once each, in order.
     let notice_ids: Vec<Vec<Uuid>> = batch
@@ -137,7 +138,7 @@ fn withheld(events: &[SubscriptionEvent]) -> Vec<DecidedEvent> {
 
 /// A subscriber the registry no longer knows with the `subscriptions` scope: refused, every
 /// event withheld.
-fn refused_subscriber(app: &App, d: &ToDecide<'_>, action: &str, push: bool) -> (Decided, Option<AuditEntry>) {
+fn refused_subscriber(app: &App, d: &ToDecide<'_>, action: AuditAction, push: bool) -> (Decided, Option<AuditEntry>) {
     let sub = d.sub;
     let actor = Actor { org: &sub.owner_ods, org_type: "unknown", system: &sub.owner_system };
     let entry = AuditEntry {
@@ -164,7 +165,7 @@ fn notices(
     d: &ToDecide<'_>,
     ids: &[Uuid],
     facts: &mut RoundFacts,
-    action: &'static str,
+    action: AuditAction,
     push: bool,
 ) -> (Decided, Option<AuditEntry>) {
     let sub = d.sub;
@@ -227,7 +228,7 @@ fn disclosures(
     app: &App,
     principal: &Principal,
     d: &ToDecide<'_>,
-    action: &str,
+    action: AuditAction,
     push: bool,
 ) -> AppResult<(Decided, Option<AuditEntry>)> {
     let (sub, events) = (d.sub, d.events);
@@ -237,14 +238,19 @@ fn disclosures(
     let (first, last) = (events.first().map_or(0, |e| e.number), events.last().map_or(0, |e| e.number));
     let actor =
         Actor { org: principal.org.as_str(), org_type: principal.org_type.code(), system: &principal.client_id };
-    let logged = format!("access-log-{}", if push { "push" } else { action });
+    // An access-log push or read names no notice, so it is not itself a disclosure to report.
+    let logged = match (push, action) {
+        (true, _) => AuditAction::AccessLogPush,
+        (false, AuditAction::FhirEvents) => AuditAction::AccessLogFhirEvents,
+        (false, _) => AuditAction::AccessLogFeed,
+    };
     let entry = AuditEntry {
         actor_user: Some(format!("subscription:{}", sub.id)),
         actor_role: Some(sub.role.clone()),
         purpose: Some(sub.purpose.clone()),
         context_ref: Some(format!("subscription={};events={first}-{last}", sub.id)),
         decision: "permit".into(),
-        ..audit_entry(app, actor, &d.request_id, &logged, if push { 0 } else { 200 })
+        ..audit_entry(app, actor, &d.request_id, logged, if push { 0 } else { 200 })
     };
     let registry = app.tokens.registry();
     let decided = events

@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
+use vpr_domain::audit::AuditAction;
 use vpr_store::subscriptions::{Ack, FailedAttempt, Failure, Subscription, SubscriptionEvent};
 
 use super::backoff;
@@ -457,7 +458,7 @@ fn prepare_many(app: &App, runs: &[(Subscription, Vec<SubscriptionEvent>)]) -> V
             ToDecide { sub, events, request_id: format!("delivery:{}:{first}-{last}:{attempt}", sub.id) }
         })
         .collect();
-    let decided = match decide_many(app, &batch, "deliver", true) {
+    let decided = match decide_many(app, &batch, AuditAction::Deliver, true) {
         Ok(d) => d,
         Err(err) => return runs.iter().map(|_| Err(format!("not sent: {err}"))).collect(),
     };

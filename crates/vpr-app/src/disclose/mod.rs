@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use vpr_auth::Principal;
+use vpr_domain::audit::AuditAction;
 use vpr_policy::{AccessContext, Decision, NoticeFacts, Requester, View};
 use vpr_store::audit::{AuditEntry, AuditedNotice};
 use vpr_store::directives::DirectiveState;
@@ -84,8 +85,8 @@ pub struct Disclosure {
 /// A read to govern.
 #[derive(Debug)]
 pub struct Read {
-    /// The audit action (`lookup`, `read`, `fhir-search`, `deliver`, ...).
-    pub action: &'static str,
+    /// The audit action (look-up, read, FHIR search, delivery, ...).
+    pub action: AuditAction,
     /// The request id the audit entry records.
     pub request_id: String,
     /// Subject references for the audit (`kind:blind-index`).
@@ -114,7 +115,7 @@ pub struct Recipient {
 
 impl Read {
     /// A read by an API caller (not a subscription), refused with 403.
-    pub fn new(action: &'static str, caller: &Caller, subject_refs: Vec<String>, candidates: Vec<Candidate>) -> Self {
+    pub fn new(action: AuditAction, caller: &Caller, subject_refs: Vec<String>, candidates: Vec<Candidate>) -> Self {
         Self {
             action,
             request_id: caller.request_id.clone(),
@@ -207,7 +208,7 @@ fn overall(read: &Read, refused: bool, considered: &[Considered]) -> (&'static s
     };
     let outcome = if read.recipient.as_ref().is_some_and(|r| r.push) {
         0
-    } else if refused || (read.action == "read" && permitted == 0) {
+    } else if refused || (read.action == AuditAction::Read && permitted == 0) {
         read.refusal_status
     } else {
         200

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
+use vpr_domain::audit::AuditAction;
 use vpr_store::audit::AuditEntry;
 use vpr_store::directives::{DirectiveKind, NewDirective};
 
@@ -32,10 +33,10 @@ pub struct DirectiveRecorded {
     pub recorded_at: DateTime<Utc>,
 }
 
-fn kind_code(kind: DirectiveKind) -> &'static str {
+fn kind_code(kind: DirectiveKind) -> AuditAction {
     match kind {
-        DirectiveKind::Consent => "consent",
-        DirectiveKind::Objection => "objection",
+        DirectiveKind::Consent => AuditAction::Consent,
+        DirectiveKind::Objection => AuditAction::Objection,
     }
 }
 
@@ -95,7 +96,7 @@ impl App {
             let id = app.store.audited(|tx| Ok::<_, AppError>((tx.record_directive(&directive, now)?, audit)))?;
             Ok(DirectiveRecorded {
                 id,
-                kind: action,
+                kind: action.code(),
                 purpose: input.purpose.clone(),
                 status: input.status.clone(),
                 evidence_reference: input.evidence_reference.clone(),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
+use vpr_domain::audit::AuditAction;
 use vpr_domain::notice::MatchKind;
 use vpr_domain::vocab::NoticeStatus;
 use vpr_store::StoredNotice;
@@ -51,7 +52,7 @@ impl App {
         let caller = caller.clone();
         self.blocking(move |app| {
             let valid = vpr_domain::validate::lookup(&body)
-                .map_err(|errs| record_refusal(app, &caller, "lookup", AppError::Validation(errs)))?;
+                .map_err(|errs| record_refusal(app, &caller, AuditAction::Lookup, AppError::Validation(errs)))?;
             let i = &valid.input;
             let access = Access {
                 purpose: i.purpose.clone(),
@@ -68,7 +69,7 @@ impl App {
                     candidates.push((n, matched));
                 }
             }
-            let d = govern(app, &caller, &access, Read::new("lookup", &caller, subject_refs, candidates))?;
+            let d = govern(app, &caller, &access, Read::new(AuditAction::Lookup, &caller, subject_refs, candidates))?;
             refused(&d)?;
             Ok(LookupResult {
                 lookup_id: d.audit_id,
@@ -102,7 +103,7 @@ impl App {
                 }
             }
             let refs = vec![format!("nhs-number:{blind}")];
-            let d = govern(app, &caller, &access, Read::new("fhir-search", &caller, refs, candidates))?;
+            let d = govern(app, &caller, &access, Read::new(AuditAction::FhirSearch, &caller, refs, candidates))?;
             refused(&d)?;
             Ok((d.results, found))
         })

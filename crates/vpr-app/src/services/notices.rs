@@ -6,6 +6,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use vpr_auth::Scope;
+use vpr_domain::audit::AuditAction;
 use vpr_domain::{FieldError, NoticeRules};
 use vpr_store::{Change, NewNotice, Published, StoredNotice};
 
@@ -67,7 +68,7 @@ impl App {
         &self,
         caller: &Caller,
         id: Uuid,
-        action: &'static str,
+        action: AuditAction,
         access: impl FnOnce() -> AppResult<Access> + Send + 'static,
     ) -> AppResult<NoticeRead> {
         let caller = caller.clone();

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use vpr_domain::audit::AuditAction;
 use vpr_store::audit::AuditEntry;
 
 use super::periodic;
-use crate::audit::{audit_entry, Actor};
+use crate::audit::{audit_entry, Actor, MANAGEMENT_PURPOSE};
 use crate::stop::Stop;
 use crate::App;
 
@@ -66,10 +67,10 @@ pub async fn retain_audit(app: App, every: Duration, stop: Stop) {
         };
         // The prune and its own entry commit together.
         let record = |pruned: usize| AuditEntry {
-            purpose: Some("vpr-management".into()),
+            purpose: Some(MANAGEMENT_PURPOSE.into()),
             context_ref: Some(format!("pruned={pruned};before={};retention_years={years}", cutoff.to_rfc3339())),
             decision: "permit".into(),
-            ..audit_entry(app, BROKER, "", "audit-retention", 200)
+            ..audit_entry(app, BROKER, "", AuditAction::AuditRetention, 200)
         };
         let pruned = app.store.prune_audit(cutoff, now, record)?;
         Ok(pruned)

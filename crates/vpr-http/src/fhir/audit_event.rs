@@ -12,6 +12,7 @@ use uuid::Uuid;
 use vpr_app::render::fhir::audit_event::audit_event;
 use vpr_app::App;
 use vpr_auth::Scope;
+use vpr_domain::audit::AuditAction;
 use vpr_domain::FieldError;
 use vpr_store::review::AuditQuery;
 
@@ -99,7 +100,7 @@ fn query(params: &[(String, String)]) -> Result<(AuditQuery, i64, Option<i64>), 
 pub async fn search(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, FhirError> {
     let caller = authenticate(&app, &req, &[Scope::AuditRead])?;
     let (user, role) = (header_or_empty(&req, "VPR-User-Id"), header_or_empty(&req, "VPR-User-Role"));
-    let who = app.check_reviewer(&caller, user, role, "audit-event-export").await?;
+    let who = app.check_reviewer(&caller, user, role, AuditAction::AuditEventExport).await?;
     let params = Query::of(&req)?.pairs().to_vec();
     let (q, count, cursor) = query(&params)?;
     let described = format!("fhir AuditEvent?{}", req.query_string());

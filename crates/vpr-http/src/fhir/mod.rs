@@ -11,7 +11,7 @@ pub mod capability;
 pub mod search;
 pub mod subscription;
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde_json::{json, Value};
@@ -102,9 +102,8 @@ impl ResponseError for FhirError {
         }
         let mut resp = HttpResponse::build(self.status_code());
         resp.insert_header((header::CONTENT_TYPE, FHIR_JSON));
-        if matches!(self.0, ApiError::Unauthorized(_)) {
-            resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-        }
+        resp.insert_header((header::CACHE_CONTROL, "no-store"));
+        self.0.add_headers(&mut resp);
         resp.body(tidy(operation_outcome(&self.0)).to_string())
     }
 }

@@ -22,6 +22,7 @@ use vpr_app::render::fhir::flag::{flag, flag_status, KnownSubject, Shown};
 use vpr_app::services::notices::NoticeRead;
 use vpr_app::{App, Caller};
 use vpr_auth::Scope;
+use vpr_domain::audit::AuditAction;
 use vpr_domain::{FieldError, NhsNumber};
 use vpr_store::StoredNotice;
 
@@ -201,7 +202,7 @@ async fn search(app: &App, req: &HttpRequest, params: Vec<(String, String)>) -> 
     let checked = FlagSearch::from_params(app, &caller, &params).and_then(|s| Ok((s, asserted(req)?)));
     let (query, access) = match checked {
         Ok(v) => v,
-        Err(refusal) => return Err(refused(app, &caller, "fhir-search", refusal).await.into()),
+        Err(refusal) => return Err(refused(app, &caller, AuditAction::FhirSearch, refusal).await.into()),
     };
     let q = query.clone();
     let (shown_notices, found) =
@@ -321,7 +322,7 @@ pub async fn read(app: web::Data<App>, req: HttpRequest, id: web::Path<String>) 
     let caller = authenticate(&app, &req, &[Scope::NoticesRead, Scope::NoticesWrite])?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("no Flag has this id".into()))?;
     let access = asserted(&req);
-    let read = app.read_notice(&caller, id, "fhir-read", move || access).await.map_err(|e| match e {
+    let read = app.read_notice(&caller, id, AuditAction::FhirRead, move || access).await.map_err(|e| match e {
         vpr_app::AppError::NotFound(_) => ApiError::NotFound("no Flag has this id".into()),
         other => other.into(),
     })?;

@@ -15,6 +15,7 @@ use vpr_app::render::fhir::subscription::{fhir_status, notification_events, reso
 use vpr_app::services::subscriptions::Facade;
 use vpr_app::{App, AppError};
 use vpr_auth::Scope;
+use vpr_domain::audit::AuditAction;
 use vpr_domain::notice::{Person, Subject};
 use vpr_domain::subscription::{webhook_url, Criteria, DeliveryMethod, Payload, SubscriptionSpec, Topic};
 use vpr_domain::{FieldError, NhsNumber};
@@ -358,13 +359,14 @@ pub async fn events_op(
     let sub = owned(&app, &caller, &id).await?;
     let full = full.unwrap_or(sub.payload == Payload::View);
     let limit = until.saturating_sub(since).saturating_add(1).clamp(1, 500);
-    let (_, decided) =
-        app.read_events(&caller, &sub, "fhir-events", since - 1, until, limit).await.map_err(|e| match e {
+    let (_, decided) = app.read_events(&caller, &sub, AuditAction::FhirEvents, since - 1, until, limit).await.map_err(
+        |e| match e {
             AppError::Conflict(_) => {
                 AppError::Conflict(format!("a subscription that is `{}` has no events", fhir_status(&sub)))
             }
             other => other,
-        })?;
+        },
+    )?;
     let items = decided.as_ref().map(|d| notification_events(d, &d.events, full)).unwrap_or_default();
     let bundle = notification_bundle(
         &base(&app),

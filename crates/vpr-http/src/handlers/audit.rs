@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use vpr_app::App;
 use vpr_audit::hex;
 use vpr_auth::Scope;
+use vpr_domain::audit::AuditAction;
 
 use crate::docs::{BreakGlassReviewDoc, ProblemDoc};
 use crate::error::ApiError;
@@ -72,7 +73,7 @@ pub async fn consistency(app: web::Data<App>, req: HttpRequest) -> Result<HttpRe
 pub async fn queue(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&app, &req, &[Scope::AuditRead])?;
     let (user, role) = (header_or_empty(&req, "VPR-User-Id"), header_or_empty(&req, "VPR-User-Role"));
-    let who = app.check_reviewer(&caller, user, role, "break-glass-queue").await?;
+    let who = app.check_reviewer(&caller, user, role, AuditAction::BreakGlassQueue).await?;
     let status = Query::of(&req)?
         .one_of("status", &["pending", "appropriate", "inappropriate", "referred"])?
         .unwrap_or_else(|| "pending".into());

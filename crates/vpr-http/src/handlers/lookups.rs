@@ -5,6 +5,7 @@ use actix_web::http::header;
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use vpr_app::App;
 use vpr_auth::Scope;
+use vpr_domain::audit::AuditAction;
 
 use crate::docs::{LookupInputDoc, LookupResultDoc, ProblemDoc};
 use crate::error::ApiError;
@@ -27,7 +28,7 @@ pub async fn lookup(app: web::Data<App>, req: HttpRequest, payload: web::Payload
     let caller = authenticate(&app, &req, &[Scope::Lookups])?;
     let body = match json(&req, payload, MAX_BODY_BYTES).await {
         Ok(b) => b,
-        Err(refusal) => return Err(refused(&app, &caller, "lookup", refusal).await),
+        Err(refusal) => return Err(refused(&app, &caller, AuditAction::Lookup, refusal).await),
     };
     let result = app.lookup(&caller, body).await?;
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(result))

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use vpr_app::services::notices::{NoticeRead, Validate};
 use vpr_app::{App, Caller};
 use vpr_auth::Scope;
+use vpr_domain::audit::AuditAction;
 use vpr_store::{Change, Published, StoredNotice};
 
 use crate::docs::{NoticeInputDoc, NoticeResourceDoc, NoticeVersionsDoc, ProblemDoc, ReviewInputDoc, WithdrawInputDoc};
@@ -103,7 +104,7 @@ pub async fn read(app: web::Data<App>, req: HttpRequest, id: web::Path<String>) 
     let caller = authenticate(&app, &req, &[Scope::NoticesWrite, Scope::NoticesRead])?;
     let id = path_id(&id, "notice")?;
     let access = asserted(&req);
-    match app.read_notice(&caller, id, "read", move || access).await? {
+    match app.read_notice(&caller, id, AuditAction::Read, move || access).await? {
         NoticeRead::Own(n) => Ok(respond(&app, &mut HttpResponse::Ok(), &n)),
         NoticeRead::Disclosed(view, _, _) => {
             Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(view))

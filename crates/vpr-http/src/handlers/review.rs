@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use vpr_app::services::ig::{AuditExport, SummaryDay};
 use vpr_app::{App, Caller, Reviewer};
 use vpr_auth::Scope;
+use vpr_domain::audit::AuditAction;
 use vpr_domain::validate::{audit_query, audit_query_params, AuditQuery};
 use vpr_domain::FieldError;
 use vpr_store::audit::StoredAuditEntry;
@@ -62,7 +63,7 @@ impl Format {
 
 /// The IG user and role a request acts for (`VPR-User-Id`, `VPR-User-Role`), checked; a
 /// refusal is audited as `action`.
-async fn reviewer(app: &App, req: &HttpRequest, caller: &Caller, action: &'static str) -> Result<Reviewer, ApiError> {
+async fn reviewer(app: &App, req: &HttpRequest, caller: &Caller, action: AuditAction) -> Result<Reviewer, ApiError> {
     let (user, role) = (header_or_empty(req, "VPR-User-Id"), header_or_empty(req, "VPR-User-Role"));
     Ok(app.check_reviewer(caller, user, role, action).await?)
 }
@@ -287,7 +288,7 @@ async fn run_query(
 #[get("/v1/audit/entries")]
 pub async fn list_entries(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&app, &req, &[Scope::AuditRead])?;
-    let who = reviewer(&app, &req, &caller, "audit-search").await?;
+    let who = reviewer(&app, &req, &caller, AuditAction::AuditSearch).await?;
     let query = Query::of(&req)?;
     let format = Format::of(&req, &query)?;
     let filters: Vec<(String, String)> = query.pairs().iter().filter(|(k, _)| k != "format").cloned().collect();
@@ -312,7 +313,7 @@ pub async fn list_entries(app: web::Data<App>, req: HttpRequest) -> Result<HttpR
 #[post("/v1/audit/entries/search")]
 pub async fn search(app: web::Data<App>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&app, &req, &[Scope::AuditRead])?;
-    let who = reviewer(&app, &req, &caller, "audit-search").await?;
+    let who = reviewer(&app, &req, &caller, AuditAction::AuditSearch).await?;
     let format = Format::of(&req, &Query::of(&req)?)?;
     let body = json(&req, payload, MAX_BODY_BYTES).await?;
     let q = audit_query(&body).map_err(ApiError::Validation)?;
@@ -349,7 +350,7 @@ fn date_param(name: &str, value: Option<&str>) -> Result<Option<NaiveDate>, Fiel
 #[get("/v1/audit/summary")]
 pub async fn summary(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&app, &req, &[Scope::AuditRead])?;
-    let who = reviewer(&app, &req, &caller, "audit-summary").await?;
+    let who = reviewer(&app, &req, &caller, AuditAction::AuditSummary).await?;
     let q = Query::of(&req)?;
     let format = Format::of(&req, &q)?;
     let (from, to) = match (date_param("from", q.text("from")?), date_param("to", q.text("to")?)) {
@@ -439,7 +440,7 @@ pub async fn subject_access_report(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&app, &req, &[Scope::AuditRead])?;
-    let who = reviewer(&app, &req, &caller, "subject-access-report").await?;
+    let who = reviewer(&app, &req, &caller, AuditAction::SubjectAccessReport).await?;
     let format = Format::of(&req, &Query::of(&req)?)?;
     let body = json(&req, payload, MAX_BODY_BYTES).await?;
     let q = audit_query(&body).map_err(ApiError::Validation)?;

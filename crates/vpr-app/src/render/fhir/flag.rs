@@ -6,15 +6,12 @@
 //! status, author and whom to call; `summary` adds the category, risk, safety advice and review
 //! date; `full` adds the subject's identifiers, the incident date and the lawful bases.
 
-#![expect(
-    clippy::indexing_slicing,
-    reason = "serde_json::Value indexing reads yield Null for a missing key, and writes go to objects built here"
-)]
-
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::{coding, NHS_NUMBER, ODS_CODE, UK_CORE_FLAG, VPR_FHIR};
+use vpr_domain::notice::ContactPoint;
+
 use crate::disclose::DisclosedNotice;
 
 /// SNOMED CT: the finding every violence-risk flag is coded with.
@@ -31,10 +28,6 @@ fn words(code: &str) -> String {
         w.replace_range(..1, &first.to_uppercase());
     }
     w
-}
-
-fn strs(v: &Value) -> Vec<&str> {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
 }
 
 /// The FHIR status of a notice status.
@@ -63,44 +56,51 @@ pub struct Shown {
     pub updated_at: DateTime<Utc>,
 }
 
-fn subject(d: &Value, known: &KnownSubject) -> Value {
-    let s = &d["subject"];
-    if let Some(nhs) = s["person"]["nhs_number"].as_str() {
-        return json!({"type": "Patient", "identifier": {"system": NHS_NUMBER, "value": nhs}});
+fn patient(nhs: &str) -> Value {
+    json!({"type": "Patient", "identifier": {"system": NHS_NUMBER, "value": nhs}})
+}
+
+/// The subject: by NHS number when one is shown or already held, else as the full view
+/// describes it, else a pointer to the contact.
+fn subject(d: &DisclosedNotice, known: &KnownSubject) -> Value {
+    let s = d.full.as_ref().map(|f| &f.subject);
+    if let Some(nhs) = s.and_then(|s| s.person.as_ref()).and_then(|p| p.nhs_number.as_ref()) {
+        return patient(nhs.as_str());
     }
     if let Some(nhs) = &known.nhs_number {
-        return json!({"type": "Patient", "identifier": {"system": NHS_NUMBER, "value": nhs}});
+        return patient(nhs);
     }
-    if let Some(a) = s.get("address").filter(|a| a.is_object()) {
-        let display =
-            [a["line1"].as_str(), a["postcode"].as_str()].into_iter().flatten().collect::<Vec<_>>().join(", ");
-        let mut r =
-            json!({"type": "Location", "display": if display.is_empty() { "An address".to_owned() } else { display }});
-        if let Some(uprn) = a["uprn"].as_str() {
-            r["identifier"] = json!({"system": format!("{VPR_FHIR}/Id/uprn"), "value": uprn});
+    if let Some(a) = s.and_then(|s| s.address.as_ref()) {
+        let parts: Vec<&str> =
+            [a.line1.as_deref(), a.postcode.as_ref().map(|p| p.as_str())].into_iter().flatten().collect();
+        let display = if parts.is_empty() { "An address".to_owned() } else { parts.join(", ") };
+        let mut r = json!({"type": "Location", "display": display});
+        if let (Some(uprn), Some(map)) = (&a.uprn, r.as_object_mut()) {
+            map.insert("identifier".into(), json!({"system": format!("{VPR_FHIR}/Id/uprn"), "value": uprn.as_str()}));
         }
         return r;
     }
-    if let Some(p) = s.get("person").filter(|p| p.is_object()) {
-        let name = [p["given_name"].as_str(), p["family_name"].as_str()].into_iter().flatten().collect::<Vec<_>>();
-        return json!({"type": "Patient", "display": if name.is_empty() { "A person".to_owned() } else { name.join(" ") }});
+    if let Some(p) = s.and_then(|s| s.person.as_ref()) {
+        let name: Vec<&str> = [p.given_name.as_deref(), p.family_name.as_deref()].into_iter().flatten().collect();
+        let display = if name.is_empty() { "A person".to_owned() } else { name.join(" ") };
+        return json!({"type": "Patient", "display": display});
     }
-    if let Some(t) = s["telephone"].as_str() {
-        return json!({"display": format!("Telephone {t}")});
+    if let Some(t) = s.and_then(|s| s.telephone.as_ref()) {
+        return json!({"display": format!("Telephone {}", t.as_str())});
     }
     json!({"display": "The subject is not disclosed in this view: search by an identifier you hold, or call the contact"})
 }
 
-fn contact(c: &Value) -> Option<Value> {
+fn contact(c: &ContactPoint) -> Option<Value> {
     let mut telecom = Vec::new();
-    if let Some(t) = c["telephone"].as_str() {
-        telecom.push(json!({"system": "phone", "value": t}));
+    if let Some(t) = &c.telephone {
+        telecom.push(json!({"system": "phone", "value": t.as_str()}));
     }
-    if let Some(e) = c["email"].as_str() {
+    if let Some(e) = &c.email {
         telecom.push(json!({"system": "email", "value": e}));
     }
     let mut detail = Map::new();
-    if let Some(n) = c["name"].as_str() {
+    if let Some(n) = &c.name {
         detail.insert("name".into(), json!(n));
     }
     if !telecom.is_empty() {
@@ -110,28 +110,28 @@ fn contact(c: &Value) -> Option<Value> {
         .then(|| json!({"url": format!("{VPR_FHIR}/StructureDefinition/flag-contact"), "valueContactDetail": detail}))
 }
 
-fn code_text(d: &Value) -> String {
-    let publisher = d["publisher"]["name"].as_str().filter(|n| !n.is_empty()).unwrap_or("the publisher");
-    let Some(category) = d["category"].as_str() else {
+fn code_text(d: &DisclosedNotice) -> String {
+    let publisher = Some(d.publisher.name.as_str()).filter(|n| !n.is_empty()).unwrap_or("the publisher");
+    let Some(s) = &d.summary else {
         return format!("A violence-risk notice exists: call {publisher} before attending.");
     };
-    let risk = d["risk_level"].as_str().map(words).unwrap_or_default();
-    let mut text = format!("{risk} risk of violence to staff: {}.", words(category).to_lowercase());
-    let factors = strs(&d["aggravating_factors"]);
-    if !factors.is_empty() {
-        text.push_str(&format!(
-            " Aggravated ({}).",
-            factors.iter().map(|f| words(f).to_lowercase()).collect::<Vec<_>>().join(", ")
-        ));
+    let mut text = format!(
+        "{} risk of violence to staff: {}.",
+        words(s.risk_level.code()),
+        words(s.category.code()).to_lowercase()
+    );
+    if !s.aggravating_factors.is_empty() {
+        let factors: Vec<String> = s.aggravating_factors.iter().map(|f| words(f.code()).to_lowercase()).collect();
+        text.push_str(&format!(" Aggravated ({}).", factors.join(", ")));
     }
-    let advice = strs(&d["safety_advice"]);
-    if !advice.is_empty() {
-        text.push_str(&format!(" {}.", advice.iter().map(|a| words(a)).collect::<Vec<_>>().join("; ")));
+    if !s.safety_advice.is_empty() {
+        let advice: Vec<String> = s.safety_advice.iter().map(|a| words(a.code())).collect();
+        text.push_str(&format!(" {}.", advice.join("; ")));
     }
-    if let Some(t) = d["advice_text"].as_str() {
+    if let Some(t) = &s.advice_text {
         text.push_str(&format!(" {t}"));
     }
-    if d["medical_factor_operative"].as_bool() == Some(true) {
+    if s.medical_factor_operative {
         text.push_str(" A medical factor was operative: for staff safety and care, not sanction.");
     }
     text
@@ -146,14 +146,9 @@ fn ext(name: &str, value_key: &str, value: Value) -> Value {
 
 /// Builds the Flag for a disclosed (minimised) notice.
 pub fn flag(d: &DisclosedNotice, shown: Shown, known: &KnownSubject) -> Value {
-    flag_of(&json!(d), shown, known)
-}
-
-/// The Flag of a disclosed notice in its wire form (the fields of its view, and no others).
-fn flag_of(d: &Value, shown: Shown, known: &KnownSubject) -> Value {
     let mut flag = json!({
         "resourceType": "Flag",
-        "id": d["id"].as_str().unwrap_or_default(),
+        "id": d.id,
         "meta": {
             "versionId": shown.version.to_string(),
             "lastUpdated": shown.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -161,43 +156,45 @@ fn flag_of(d: &Value, shown: Shown, known: &KnownSubject) -> Value {
             "security": [vio_label()],
         },
         "extension": extensions(d),
-        "status": flag_status(d["status"].as_str().unwrap_or("inactive")),
+        "status": flag_status(d.status.code()),
         "category": categories(d),
         "code": {"coding": codings(d), "text": code_text(d)},
         "subject": subject(d, known),
         "author": {
             "type": "Organization",
-            "identifier": {"system": ODS_CODE, "value": d["publisher"]["ods_code"]},
-            "display": d["publisher"]["name"],
+            "identifier": {"system": ODS_CODE, "value": d.publisher.ods_code},
+            "display": d.publisher.name,
         },
     });
     let mut period = Map::new();
-    if let Some(start) = d["incident_date"].as_str() {
-        period.insert("start".into(), json!(start));
+    if let Some(f) = &d.full {
+        period.insert("start".into(), json!(f.incident_date));
     }
-    if let Some(end) = d["review_date"].as_str() {
-        period.insert("end".into(), json!(end));
+    if let Some(s) = &d.summary {
+        period.insert("end".into(), json!(s.review_date));
     }
-    if !period.is_empty() {
-        flag["period"] = Value::Object(period);
+    if let (false, Some(map)) = (period.is_empty(), flag.as_object_mut()) {
+        map.insert("period".into(), Value::Object(period));
     }
     flag
 }
 
-fn categories(d: &Value) -> Vec<Value> {
+fn categories(d: &DisclosedNotice) -> Vec<Value> {
     let mut category = vec![
         json!({"coding": [coding("http://terminology.hl7.org/CodeSystem/flag-category", "behavioral", "Behavioral")]}),
     ];
-    if let Some(c) = d["category"].as_str() {
+    if let Some(s) = &d.summary {
+        let c = s.category.code();
         category.push(json!({"coding": [coding(&format!("{VPR_FHIR}/CodeSystem/violence-category"), c, &words(c))], "text": words(c)}));
     }
     category
 }
 
-fn codings(d: &Value) -> Vec<Value> {
+fn codings(d: &DisclosedNotice) -> Vec<Value> {
     let mut codings =
         vec![coding("http://snomed.info/sct", SNOMED_AT_RISK_OF_HARMING_OTHERS.0, SNOMED_AT_RISK_OF_HARMING_OTHERS.1)];
-    if let Some(r) = d["risk_level"].as_str() {
+    if let Some(s) = &d.summary {
+        let r = s.risk_level.code();
         codings.push(coding(
             &format!("{VPR_FHIR}/CodeSystem/violence-risk-level"),
             r,
@@ -207,51 +204,37 @@ fn codings(d: &Value) -> Vec<Value> {
     codings
 }
 
-fn extensions(d: &Value) -> Vec<Value> {
-    let mut extensions = Vec::new();
-    if let Some(c) = contact(&d["contact"]) {
-        extensions.push(c);
-    }
-    for advice in strs(&d["safety_advice"]) {
-        extensions.push(ext(
-            "flag-safety-advice",
-            "valueCodeableConcept",
-            json!({"coding": [coding(&format!("{VPR_FHIR}/CodeSystem/safety-advice"), advice, &words(advice))], "text": words(advice)}),
-        ));
-    }
-    for factor in strs(&d["aggravating_factors"]) {
-        extensions.push(ext(
-            "flag-aggravating-factor",
-            "valueCoding",
-            coding(&format!("{VPR_FHIR}/CodeSystem/aggravating-factor"), factor, &words(factor)),
-        ));
-    }
-    if let Some(m) = d["medical_factor_operative"].as_bool() {
-        extensions.push(ext("flag-medical-factor-operative", "valueBoolean", json!(m)));
-    }
-    for basis in strs(&d["lawful_basis"]) {
-        extensions.push(ext(
-            "flag-lawful-basis",
-            "valueCoding",
-            coding(&format!("{VPR_FHIR}/CodeSystem/lawful-basis"), basis, basis),
-        ));
-    }
-    if let Some(r) = d.get("restricted").filter(|r| r.is_object()) {
-        let mut parts = Vec::new();
-        for (key, url) in [("incident_reference", "incidentReference"), ("crime_reference", "crimeReference")] {
-            if let Some(v) = r[key].as_str() {
-                parts.push(json!({"url": url, "valueString": v}));
-            }
+/// The view's own extensions: whom to call, safety advice, aggravating factors, the medical
+/// factor, lawful bases and restricted references, then the decision the view was shown under.
+fn extensions(d: &DisclosedNotice) -> Vec<Value> {
+    let mut extensions: Vec<Value> = d.contact.as_ref().and_then(contact).into_iter().collect();
+    if let Some(s) = &d.summary {
+        for advice in s.safety_advice.iter().map(|a| a.code()) {
+            let concept = json!({"coding": [coding(&format!("{VPR_FHIR}/CodeSystem/safety-advice"), advice, &words(advice))], "text": words(advice)});
+            extensions.push(ext("flag-safety-advice", "valueCodeableConcept", concept));
         }
+        for factor in s.aggravating_factors.iter().map(|f| f.code()) {
+            let c = coding(&format!("{VPR_FHIR}/CodeSystem/aggravating-factor"), factor, &words(factor));
+            extensions.push(ext("flag-aggravating-factor", "valueCoding", c));
+        }
+        extensions.push(ext("flag-medical-factor-operative", "valueBoolean", json!(s.medical_factor_operative)));
+    }
+    for basis in d.full.iter().flat_map(|f| f.lawful_basis.iter()).map(|b| b.code()) {
+        let c = coding(&format!("{VPR_FHIR}/CodeSystem/lawful-basis"), basis, basis);
+        extensions.push(ext("flag-lawful-basis", "valueCoding", c));
+    }
+    if let Some(r) = &d.restricted {
+        let parts: Vec<Value> = [("incidentReference", &r.incident_reference), ("crimeReference", &r.crime_reference)]
+            .into_iter()
+            .filter_map(|(url, v)| v.as_ref().map(|v| json!({"url": url, "valueString": v})))
+            .collect();
         extensions.push(json!({"url": format!("{VPR_FHIR}/StructureDefinition/flag-restricted"), "extension": parts}));
     }
-    let decision = &d["decision"];
-    let mut decided = vec![json!({"url": "view", "valueCode": decision["view"]})];
-    decided.extend(strs(&decision["clauses"]).into_iter().map(|c| json!({"url": "clause", "valueString": c})));
-    decided.extend(strs(&decision["lawful_basis"]).into_iter().map(|b| json!({"url": "lawfulBasis", "valueCode": b})));
-    if let Some(v) = decision["agreement_version"].as_str() {
-        decided.push(json!({"url": "agreementVersion", "valueString": v}));
-    }
+    let decision = &d.decision;
+    let mut decided = vec![json!({"url": "view", "valueCode": decision.view.code()})];
+    decided.extend(decision.clauses.iter().map(|c| json!({"url": "clause", "valueString": c})));
+    decided.extend(decision.lawful_basis.iter().map(|b| json!({"url": "lawfulBasis", "valueCode": b})));
+    decided.push(json!({"url": "agreementVersion", "valueString": decision.agreement_version}));
     extensions
         .push(json!({"url": format!("{VPR_FHIR}/StructureDefinition/disclosure-decision"), "extension": decided}));
     extensions
@@ -259,25 +242,45 @@ fn extensions(d: &Value) -> Vec<Value> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use vpr_domain::vocab::{AggravatingFactor, Category, NoticeStatus, RiskLevel, SafetyAdvice};
+    use vpr_domain::Telephone;
+    use vpr_policy::View;
+
     use super::*;
+    use crate::disclose::{Publisher, Shown as Decided, SummaryPart};
 
     fn shown() -> Shown {
         Shown { version: 3, updated_at: Utc::now() }
     }
 
-    fn existence() -> Value {
-        json!({
-            "id": "7d2c6f0e-0000-4000-8000-000000000001", "status": "active",
-            "publisher": {"ods_code": "XAC01", "name": "Northmoor General (fictional)"},
-            "contact": {"name": "Duty lead", "telephone": "+441134960999"},
-            "decision": {"view": "existence", "restricted": false, "lawful_basis": ["UKGDPR-6-1-c"], "clauses": ["SS-3"], "agreement_version": "v1"}
-        })
+    fn existence() -> DisclosedNotice {
+        DisclosedNotice {
+            id: uuid::Uuid::parse_str("7d2c6f0e-0000-4000-8000-000000000001").unwrap(),
+            status: NoticeStatus::Active,
+            publisher: Publisher { ods_code: "XAC01".into(), name: "Northmoor General (fictional)".into() },
+            contact: Some(ContactPoint {
+                name: Some("Duty lead".into()),
+                telephone: Some(Telephone::parse("+441134960999").unwrap()),
+                email: None,
+            }),
+            matched_on: vec![],
+            decision: Decided {
+                view: View::Existence,
+                restricted: false,
+                lawful_basis: vec!["UKGDPR-6-1-c".into()],
+                clauses: vec!["SS-3".into()],
+                agreement_version: "v1".into(),
+            },
+            summary: None,
+            full: None,
+            restricted: None,
+        }
     }
 
     #[test]
     fn an_existence_view_shows_only_that_a_notice_exists_and_whom_to_call() {
-        let f = flag_of(&existence(), shown(), &KnownSubject::default());
+        let f = flag(&existence(), shown(), &KnownSubject::default());
         let text = f.to_string();
         assert_eq!(f["status"], "active");
         assert!(f.get("period").is_none());
@@ -288,22 +291,30 @@ mod tests {
         assert_eq!(f["meta"]["security"][0]["code"], "VIO");
         // An NHS number the caller already holds is shown as the subject.
         let known = KnownSubject { nhs_number: Some("9990000018".into()) };
-        assert_eq!(flag_of(&existence(), shown(), &known)["subject"]["identifier"]["value"], "9990000018");
+        assert_eq!(flag(&existence(), shown(), &known)["subject"]["identifier"]["value"], "9990000018");
     }
 
     #[test]
     fn a_summary_view_adds_category_risk_advice_and_review_date() {
         let mut d = existence();
-        let extra = json!({"subject_kinds": ["person"], "category": "physical-assault", "risk_level": "high",
-            "aggravating_factors": ["racial-or-religious"], "medical_factor_operative": false,
-            "safety_advice": ["attend-with-police"], "advice_text": "Crew assaulted.", "review_date": "2027-05-15"});
-        d.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let f = flag_of(&d, shown(), &KnownSubject::default());
+        d.decision.view = View::Summary;
+        d.summary = Some(SummaryPart {
+            subject_kinds: vec!["person"],
+            category: Category::PhysicalAssault,
+            risk_level: RiskLevel::High,
+            aggravating_factors: vec![AggravatingFactor::RacialOrReligious],
+            medical_factor_operative: false,
+            safety_advice: vec![SafetyAdvice::AttendWithPolice],
+            advice_text: Some("Crew assaulted.".into()),
+            review_date: chrono::NaiveDate::from_ymd_opt(2027, 5, 15).unwrap(),
+        });
+        let f = flag(&d, shown(), &KnownSubject::default());
         assert_eq!(f["period"]["end"], "2027-05-15");
         assert!(f["period"].get("start").is_none(), "the incident date is in the full view only");
         assert_eq!(f["code"]["coding"][1]["code"], "high");
         assert!(f["code"]["text"].as_str().unwrap().starts_with("High risk of violence to staff: physical assault."));
         assert_eq!(f["category"][1]["coding"][0]["code"], "physical-assault");
-        assert_eq!(flag_of(&json!({"status": "withdrawn"}), shown(), &KnownSubject::default())["status"], "inactive");
+        d.status = NoticeStatus::Withdrawn;
+        assert_eq!(flag(&d, shown(), &KnownSubject::default())["status"], "inactive");
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use chrono::NaiveDate;
 use uuid::Uuid;
+use vpr_domain::audit::AuditAction;
 use vpr_domain::validate::AuditQuery;
 use vpr_store::audit::{AuditEntry, StoredAuditEntry};
 use vpr_store::review::{AuditQuery as StoreQuery, SubjectKeys, SummaryRow};
@@ -15,7 +16,7 @@ use vpr_store::review::{AuditQuery as StoreQuery, SubjectKeys, SummaryRow};
 pub use report::{SubjectAccessReport, MAX_REPORT_ENTRIES};
 
 use crate::access::ig_only;
-use crate::audit::{caller_entry, record_refusal};
+use crate::audit::{caller_entry, record_refusal, MANAGEMENT_PURPOSE};
 use crate::caller::{Caller, Reviewer};
 use crate::disclose::subject_keys;
 use crate::error::{AppError, AppResult};
@@ -50,12 +51,12 @@ fn described(q: &AuditQuery) -> String {
 }
 
 /// The entry of an IG use of the audit, for `who`.
-fn ig_audit(app: &App, caller: &Caller, who: &Reviewer, action: &str, q: Option<&AuditQuery>) -> AuditEntry {
+fn ig_audit(app: &App, caller: &Caller, who: &Reviewer, action: AuditAction, q: Option<&AuditQuery>) -> AuditEntry {
     let subject_refs = q.and_then(|q| q.subject.as_ref()).map(|s| subject_keys(app, s).1).unwrap_or_default();
     AuditEntry {
         actor_user: Some(who.user.clone()),
         actor_role: Some(who.role.clone()),
-        purpose: Some("vpr-management".into()),
+        purpose: Some(MANAGEMENT_PURPOSE.into()),
         context_ref: q.map(described),
         subject_refs,
         decision: "permit".into(),
@@ -110,7 +111,7 @@ pub struct SummaryDay {
 impl App {
     /// The IG user and role a request acts for, checked: a named user in an IG role this system
     /// may act in. A refusal is audited as `action`.
-    pub fn reviewer(&self, caller: &Caller, user: &str, role: &str, action: &str) -> AppResult<Reviewer> {
+    pub fn reviewer(&self, caller: &Caller, user: &str, role: &str, action: AuditAction) -> AppResult<Reviewer> {
         let checked = if user.trim().is_empty() {
             Err(AppError::Forbidden("the IG user must be named in `VPR-User-Id`".into()))
         } else {
@@ -127,7 +128,7 @@ impl App {
         caller: &Caller,
         user: String,
         role: String,
-        action: &'static str,
+        action: AuditAction,
     ) -> AppResult<Reviewer> {
         let caller = caller.clone();
         self.blocking(move |app| app.reviewer(&caller, &user, &role, action)).await
@@ -142,7 +143,7 @@ impl App {
     ) -> AppResult<Vec<StoredAuditEntry>> {
         let caller = caller.clone();
         self.blocking(move |app| {
-            let audit = ig_audit(app, &caller, &who, "audit-search", Some(&q));
+            let audit = ig_audit(app, &caller, &who, AuditAction::AuditSearch, Some(&q));
             let (before, limit) = (q.input.before, q.input.limit.unwrap_or(100));
             let entries = app.store.search_audit(&store_query(app, &q), before, limit)?;
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
@@ -155,7 +156,7 @@ impl App {
     pub async fn begin_export(&self, caller: &Caller, who: Reviewer, q: AuditQuery) -> AppResult<AuditExport> {
         let caller = caller.clone();
         self.blocking(move |app| {
-            let audit = ig_audit(app, &caller, &who, "audit-export", Some(&q));
+            let audit = ig_audit(app, &caller, &who, AuditAction::AuditExport, Some(&q));
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
             Ok(AuditExport { query: store_query(app, &q), before: q.input.before })
         })
@@ -183,7 +184,7 @@ impl App {
         let caller = caller.clone();
         let rows = self
             .blocking(move |app| {
-                let mut audit = ig_audit(app, &caller, &who, "audit-summary", None);
+                let mut audit = ig_audit(app, &caller, &who, AuditAction::AuditSummary, None);
                 audit.context_ref = Some(format!("from={from};to={to}"));
                 let rows = app.store.audit_summary(from, to)?;
                 app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
@@ -204,8 +205,8 @@ impl App {
         let caller = caller.clone();
         self.blocking(move |app| {
             let audit = AuditEntry {
-                purpose: Some("vpr-management".into()),
-                ..ig_audit(app, &caller, &who, "break-glass-queue", None)
+                purpose: Some(MANAGEMENT_PURPOSE.into()),
+                ..ig_audit(app, &caller, &who, AuditAction::BreakGlassQueue, None)
             };
             let entries = app.store.break_glass_entries(&status, 500)?;
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
@@ -224,14 +225,14 @@ impl App {
         let caller = caller.clone();
         self.blocking(move |app| {
             ig_only(app, &caller.principal, &input.reviewer.role, "the break-glass queue")
-                .map_err(|refusal| record_refusal(app, &caller, "break-glass-review", refusal))?;
+                .map_err(|refusal| record_refusal(app, &caller, AuditAction::BreakGlassReview, refusal))?;
             let audit = AuditEntry {
                 actor_user: Some(input.reviewer.user_id.clone()),
                 actor_role: Some(input.reviewer.role.clone()),
                 context_ref: Some(id.to_string()),
                 decision: input.outcome.clone(),
                 justification: Some(input.note.clone()),
-                ..caller_entry(app, &caller, "break-glass-review", 200)
+                ..caller_entry(app, &caller, AuditAction::BreakGlassReview, 200)
             };
             // The outcome and its entry commit together.
             app.store.audited(|tx| {
@@ -258,15 +259,15 @@ impl App {
             let notice = app.store.get(id)?.ok_or_else(|| AppError::NotFound("no notice has this id".into()))?;
             if notice.publisher_ods != caller.org() {
                 let refusal = AppError::Forbidden("only the publishing organisation sees a notice's access log".into());
-                return Err(record_refusal(app, &caller, "access-log", refusal));
+                return Err(record_refusal(app, &caller, AuditAction::AccessLog, refusal));
             }
             let entries = app.store.notice_access_log(id, before, limit)?;
             // Reading who saw personal data is itself recorded.
             let audit = AuditEntry {
-                purpose: Some("vpr-management".into()),
+                purpose: Some(MANAGEMENT_PURPOSE.into()),
                 context_ref: Some(id.to_string()),
                 decision: "permit".into(),
-                ..caller_entry(app, &caller, "access-log", 200)
+                ..caller_entry(app, &caller, AuditAction::AccessLog, 200)
             };
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
             Ok(entries)
@@ -292,10 +293,10 @@ impl App {
             let mine: BTreeSet<String> = app.store.published_by(&publisher, &ids)?.into_iter().collect();
             if !entries.is_empty() {
                 let audit = AuditEntry {
-                    purpose: Some("vpr-management".into()),
+                    purpose: Some(MANAGEMENT_PURPOSE.into()),
                     context_ref: Some(format!("after={}", after.unwrap_or(-1))),
                     decision: "permit".into(),
-                    ..caller_entry(app, &caller, "access-log-feed", 200)
+                    ..caller_entry(app, &caller, AuditAction::AccessLogFeed, 200)
                 };
                 app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
             }
@@ -316,8 +317,10 @@ impl App {
     ) -> AppResult<Vec<StoredAuditEntry>> {
         let caller = caller.clone();
         self.blocking(move |app| {
-            let audit =
-                AuditEntry { context_ref: Some(described), ..ig_audit(app, &caller, &who, "audit-event-export", None) };
+            let audit = AuditEntry {
+                context_ref: Some(described),
+                ..ig_audit(app, &caller, &who, AuditAction::AuditEventExport, None)
+            };
             let entries = app.store.search_audit(&q, before, limit)?;
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
             Ok(entries)

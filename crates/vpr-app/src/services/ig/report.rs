@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
+use vpr_domain::audit::AuditAction;
 use vpr_domain::validate::AuditQuery;
 use vpr_store::audit::{AuditEntry, StoredAuditEntry};
 use vpr_store::review::{AuditQuery as StoreQuery, SubjectKeys};
@@ -121,7 +122,7 @@ impl App {
             };
             let audit = AuditEntry {
                 purpose: Some("subject-access".into()),
-                ..ig_audit(app, &caller, &who, "subject-access-report", Some(&q))
+                ..ig_audit(app, &caller, &who, AuditAction::SubjectAccessReport, Some(&q))
             };
             let (notices, entries) = gather(app, &blind, &store_q)?;
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;

@@ -3,13 +3,14 @@
 
 use serde_json::{json, Value};
 use uuid::Uuid;
+use vpr_domain::audit::AuditAction;
 use vpr_domain::subscription::{DeliveryMethod, SubscriptionStatus};
 use vpr_store::audit::AuditEntry;
 use vpr_store::subscriptions::{DeadLetter, Subscription};
 
 use super::Facade;
 use crate::access::ig_only;
-use crate::audit::{caller_entry, record_refusal};
+use crate::audit::{caller_entry, record_refusal, MANAGEMENT_PURPOSE};
 use crate::caller::Caller;
 use crate::disclose::subject_keys;
 use crate::error::{AppError, AppResult};
@@ -47,7 +48,7 @@ impl App {
                         remove.len()
                     )),
                     decision: "permit".into(),
-                    ..caller_entry(app, &caller, "subscription-cohort", 200)
+                    ..caller_entry(app, &caller, AuditAction::SubscriptionCohort, 200)
                 };
                 Ok::<_, AppError>((size, entry))
             })
@@ -64,7 +65,7 @@ impl App {
         let sub = self
             .blocking(move |app| {
                 ig_only(app, &caller.principal, &input.reviewer.role, "deciding on subscriptions")
-                    .map_err(|refusal| record_refusal(app, &caller, "subscription-approval", refusal))?;
+                    .map_err(|refusal| record_refusal(app, &caller, AuditAction::SubscriptionApproval, refusal))?;
                 app.store.audited(|tx| approve(app, tx, &caller, id, &input))
             })
             .await?;
@@ -135,10 +136,10 @@ fn approve(
     let audit = AuditEntry {
         actor_user: Some(input.reviewer.user_id.clone()),
         actor_role: Some(input.reviewer.role.clone()),
-        purpose: Some("vpr-management".into()),
+        purpose: Some(MANAGEMENT_PURPOSE.into()),
         context_ref: Some(format!("subscription={id};decision={};owner={}", input.decision, sub.owner_ods)),
         decision: to.code().to_owned(),
-        ..caller_entry(app, caller, "subscription-approval", 200)
+        ..caller_entry(app, caller, AuditAction::SubscriptionApproval, 200)
     };
     Ok((sub, audit))
 }

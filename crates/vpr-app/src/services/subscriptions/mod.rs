@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 use uuid::Uuid;
 use vpr_auth::{EncryptionKey, Scope};
+use vpr_domain::audit::AuditAction;
 use vpr_domain::subscription::{DeliveryMethod, SubscriptionRules, SubscriptionSpec, SubscriptionStatus, Topic};
 use vpr_domain::FieldError;
 use vpr_policy::{Requester, SubscriptionFacts};
@@ -50,7 +51,7 @@ fn no_subscription(facade: Facade) -> AppError {
 
 /// The audit entry of a change to a subscription (not a disclosure, but IG reviews who asked to
 /// be told of what).
-fn subscription_audit(app: &App, caller: &Caller, action: &str, sub: &Subscription, outcome: u16) -> AuditEntry {
+fn subscription_audit(app: &App, caller: &Caller, action: AuditAction, sub: &Subscription, outcome: u16) -> AuditEntry {
     let from_approval = |key: &str| -> Vec<String> {
         sub.approval.get(key).and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default()
     };
@@ -180,7 +181,7 @@ impl App {
             .blocking(move |app| {
                 app.store.audited(|tx| {
                     let sub = tx.create_subscription(&new, app.clock.now())?;
-                    let entry = subscription_audit(app, &caller, "subscribe", &sub, 201);
+                    let entry = subscription_audit(app, &caller, AuditAction::Subscribe, &sub, 201);
                     Ok::<_, AppError>((sub, entry))
                 })
             })
@@ -222,7 +223,7 @@ impl App {
         self.blocking(move |app| {
             if let Some(role) = &all {
                 ig_only(app, &caller.principal, role, "every organisation's subscriptions")
-                    .map_err(|refusal| record_refusal(app, &caller, "subscriptions-list", refusal))?;
+                    .map_err(|refusal| record_refusal(app, &caller, AuditAction::SubscriptionsList, refusal))?;
             }
             let owner = all.is_none().then(|| caller.org().to_owned());
             let subs = app.store.subscriptions(owner.as_deref(), status, limit)?;
@@ -249,7 +250,7 @@ impl App {
         self.blocking(move |app| {
             app.store.audited(|tx| {
                 let sub = tx.replace_subscription(&new, app.clock.now())?;
-                let entry = subscription_audit(app, &caller, "subscription-change", &sub, 200);
+                let entry = subscription_audit(app, &caller, AuditAction::SubscriptionChange, &sub, 200);
                 Ok::<_, AppError>((sub, entry))
             })
         })
@@ -270,7 +271,7 @@ impl App {
                 let sub = tx
                     .delete_subscription(id, app.clock.now())?
                     .ok_or_else(|| AppError::Conflict("the subscription is already deleted".into()))?;
-                let entry = subscription_audit(app, &caller, "unsubscribe", &sub, outcome);
+                let entry = subscription_audit(app, &caller, AuditAction::Unsubscribe, &sub, outcome);
                 Ok((sub, entry))
             })
         })
@@ -283,7 +284,7 @@ impl App {
         &self,
         caller: &Caller,
         sub: &Subscription,
-        action: &'static str,
+        action: AuditAction,
         after: i64,
         until: i64,
         limit: i64,
@@ -312,7 +313,7 @@ impl App {
     /// A page of an owned subscription's feed after `after`.
     pub async fn feed(&self, caller: &Caller, id: Uuid, after: i64, limit: i64) -> AppResult<FeedPage> {
         let sub = self.owned_subscription(caller, id, Facade::Vpr).await?;
-        let (events, decided) = self.read_events(caller, &sub, "feed", after, i64::MAX, limit).await?;
+        let (events, decided) = self.read_events(caller, &sub, AuditAction::Feed, after, i64::MAX, limit).await?;
         let next_after = events.last().map_or(after, |e| e.number);
         Ok(FeedPage { sub, decided, next_after })
     }
