@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
     #[serde(default)]
+    pub federation: Option<FederationConfig>,
+    #[serde(default)]
     pub benchmark_ungoverned_reads: bool,
     #[serde(default)]
     pub benchmark_unaudited_reads: bool,
@@ -46,6 +48,47 @@ pub struct Config {
 pub struct KeysConfig {
     pub signing_keys: Vec<PathBuf>,
     pub data_keys: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    pub id: String,
+    #[serde(default = "default_budget")]
+    pub lookup_budget_ms: u64,
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    #[serde(default = "default_circuit_open")]
+    pub circuit_open_seconds: u64,
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: String,
+    pub name: String,
+    pub base_url: String,
+    pub jwks: PathBuf,
+    pub vouches_for: Vec<VouchConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VouchConfig {
+    pub ods_code: String,
+    #[serde(rename = "type")]
+    pub org_type: vpr_domain::vocab::OrgType,
+}
+
+fn default_budget() -> u64 {
+    300
+}
+fn default_circuit_failures() -> u32 {
+    3
+}
+fn default_circuit_open() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +253,11 @@ impl Config {
         cfg.keys.data_keys = base.join(&cfg.keys.data_keys);
         cfg.keys.signing_keys = cfg.keys.signing_keys.iter().map(|p| base.join(p)).collect();
         cfg.delivery.ca_file = cfg.delivery.ca_file.as_ref().map(|p| base.join(p));
+        if let Some(f) = &mut cfg.federation {
+            for peer in &mut f.peers {
+                peer.jwks = base.join(&peer.jwks);
+            }
+        }
         if let Some(rel) = cfg.database_url.strip_prefix("sqlite://") {
             if !Path::new(rel).is_absolute() {
                 cfg.database_url = format!("sqlite://{}", base.join(rel).display());
@@ -233,6 +281,17 @@ impl Config {
             && !loopback.iter().any(|p| self.public_url.starts_with(p))
         {
             bail!("`public_url` must be https outside demo mode (plain http is allowed only on loopback)");
+        }
+        Ok(())
+    }
+
+    /// Peers must be reached over https outside demo mode. (Checked when the peers are loaded,
+    /// after the keys: a demo configuration outside demo mode is refused for its keys first.)
+    pub fn check_peer_urls(&self) -> Result<()> {
+        for peer in self.federation.iter().flat_map(|f| &f.peers) {
+            if !self.demo && !peer.base_url.starts_with("https://") {
+                bail!("peer `{}`: `base_url` must be https outside demo mode", peer.id);
+            }
         }
         Ok(())
     }
@@ -265,5 +324,23 @@ mod tests {
             assert!(err.contains(switch) && err.contains("demo mode"), "{err}");
             assert!(load(&format!("demo = true\n{switch} = true")).is_ok());
         }
+    }
+
+    #[test]
+    fn an_invalid_peer_entry_is_refused() {
+        let peer = |url: &str, extra: &str| {
+            format!(
+                "[federation]\nid = \"XIC01\"\n[[federation.peers]]\nid = \"YIC01\"\nname = \"West\"\nbase_url = \"{url}\"\n\
+                 jwks = \"west.jwks.json\"\nvouches_for = [{{ ods_code = \"YAM01\", type = \"ambulance-trust\" }}]\n{extra}"
+            )
+        };
+        assert!(load(&peer("https://west.example", "")).unwrap().check_peer_urls().is_ok());
+        let plain = load(&peer("http://west.example", "")).unwrap().check_peer_urls().unwrap_err().to_string();
+        assert!(plain.contains("https"), "{plain}");
+        let unknown = load(&peer("https://west.example", "colour = \"red\"")).unwrap_err().to_string();
+        assert!(unknown.contains("/federation/peers/0"), "{unknown}");
+        let bad_type =
+            load(&peer("https://west.example", "").replace("ambulance-trust", "hospital")).unwrap_err().to_string();
+        assert!(bad_type.contains("vouches_for"), "{bad_type}");
     }
 }

@@ -232,6 +232,34 @@ fn load_registry_and_keys(cfg: &Config) -> Result<(Registry, Vec<SigningKeyFile>
     Ok((registry, key_files))
 }
 
+/// The peer brokers, each with its public keys (refused if any is invalid).
+fn load_peers(cfg: &Config) -> Result<vpr_auth::Peers> {
+    let Some(f) = &cfg.federation else { return Ok(vpr_auth::Peers::default()) };
+    cfg.check_peer_urls()?;
+    let mut peers = Vec::new();
+    for p in &f.peers {
+        let text = std::fs::read_to_string(&p.jwks)
+            .with_context(|| format!("peer `{}`: cannot read its JWKS `{}`", p.id, p.jwks.display()))?;
+        let jwks: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("peer `{}`: its JWKS is not JSON", p.id))?;
+        let vouches = p.vouches_for.iter().map(|v| (v.ods_code.clone(), v.org_type)).collect();
+        peers.push(vpr_auth::Peer::new(p.id.clone(), p.name.clone(), p.base_url.clone(), vouches, &jwks)?);
+    }
+    Ok(vpr_auth::Peers::new(f.id.clone(), peers)?)
+}
+
+fn federation_settings(cfg: &Config) -> vpr_app::federation::FederationSettings {
+    let defaults = vpr_app::federation::FederationSettings::default();
+    match &cfg.federation {
+        Some(f) => vpr_app::federation::FederationSettings {
+            budget: Duration::from_millis(f.lookup_budget_ms),
+            failures_to_open: f.circuit_failures,
+            open_for: Duration::from_secs(f.circuit_open_seconds),
+        },
+        None => defaults,
+    }
+}
+
 /// Delivery settings from the configuration (subscriptions may run as long as a notice may go
 /// unreviewed).
 fn delivery_settings(cfg: &Config, max_subscription_days: i64) -> Result<vpr_app::delivery::DeliverySettings> {
@@ -321,6 +349,10 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
     for m in &applied {
         tracing::info!(migration = %m, "migration applied");
     }
+    let peers = load_peers(&cfg)?;
+    for p in peers.iter() {
+        tracing::info!(peer = %p.id, url = %p.base_url, vouches_for = p.vouches_for.len(), "peer broker configured");
+    }
     let tokens = TokenService::new(
         Arc::new(registry),
         Arc::new(keys),
@@ -330,7 +362,8 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
             max_assertion_ttl: Duration::from_secs(cfg.tokens.max_assertion_seconds),
             leeway: Duration::from_secs(30),
         },
-    );
+    )
+    .with_peers(Arc::new(peers));
     let delivery = delivery_settings(&cfg, agreement.max_review_interval_days)?;
     let webhook_client = vpr_app::delivery::webhook_client(&delivery).map_err(anyhow::Error::msg)?;
     let app = App {
@@ -346,6 +379,7 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
         metrics: vpr_app::metrics::Metrics::new()?,
         delivery: Arc::new(delivery),
         outbox: vpr_app::delivery::Outbox::default(),
+        federation: vpr_app::federation::Federation::new(federation_settings(&cfg)).map_err(anyhow::Error::msg)?,
     };
     run_app(&cfg, app, webhook_client, &delivery_runtime).await?;
     tracing::info!("vpr-broker stopped");

@@ -133,6 +133,30 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// The demo agreement for test ICS `ics`: the file itself for `X`; for another ICS a copy
+/// whose parties' ODS codes begin with `ics`, beside copies of the Cedar schema and clauses.
+fn agreement_for(ics: char, dir: &Path) -> PathBuf {
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    if ics == 'X' {
+        return policies.join("agreement.json");
+    }
+    let mut a: Value =
+        serde_json::from_str(&std::fs::read_to_string(policies.join("agreement.json")).expect("agreement"))
+            .expect("json");
+    a["agreement_version"] = json!(format!("{ics}-ICS-test"));
+    for p in a["parties"].as_array_mut().expect("parties") {
+        let ods = p["ods_code"].as_str().expect("ods").to_owned();
+        p["ods_code"] = json!(format!("{ics}{}", &ods[1..]));
+    }
+    a["policies"].as_object_mut().expect("policies").remove("fixtures");
+    for f in ["vpr.cedarschema", "agreement.cedar"] {
+        std::fs::copy(policies.join(f), dir.join(f)).expect("copy policies");
+    }
+    let path = dir.join("agreement.json");
+    std::fs::write(&path, a.to_string()).expect("write agreement");
+    path
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_vpr-broker")
 }
@@ -145,6 +169,15 @@ impl TestBroker {
 
     /// Starts a broker after letting the caller adjust the config document.
     pub fn start_with(backend: Backend, adjust: impl FnOnce(&mut toml::Table)) -> Option<Self> {
+        let b = Self::unstarted('X', backend, adjust)?;
+        b.spawn();
+        Some(b)
+    }
+
+    /// A broker for a test ICS, configured but not started: its partners' ODS codes begin with
+    /// `ics` (`X` is the demo agreement's; another letter gives a neighbouring ICS, with the
+    /// agreement copied and its parties renamed to match).
+    pub fn unstarted(ics: char, backend: Backend, adjust: impl FnOnce(&mut toml::Table)) -> Option<Self> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (database_url, pg) = match backend {
             Backend::Sqlite => (format!("sqlite://{}/broker.db", dir.path().display()), None),
@@ -155,7 +188,9 @@ impl TestBroker {
         };
         let mut clients = Vec::new();
         let mut partners = Vec::new();
+        let ods_of = |ods: &str| format!("{ics}{}", &ods[1..]);
         for (id, ods, org_type, scopes, roles) in PARTNERS {
+            let ods = &ods_of(ods);
             let key = SigningKeyFile::generate(&format!("{id}-1"), false).expect("key");
             let public = vpr_auth::keys::public_jwk(&key.jwk).expect("public");
             partners.push(json!({
@@ -190,7 +225,7 @@ impl TestBroker {
             [notices]
             expiry_check_seconds = 1
             "#,
-            agreement = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/agreement.json").display()
+            agreement = agreement_for(ics, dir.path()).display()
         ))
         .expect("config");
         adjust(&mut cfg);
@@ -200,7 +235,7 @@ impl TestBroker {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("client");
-        let b = Self {
+        Some(Self {
             backend,
             base,
             database_url,
@@ -210,9 +245,15 @@ impl TestBroker {
             child: std::sync::Mutex::new(None),
             log_seq: std::sync::atomic::AtomicU32::new(0),
             _pg: pg,
-        };
-        b.spawn();
-        Some(b)
+        })
+    }
+
+    /// The broker's public signing keys (a JWKS), as a peer configures them.
+    pub fn jwks(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir.path().join("signing-1.jwk")).expect("signing key");
+        let key = SigningKeyFile::from_json(&text).expect("key");
+        let public = vpr_auth::keys::public_jwk(&key.jwk).expect("public");
+        json!({"keys": [Value::Object(public.as_ref().clone())]})
     }
 
     /// A broker that delivers to plain-http loopback receivers (demo mode; fresh non-demo keys

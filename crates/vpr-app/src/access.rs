@@ -55,12 +55,39 @@ pub fn requester_refusal(app: &App, principal: &Principal, access: &Access) -> O
     if !agreement.purposes.contains_key(&access.purpose) {
         return Some(format!("purpose `{}` is not a purpose of the agreement", access.purpose));
     }
+    if let Some(peer) = &access.relayed_by {
+        return relayed_refusal(app, principal, access, peer);
+    }
     match may_act_as(app, principal, &access.role) {
         Err(RoleRefusal::NotHeld) => return Some(format!("this system may not act in the role `{}`", access.role)),
         Err(RoleRefusal::NotGiven) => {
             return Some(format!("the agreement gives no `{}` role to a {}", access.role, principal.org_type))
         }
         Ok(()) => {}
+    }
+    if let Some(j) = &access.justification {
+        let min = agreement.break_glass.min_justification_chars;
+        if j.trim().chars().count() < min {
+            return Some(format!("a break-glass justification needs at least {min} characters"));
+        }
+    }
+    None
+}
+
+/// Why a requester of a neighbouring ICS, vouched for by `peer`, is refused, if it is: the
+/// agreement does not answer peers for this purpose, or gives the role to no organisation of its
+/// type. (Its own broker checked that its system holds the role.)
+fn relayed_refusal(app: &App, principal: &Principal, access: &Access, peer: &str) -> Option<String> {
+    let agreement = &app.agreement;
+    if !agreement.federation.purposes.contains(&access.purpose) {
+        let allowed = agreement.federation.purposes.join(", ");
+        return Some(format!(
+            "the agreement answers requests relayed by peer brokers (here `{peer}`) only for: {}",
+            if allowed.is_empty() { "no purpose" } else { allowed.as_str() }
+        ));
+    }
+    if !agreement.role_allowed(&access.role, principal.org_type) {
+        return Some(format!("the agreement gives no `{}` role to a {}", access.role, principal.org_type));
     }
     if let Some(j) = &access.justification {
         let min = agreement.break_glass.min_justification_chars;

@@ -63,6 +63,8 @@ pub struct App {
     pub outbox: Outbox,
     /// Metrics.
     pub metrics: Metrics,
+    /// Federation with peer brokers (the peers themselves are in `tokens`).
+    pub federation: crate::federation::Federation,
 }
 
 impl App {

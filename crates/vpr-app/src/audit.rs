@@ -50,6 +50,7 @@ pub fn audit_entry(app: &App, actor: Actor<'_>, request_id: &str, action: AuditA
         agreement_version: app.agreement.version.clone(),
         outcome,
         ig_review: None,
+        federation: None,
         received_by: None,
     }
 }

@@ -37,6 +37,9 @@ pub struct Access {
     pub context_ref: Option<String>,
     /// Break-glass justification.
     pub justification: Option<String>,
+    /// For a requester of a neighbouring ICS: the peer broker that relayed the request and
+    /// vouches for it.
+    pub relayed_by: Option<String>,
 }
 
 /// The IG user and role a request acts for.

@@ -16,6 +16,15 @@ pub enum AppError {
     /// Authenticated but not allowed (the reason is safe to show).
     #[error("{0}")]
     Forbidden(String),
+    /// A peer broker's relay is refused: `rule` is the rule it broke (`signature`, `audience`,
+    /// `lifetime`, `expired`, `jti`, `replay`, `vouch`, `subject`, `claims`).
+    #[error("the relayed requester is refused: {detail}")]
+    RelayRefused {
+        /// The rule broken.
+        rule: &'static str,
+        /// In words.
+        detail: String,
+    },
     /// Nothing has this id (the message names what was looked for).
     #[error("{0}")]
     NotFound(String),
@@ -55,7 +64,7 @@ impl AppError {
     pub fn status(&self) -> u16 {
         match self {
             AppError::Validation(_) | AppError::IdempotencyKeyReused => 422,
-            AppError::InsufficientScope(_) | AppError::Forbidden(_) => 403,
+            AppError::InsufficientScope(_) | AppError::Forbidden(_) | AppError::RelayRefused { .. } => 403,
             AppError::NotFound(_) => 404,
             AppError::Conflict(_) => 409,
             AppError::PreconditionFailed { .. } => 412,

@@ -28,6 +28,11 @@
 //!
 //! Deliveries run steps 3-8 when each event is pushed or read from a feed
 //! ([`delivery::decide_many`]), so a subscription is told only what the agreement allows now.
+//!
+//! A look-up at a broker with peers also relays the requester, once step 3 has passed, to every
+//! peer broker in parallel ([`federation::ask::ask_peers`]); each peer runs steps 1-7 under its
+//! own agreement ([`App::answer_relayed_lookup`]), and the asking broker's entry names what
+//! each peer answered before anything is returned.
 
 pub mod access;
 mod app;
@@ -36,6 +41,7 @@ pub mod caller;
 pub mod delivery;
 pub mod disclose;
 mod error;
+pub mod federation;
 pub mod metrics;
 pub mod records;
 pub mod render;

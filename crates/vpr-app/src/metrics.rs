@@ -1,7 +1,8 @@
 //! Prometheus metrics, served at `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The broker's metrics.
@@ -24,6 +25,50 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// Failed or panicked runs of a background task, by task.
     pub task_failures: IntCounterVec,
+    /// Requests to peer brokers.
+    pub federation: FederationMetrics,
+}
+
+/// Requests to peer brokers: by outcome, how long they took, and whose circuit is open.
+#[derive(Clone, Debug)]
+pub struct FederationMetrics {
+    /// Relayed look-ups by peer and outcome (answered, refused, unavailable, timeout, invalid, skipped).
+    pub requests: IntCounterVec,
+    /// Their latency by peer.
+    pub latency: HistogramVec,
+    /// 1 while a peer's circuit is open (it is skipped), else 0.
+    pub circuit_open: IntGaugeVec,
+}
+
+impl FederationMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new("federation_requests_total", "Look-ups relayed to peer brokers, by peer and outcome"),
+            &["peer", "outcome"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("federation_request_duration_seconds", "Relayed look-up latency by peer")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+            &["peer"],
+        )?;
+        let circuit_open = IntGaugeVec::new(
+            Opts::new("federation_circuit_open", "1 while a peer broker is skipped after repeated failures"),
+            &["peer"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(circuit_open.clone()))?;
+        Ok(Self { requests, latency, circuit_open })
+    }
+
+    /// Records one relayed request.
+    pub fn observe(&self, peer: &str, outcome: &str, took: std::time::Duration, circuit_open: bool) {
+        self.requests.with_label_values(&[peer, outcome]).inc();
+        if outcome != "skipped" {
+            self.latency.with_label_values(&[peer]).observe(took.as_secs_f64());
+        }
+        self.circuit_open.with_label_values(&[peer]).set(i64::from(circuit_open));
+    }
 }
 
 impl Metrics {
@@ -62,6 +107,7 @@ impl Metrics {
             &["task"],
         )?;
         registry.register(Box::new(task_failures.clone()))?;
+        let federation = FederationMetrics::register(&registry)?;
         Ok(Self {
             registry,
             http_requests,
@@ -72,6 +118,7 @@ impl Metrics {
             deliveries,
             delivery_latency,
             task_failures,
+            federation,
         })
     }
 

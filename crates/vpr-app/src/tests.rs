@@ -46,6 +46,7 @@ fn app_on(store: Store) -> App {
         benchmark: Benchmark::default(),
         outbox: Outbox::default(),
         metrics: crate::metrics::Metrics::new().unwrap(),
+        federation: crate::federation::Federation::new(Default::default()).unwrap(),
     }
 }
 
@@ -123,7 +124,7 @@ async fn a_look_up_is_decided_minimised_and_audited_under_its_request_id() {
         let crew = caller(app, "northmoor-cad", "req-lookup-1");
         let found = app.lookup(&crew, lookup("9990000018", "staff-safety", "ambulance-dispatcher")).await.unwrap();
         assert_eq!(found.results.len(), 1, "{db}");
-        let shown = &found.results[0];
+        let shown = found.results[0].here().unwrap();
         assert_eq!(shown.id, id, "{db}");
         assert!(shown.decision.view >= View::Existence, "{db}");
         let entry = entry_with(app, "req-lookup-1");

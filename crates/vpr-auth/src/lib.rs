@@ -4,11 +4,13 @@
 
 pub mod jose;
 pub mod keys;
+pub mod peers;
 pub mod registry;
 pub mod tokens;
 
 pub use jose::EncryptionKey;
 pub use keys::{BrokerKeys, SigningKeyFile};
+pub use peers::{Peer, Peers, RelayRefused, RelayedRequester, VerifiedRelay};
 pub use registry::{Partner, PartnerSystem, Registry, Scope};
 pub use tokens::{AccessClaims, Principal, TokenService, TokenSettings};
 

@@ -41,17 +41,21 @@ pub enum Scope {
     /// Record consents and objections (IG roles).
     #[serde(rename = "ig:write")]
     IgWrite,
+    /// Ask on behalf of partners vouched for (peer brokers only; never in the registry).
+    #[serde(rename = "federation")]
+    Federation,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::NoticesWrite,
         Scope::NoticesRead,
         Scope::Lookups,
         Scope::Subscriptions,
         Scope::AuditRead,
         Scope::IgWrite,
+        Scope::Federation,
     ];
 
     /// The wire code.
@@ -63,6 +67,7 @@ impl Scope {
             Scope::Subscriptions => "subscriptions",
             Scope::AuditRead => "audit:read",
             Scope::IgWrite => "ig:write",
+            Scope::Federation => "federation",
         }
     }
 
@@ -180,7 +185,7 @@ pub struct Registry {
     systems: BTreeMap<String, PartnerSystem>,
 }
 
-fn verifier_for(jwk: &Jwk) -> Result<Box<dyn JwsVerifier>, String> {
+pub(crate) fn verifier_for(jwk: &Jwk) -> Result<Box<dyn JwsVerifier>, String> {
     let alg = match (jwk.algorithm(), jwk.key_type(), jwk.curve()) {
         (Some(a), _, _) => a.to_owned(),
         (None, "EC", Some("P-256")) => "ES256".to_owned(),

@@ -13,6 +13,7 @@ use vpr_domain::vocab::OrgType;
 use vpr_domain::OdsCode;
 
 use crate::keys::BrokerKeys;
+use crate::peers::Peers;
 use crate::registry::{Registry, Scope};
 use crate::AuthError;
 
@@ -105,6 +106,7 @@ impl Principal {
 pub struct TokenService {
     registry: Arc<Registry>,
     keys: Arc<BrokerKeys>,
+    peers: Arc<Peers>,
     settings: TokenSettings,
 }
 
@@ -119,7 +121,17 @@ fn secs(d: Duration) -> i64 {
 impl TokenService {
     /// Builds the service.
     pub fn new(registry: Arc<Registry>, keys: Arc<BrokerKeys>, settings: TokenSettings) -> Self {
-        Self { registry, keys, settings }
+        Self { registry, keys, peers: Arc::new(Peers::default()), settings }
+    }
+
+    /// The same service, with peer brokers as clients (granted only the `federation` scope).
+    pub fn with_peers(self, peers: Arc<Peers>) -> Self {
+        Self { peers, ..self }
+    }
+
+    /// The peer brokers.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// The settings.
@@ -150,20 +162,22 @@ impl TokenService {
             return Err(AuthError::InvalidClient(format!("`client_assertion_type` must be `{JWT_BEARER}`")));
         }
         let assertion = assertion.ok_or_else(|| AuthError::InvalidClient("`client_assertion` is required".into()))?;
-        let registry = &self.registry;
+        let (registry, peers) = (&self.registry, &self.peers);
         let selected = std::cell::Cell::new(None::<String>);
         let decoded = jwt::decode_with_verifier_selector(assertion, |header: &JwsHeader| {
             let kid = header.key_id().unwrap_or_default();
-            let Some(system) = registry.system_for_kid(kid) else {
-                return Ok(None);
+            // A partner system's key, or else a peer broker's.
+            let (client_id, verifier) = match (registry.system_for_kid(kid), peers.for_kid(kid)) {
+                (Some(system), _) => (system.client_id.clone(), system.verifier(kid)),
+                (None, Some(peer)) => (peer.id.clone(), peer.verifier(kid)),
+                (None, None) => return Ok(None),
             };
-            let verifier: Option<&dyn JwsVerifier> = system.verifier(kid);
             if let Some(v) = verifier {
                 if header.algorithm() != Some(v.algorithm().name()) {
                     return Ok(None);
                 }
             }
-            selected.set(Some(system.client_id.clone()));
+            selected.set(Some(client_id));
             Ok(verifier)
         });
         let (payload, _) = decoded.map_err(|e| {
@@ -219,16 +233,15 @@ impl TokenService {
     /// Issues an access token for an authenticated client. `scope` narrows the grant; by default
     /// the token carries every scope the registry gives the system.
     pub fn issue(&self, client_id: &str, scope: Option<&str>, now: DateTime<Utc>) -> Result<IssuedToken, AuthError> {
-        let system =
-            self.registry.system(client_id).ok_or_else(|| AuthError::InvalidClient("unknown client".into()))?;
+        let (org, held) = self.client(client_id).ok_or_else(|| AuthError::InvalidClient("unknown client".into()))?;
         let scopes: BTreeSet<Scope> = match scope.map(str::trim).filter(|s| !s.is_empty()) {
-            None => system.scopes.clone(),
+            None => held,
             Some(s) => {
                 let mut out = BTreeSet::new();
                 for code in s.split_whitespace() {
                     let sc = Scope::from_code(code)
                         .ok_or_else(|| AuthError::InvalidScope(format!("unknown scope `{code}`")))?;
-                    if !system.scopes.contains(&sc) {
+                    if !held.contains(&sc) {
                         return Err(AuthError::InvalidScope(format!("scope `{code}` is not granted to this client")));
                     }
                     out.insert(sc);
@@ -247,7 +260,7 @@ impl TokenService {
         let claim =
             |p: &mut JwtPayload, k: &str, v: &str| p.set_claim(k, Some(serde_json::Value::String(v.to_owned())));
         claim(&mut payload, "client_id", client_id).map_err(|e| AuthError::Config(e.to_string()))?;
-        claim(&mut payload, "org", system.ods_code.as_str()).map_err(|e| AuthError::Config(e.to_string()))?;
+        claim(&mut payload, "org", &org).map_err(|e| AuthError::Config(e.to_string()))?;
         claim(&mut payload, "scope", &scope_str).map_err(|e| AuthError::Config(e.to_string()))?;
         let mut header = JwsHeader::new();
         header.set_token_type("at+jwt");
@@ -284,6 +297,11 @@ impl TokenService {
         }
         let str_claim = |k: &str| payload.claim(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
         let client_id = str_claim("client_id");
+        if let Some(peer) = self.peers.get(&client_id) {
+            if self.registry.system(&client_id).is_none() {
+                return peer_principal(peer, &str_claim("scope"), payload.jwt_id().unwrap_or_default());
+            }
+        }
         let system = self.registry.system(&client_id).ok_or_else(|| bad("the client is no longer registered"))?;
         if str_claim("org") != system.ods_code.as_str() {
             return Err(bad("the client's organisation has changed"));
@@ -307,4 +325,29 @@ impl TokenService {
             token_id: payload.jwt_id().unwrap_or_default().to_owned(),
         })
     }
+
+    /// A client's organisation and the scopes it may be granted: a partner system's from the
+    /// registry, or a peer broker's (its id, and `federation` only).
+    fn client(&self, client_id: &str) -> Option<(String, BTreeSet<Scope>)> {
+        match (self.registry.system(client_id), self.peers.get(client_id)) {
+            (Some(system), _) => Some((system.ods_code.as_str().to_owned(), system.scopes.clone())),
+            (None, Some(peer)) => Some((peer.id.clone(), BTreeSet::from([Scope::Federation]))),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A peer broker calling with one of our access tokens: its organisation is its ICB.
+fn peer_principal(peer: &crate::peers::Peer, scope: &str, token_id: &str) -> Result<Principal, AuthError> {
+    let org = OdsCode::parse(&peer.id)
+        .map_err(|_| AuthError::InvalidToken(format!("peer id `{}` is not an ODS code", peer.id)))?;
+    Ok(Principal {
+        client_id: peer.id.clone(),
+        system_name: peer.name.clone(),
+        org,
+        org_name: peer.name.clone(),
+        org_type: OrgType::Icb,
+        scopes: scope.split_whitespace().filter_map(Scope::from_code).filter(|s| *s == Scope::Federation).collect(),
+        token_id: token_id.to_owned(),
+    })
 }

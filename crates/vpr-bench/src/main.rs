@@ -1,7 +1,7 @@
 //! vpr-bench: benchmarks run against real broker processes, printing figures measured side by
 //! side in one run. Not a test: it asserts nothing, it measures.
 //!
-//! `webhooks`: see [`webhooks`].
+//! `webhooks`: see [`webhooks`]. `federation`: see [`federation`].
 //!
 //! `lookups`: governed look-ups (token check, policy decision, database, durable audit write)
 //! against the same look-ups with decision and audit switched off, on SQLite and PostgreSQL:
@@ -30,8 +30,11 @@ enum Bench {
     /// Webhook delivery: one notice fanned out to many subscribers, and publish-to-delivery
     /// latency at a steady publish rate.
     Webhooks(webhooks::WebhookArgs),
+    /// Federated look-ups with 1, 2 and 4 peer brokers against local-only look-ups.
+    Federation(federation::FederationArgs),
 }
 
+mod federation;
 mod webhooks;
 
 // Many small allocations are freed on other threads than made them (as in the broker), which glibc's
@@ -120,6 +123,20 @@ fn start(args: &Args, backend: &str, mode: &str) -> Result<Broker> {
 
 /// Starts a broker in demo mode on `backend`, with `extra` TOML appended to its configuration.
 fn start_broker(broker: &Path, agreement: &Path, backend: &str, mode: &str, extra: &str) -> Result<Broker> {
+    let signing = SigningKeyFile::generate("bench-broker", false)?;
+    start_signed_broker(broker, agreement, backend, mode, extra, &signing, free_port()?)
+}
+
+/// [`start_broker`] with a given signing key, on a given port (so peers can be told both first).
+fn start_signed_broker(
+    broker: &Path,
+    agreement: &Path,
+    backend: &str,
+    mode: &str,
+    extra: &str,
+    signing: &SigningKeyFile,
+    port: u16,
+) -> Result<Broker> {
     let (ungoverned, unaudited) = (mode == "ungoverned", mode == "unaudited");
     let dir = tempfile::tempdir()?;
     let (database_url, pg) = match backend {
@@ -137,9 +154,8 @@ fn start_broker(broker: &Path, agreement: &Path, backend: &str, mode: &str, extr
         "systems": [{"client_id": "bench-cad", "name": "CAD", "scopes": ["notices:write", "notices:read", "lookups", "subscriptions"],
             "roles": ["ambulance-dispatcher"], "jwks": {"keys": [Value::Object(public.as_ref().clone())]}}]}]});
     std::fs::write(dir.path().join("registry.json"), registry.to_string())?;
-    std::fs::write(dir.path().join("signing.jwk"), SigningKeyFile::generate("bench-broker", false)?.to_json())?;
+    std::fs::write(dir.path().join("signing.jwk"), signing.to_json())?;
     std::fs::write(dir.path().join("data.json"), serde_json::to_string(&vpr_store::DataKeyFile::generate(false))?)?;
-    let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
     let agreement = std::fs::canonicalize(agreement)?;
     std::fs::write(
@@ -229,6 +245,13 @@ fn lookup_body(seq: u32) -> String {
     .to_string()
 }
 
+/// A look-up asking no peer.
+fn local_lookup_body(seq: u32) -> String {
+    json!({"purpose": "staff-safety", "requester": {"user_id": "bench-dispatcher", "role": "ambulance-dispatcher"},
+           "context": {"reference": "INC-1"}, "subject": {"person": {"nhs_number": nhs(seq)}}, "scope": "local"})
+    .to_string()
+}
+
 struct Phase {
     per_second: f64,
     p50_ms: f64,
@@ -248,6 +271,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// `rate = None`: closed loop, as fast as the clients go. `Some(r)`: open loop at r per second.
 fn run(args: &Args, b: &Broker, token: &str, rate: Option<u64>) -> Phase {
+    run_bodies(args, b, token, rate, &lookup_body)
+}
+
+/// [`run`] with look-up bodies made by `body` from a subject's sequence number.
+fn run_bodies(args: &Args, b: &Broker, token: &str, rate: Option<u64>, body: &(dyn Fn(u32) -> String + Sync)) -> Phase {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(Mutex::new(0usize));
     let stop = Arc::new(AtomicBool::new(false));
@@ -282,7 +310,7 @@ fn run(args: &Args, b: &Broker, token: &str, rate: Option<u64>) -> Phase {
                         .post(&url)
                         .bearer_auth(token)
                         .header("content-type", "application/json")
-                        .body(lookup_body(seq))
+                        .body(body(seq))
                         .send()
                         .map(|r| r.status() == 200 && r.bytes().is_ok())
                         .unwrap_or(false);
@@ -325,6 +353,7 @@ fn main() -> Result<()> {
         Bench::Lookups(args) => lookups(args),
         Bench::Audit(args) => audit(args),
         Bench::Webhooks(args) => webhooks::run(args),
+        Bench::Federation(args) => federation::run(args),
     }
 }
 
@@ -401,6 +430,7 @@ fn audit(args: AuditArgs) -> Result<()> {
             agreement_version: "bench".into(),
             outcome: 200,
             ig_review: None,
+            federation: None,
             received_by: None,
         };
         let started = Instant::now();

@@ -7,6 +7,8 @@ vocabulary! {
     AuditAction {
         /// A look-up by subject identifiers.
         Lookup = "lookup",
+        /// A look-up by a partner of a neighbouring ICS, relayed by its broker (a peer).
+        RelayedLookup = "relayed-lookup",
         /// A read of one notice.
         Read = "read",
         /// A FHIR `Flag` search.

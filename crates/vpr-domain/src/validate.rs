@@ -66,6 +66,8 @@ pub enum BodySchema {
     SubscriptionApproval,
     /// `schemas/redeliver.schema.json`
     Redeliver,
+    /// `schemas/relayed-lookup.schema.json`
+    RelayedLookup,
 }
 
 impl BodySchema {
@@ -84,6 +86,7 @@ impl BodySchema {
             BodySchema::SubscriptionCohort => include_str!("../../../schemas/subscription-cohort.schema.json"),
             BodySchema::SubscriptionApproval => include_str!("../../../schemas/subscription-approval.schema.json"),
             BodySchema::Redeliver => include_str!("../../../schemas/redeliver.schema.json"),
+            BodySchema::RelayedLookup => include_str!("../../../schemas/relayed-lookup.schema.json"),
         }
     }
 
@@ -100,6 +103,7 @@ impl BodySchema {
         static COHORT: OnceLock<Result<Validator, String>> = OnceLock::new();
         static APPROVAL: OnceLock<Result<Validator, String>> = OnceLock::new();
         static REDELIVER: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static RELAYED: OnceLock<Result<Validator, String>> = OnceLock::new();
         let cell = match self {
             BodySchema::Notice => &NOTICE,
             BodySchema::Withdraw => &WITHDRAW,
@@ -113,6 +117,7 @@ impl BodySchema {
             BodySchema::SubscriptionCohort => &COHORT,
             BodySchema::SubscriptionApproval => &APPROVAL,
             BodySchema::Redeliver => &REDELIVER,
+            BodySchema::RelayedLookup => &RELAYED,
         };
         cell.get_or_init(|| compile_schema(self.source()))
     }
@@ -442,6 +447,25 @@ pub struct LookupInput {
     pub break_glass: Option<BreakGlassInput>,
     /// The subject to look up.
     pub subject: crate::notice::SubjectInput,
+    /// `local`: this broker's notices only; `federated` (the default): its peers' too.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// Body of `POST /v1/federation/lookups`: a look-up a peer broker relays for one of its partners.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayedLookupInput {
+    /// The relay: the requester, signed by the peer broker (JWS compact).
+    pub relay: String,
+    /// The subject to look up.
+    pub subject: Value,
+}
+
+/// Checks a relayed look-up's body against its schema (the subject is checked once the relay
+/// is, as a look-up's).
+pub fn relayed_lookup(body: &Value) -> Result<RelayedLookupInput, Vec<FieldError>> {
+    parse_body(BodySchema::RelayedLookup, body)
 }
 
 /// Body of `POST /v1/consents` and `POST /v1/objections`.

@@ -48,6 +48,8 @@ contract_schema!(/// `schemas/lookup.schema.json`
     LookupInputDoc, "LookupInput");
 contract_schema!(/// Look-up results.
     LookupResultDoc, "LookupResult");
+contract_schema!(/// `schemas/relayed-lookup.schema.json`
+    RelayedLookupDoc, "RelayedLookupInput");
 contract_schema!(/// `schemas/consent.schema.json`
     ConsentInputDoc, "ConsentInput");
 contract_schema!(/// `schemas/objection.schema.json`

@@ -47,6 +47,14 @@ pub enum ApiError {
     /// Authenticated but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// A peer broker's relay is refused (the failing field is `/relay`).
+    #[error("{detail}")]
+    RelayRefused {
+        /// What was wrong.
+        detail: String,
+        /// `/relay` and the rule it broke.
+        errors: Vec<FieldError>,
+    },
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
@@ -114,6 +122,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => ("unauthorized", "Authentication required"),
             ApiError::InsufficientScope(_) => ("insufficient-scope", "Insufficient scope"),
             ApiError::Forbidden(_) => ("forbidden", "Not allowed"),
+            ApiError::RelayRefused { .. } => ("relay-refused", "Relayed requester refused"),
             ApiError::NotFound(_) => ("not-found", "Not found"),
             ApiError::Conflict(_) => ("conflict", "Conflict with the resource's state"),
             ApiError::PreconditionFailed { .. } => ("stale-version", "Version has changed"),
@@ -140,7 +149,9 @@ impl ApiError {
             other => other.to_string(),
         };
         let errors = match self {
-            ApiError::Validation(e) | ApiError::BadRequest { errors: e, .. } => e.clone(),
+            ApiError::Validation(e)
+            | ApiError::BadRequest { errors: e, .. }
+            | ApiError::RelayRefused { errors: e, .. } => e.clone(),
             _ => Vec::new(),
         };
         let (error, error_description) = match self {
@@ -166,6 +177,10 @@ impl From<AppError> for ApiError {
             AppError::Validation(errors) => ApiError::Validation(errors),
             AppError::InsufficientScope(scope) => ApiError::InsufficientScope(scope),
             AppError::Forbidden(why) => ApiError::Forbidden(why),
+            AppError::RelayRefused { rule, detail } => ApiError::RelayRefused {
+                errors: vec![FieldError::new("/relay", rule, detail.clone())],
+                detail: format!("the relayed requester is refused: {detail}"),
+            },
             AppError::NotFound(what) => ApiError::NotFound(what),
             AppError::Conflict(why) => ApiError::Conflict(why),
             AppError::PreconditionFailed { current } => ApiError::PreconditionFailed { current },
@@ -223,7 +238,9 @@ impl ResponseError for ApiError {
             ApiError::Validation(_) | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::InsufficientScope(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::InsufficientScope(_) | ApiError::Forbidden(_) | ApiError::RelayRefused { .. } => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,

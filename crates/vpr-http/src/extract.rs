@@ -184,6 +184,7 @@ pub fn asserted(req: &HttpRequest) -> Result<Access, AppError> {
         role: required("VPR-User-Role", "role-required")?,
         context_ref: header_text(req, "VPR-Context-Ref")?,
         justification: header_text(req, "VPR-Break-Glass")?,
+        relayed_by: None,
     })
 }
 

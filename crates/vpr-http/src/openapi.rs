@@ -64,6 +64,33 @@ pub fn build(routes: fn(&mut ServiceConfig)) -> Value {
     Value::Object(root)
 }
 
+/// A look-up's answer: this broker's notices and its peers', and the peers that did not answer.
+fn lookup_result() -> Value {
+    json!({
+        "type": "object", "required": ["lookup_id", "purpose", "agreement_version", "results"],
+        "properties": {
+            "lookup_id": {"type": "string", "format": "uuid", "description": "The audit entry recording this look-up"},
+            "purpose": {"type": "string"}, "agreement_version": {"type": "string"},
+            "results": {
+                "type": "array", "items": {"$ref": "#/components/schemas/DisclosedNotice"},
+                "description": "This broker's notices, then each peer broker's as its own agreement decided them (`broker` says whose)"
+            },
+            "incomplete": {
+                "type": "array",
+                "description": "Present when the broker federates: the peer brokers that did not answer in time, refused, or are skipped while failing",
+                "items": {
+                    "type": "object", "required": ["broker", "reason", "detail"],
+                    "properties": {
+                        "broker": {"type": "string"},
+                        "reason": {"enum": ["refused", "unavailable", "timeout", "invalid", "skipped"]},
+                        "detail": {"type": "string"}
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// The request and response bodies: the contract documents, and the shapes described here.
 fn schemas() -> Map<String, Value> {
     let mut schemas = Map::new();
@@ -77,17 +104,8 @@ fn schemas() -> Map<String, Value> {
     schemas.insert("ConsentInput".into(), contract(vpr_domain::validate::BodySchema::Consent.source()));
     schemas.insert("ObjectionInput".into(), contract(vpr_domain::validate::BodySchema::Objection.source()));
     schemas.insert("AuditQuery".into(), contract(vpr_domain::validate::BodySchema::AuditQuery.source()));
-    schemas.insert(
-        "LookupResult".into(),
-        json!({
-            "type": "object", "required": ["lookup_id", "purpose", "agreement_version", "results"],
-            "properties": {
-                "lookup_id": {"type": "string", "format": "uuid", "description": "The audit entry recording this look-up"},
-                "purpose": {"type": "string"}, "agreement_version": {"type": "string"},
-                "results": {"type": "array", "items": {"$ref": "#/components/schemas/DisclosedNotice"}}
-            }
-        }),
-    );
+    schemas.insert("LookupResult".into(), lookup_result());
+    schemas.insert("RelayedLookupInput".into(), contract(vpr_domain::validate::BodySchema::RelayedLookup.source()));
     schemas.insert("DisclosedNotice".into(), contract(DISCLOSED_NOTICE_SCHEMA));
     schemas.insert("SubscriptionInput".into(), contract(vpr_domain::validate::BodySchema::Subscription.source()));
     schemas.insert(
@@ -177,7 +195,8 @@ fn security() -> Value {
                 "lookups": "look subjects up",
                 "subscriptions": "subscribe to notice changes and read their feeds",
                 "audit:read": "read the audit log (IG)",
-                "ig:write": "record consents and objections (IG)"
+                "ig:write": "record consents and objections (IG)",
+                "federation": "relay look-ups for partners you vouch for (peer brokers only)"
             }}}
         }
     })

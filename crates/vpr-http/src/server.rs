@@ -11,7 +11,7 @@ use vpr_app::App as Application;
 
 pub use crate::docs::OpenApiDoc;
 use crate::error::ApiError;
-use crate::handlers::{access_log, audit, directives, lookups, notices, oauth, ops, review, subscriptions};
+use crate::handlers::{access_log, audit, directives, federation, lookups, notices, oauth, ops, review, subscriptions};
 
 /// Every route the broker serves. The OpenAPI document is generated from this same function.
 pub fn routes(cfg: &mut ServiceConfig) {
@@ -26,6 +26,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(notices::withdraw)
         .service(notices::review)
         .service(lookups::lookup)
+        .service(federation::relayed_lookup)
         .service(directives::consent)
         .service(directives::objection)
         .service(ops::healthz)

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use cedar_policy::{PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{Effect, PolicySet, PrincipalConstraint, Schema, ValidationMode, Validator};
 use serde::Deserialize;
 use vpr_domain::validate::{compile_schema, schema_errors};
 use vpr_domain::vocab::{LawfulBasis, OrgType};
@@ -64,6 +64,15 @@ pub struct BreakGlass {
     pub ig_review_within_days: u32,
 }
 
+/// What this broker answers for partners of neighbouring ICSs, relayed by its peer brokers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Federation {
+    /// The purposes a relayed request may be made for; any other is refused before a notice is
+    /// considered. Empty: peers are answered for no purpose.
+    pub purposes: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Review {
@@ -98,6 +107,8 @@ struct AgreementFile {
     review: Review,
     retention: Retention,
     break_glass: BreakGlass,
+    #[serde(default)]
+    federation: Federation,
     policies: PolicyFiles,
 }
 
@@ -122,6 +133,8 @@ pub struct Agreement {
     pub withdrawn_notice_retention_years: u32,
     /// Break-glass rules.
     pub break_glass: BreakGlass,
+    /// What partners of neighbouring ICSs may ask for.
+    pub federation: Federation,
     pub(crate) policies: PolicySet,
     pub(crate) schema: Schema,
     /// Decisions already made, by everything a clause can see except entity ids; `None` when
@@ -166,6 +179,12 @@ impl Agreement {
             return Err(PolicyError::Policies(result.validation_errors().map(|e| e.to_string()).collect()));
         }
         let mut errs = annotation_errors(&policies);
+        errs.extend(scope_errors(&policies));
+        for code in &file.federation.purposes {
+            if !file.purposes.iter().any(|p| &p.code == code) {
+                errs.push(format!("federation purpose `{code}` is not a purpose of the agreement"));
+            }
+        }
         let mut seen = BTreeSet::new();
         for code in file.purposes.iter().map(|p| &p.code).chain(file.roles.iter().map(|r| &r.code)) {
             if !seen.insert(code.clone()) {
@@ -185,6 +204,7 @@ impl Agreement {
             audit_retention_years: file.retention.audit_years,
             withdrawn_notice_retention_years: file.retention.withdrawn_notice_years,
             break_glass: file.break_glass,
+            federation: file.federation,
             // A clause naming a particular entity (`Vpr::Notice::"..."`) could make a decision
             // depend on ids, which the cache key leaves out.
             cache: (!source.contains("Notice::\"") && !source.contains("Requester::\""))
@@ -209,6 +229,24 @@ impl Agreement {
     pub fn clause_count(&self) -> usize {
         self.policies.policies().count()
     }
+}
+
+/// Permit clauses that do not say whom they permit: each must name its principal's type
+/// (`principal is Vpr::Requester` for this ICS's partners, `Vpr::RemoteRequester` for partners of
+/// a neighbouring ICS relayed by a peer broker), so a clause written for local partners never
+/// opens notices across the border by accident. Forbid clauses may apply to everyone.
+fn scope_errors(policies: &PolicySet) -> Vec<String> {
+    policies
+        .policies()
+        .filter(|p| p.effect() == Effect::Permit)
+        .filter(|p| matches!(p.principal_constraint(), PrincipalConstraint::Any | PrincipalConstraint::In(_)))
+        .map(|p| {
+            let clause = p.annotation("clause").unwrap_or_default();
+            format!(
+                "permit clause `{clause}` must name its principal's type: `principal is Vpr::Requester` or `principal is Vpr::RemoteRequester`"
+            )
+        })
+        .collect()
 }
 
 /// What is wrong with the policies' annotations: each needs a unique `@clause`, a `@title`, and

@@ -43,7 +43,8 @@ impl View {
     }
 }
 
-/// Who is asking: a partner system acting for a user in a role.
+/// Who is asking: a partner system acting for a user in a role, at this broker or (`via`) at a
+/// peer broker that vouches for it.
 #[derive(Debug, Clone)]
 pub struct Requester {
     /// ODS code.
@@ -54,6 +55,24 @@ pub struct Requester {
     pub role: String,
     /// System (client id).
     pub system: String,
+    /// The peer broker that relayed the request, for a partner of a neighbouring ICS: the
+    /// clauses see it as a `Vpr::RemoteRequester`.
+    pub via: Option<String>,
+}
+
+impl Requester {
+    /// The Cedar entity type the clauses see this requester as.
+    fn entity_type(&self) -> &'static str {
+        if self.via.is_some() {
+            "Vpr::RemoteRequester"
+        } else {
+            "Vpr::Requester"
+        }
+    }
+
+    fn uid(&self) -> Option<EntityUid> {
+        uid(self.entity_type(), &format!("{}/{}", self.system, self.role))
+    }
 }
 
 /// What the policies may know about a notice (never its subject's identifiers).
@@ -123,17 +142,16 @@ fn strings(items: &[String]) -> RestrictedExpression {
 
 /// The requester as a Cedar entity (`None` if its attributes do not evaluate: the caller denies).
 fn requester_entity(id: &EntityUid, who: &Requester) -> Option<Entity> {
-    Entity::new(
-        id.clone(),
-        HashMap::from([
-            ("org".to_owned(), RestrictedExpression::new_string(who.org.clone())),
-            ("org_type".to_owned(), RestrictedExpression::new_string(who.org_type.code().to_owned())),
-            ("role".to_owned(), RestrictedExpression::new_string(who.role.clone())),
-            ("system".to_owned(), RestrictedExpression::new_string(who.system.clone())),
-        ]),
-        HashSet::new(),
-    )
-    .ok()
+    let mut attrs = HashMap::from([
+        ("org".to_owned(), RestrictedExpression::new_string(who.org.clone())),
+        ("org_type".to_owned(), RestrictedExpression::new_string(who.org_type.code().to_owned())),
+        ("role".to_owned(), RestrictedExpression::new_string(who.role.clone())),
+        ("system".to_owned(), RestrictedExpression::new_string(who.system.clone())),
+    ]);
+    if let Some(broker) = &who.via {
+        attrs.insert("broker".to_owned(), RestrictedExpression::new_string(broker.clone()));
+    }
+    Entity::new(id.clone(), attrs, HashSet::new()).ok()
 }
 
 /// Memoised decisions: a decision is a pure function of the facts the clauses can see.
@@ -151,7 +169,8 @@ fn cache_key(who: &Requester, n: &NoticeFacts, ctx: &AccessContext) -> String {
     let mut kinds = n.subject_kinds.clone();
     kinds.sort();
     format!(
-        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        who.via.as_deref().unwrap_or("-"),
         who.org,
         who.org_type.code(),
         who.role,
@@ -200,9 +219,7 @@ impl Agreement {
             lawful_basis: vec![],
             clauses,
         };
-        let (Some(p_uid), Some(r_uid)) =
-            (uid("Vpr::Requester", &format!("{}/{}", who.system, who.role)), uid("Vpr::Notice", &notice.id))
-        else {
+        let (Some(p_uid), Some(r_uid)) = (who.uid(), uid("Vpr::Notice", &notice.id)) else {
             return deny(vec![]);
         };
         let principal = requester_entity(&p_uid, who);
@@ -294,11 +311,9 @@ impl Agreement {
         has_context_reference: bool,
     ) -> Decision {
         let deny = Decision { permit: false, view: None, restricted: false, lawful_basis: vec![], clauses: vec![] };
-        let (Some(p_uid), Some(r_uid), Some(a_uid)) = (
-            uid("Vpr::Requester", &format!("{}/{}", who.system, who.role)),
-            uid("Vpr::SubscriptionRequest", "requested"),
-            uid("Vpr::Action", "subscribe"),
-        ) else {
+        let (Some(p_uid), Some(r_uid), Some(a_uid)) =
+            (who.uid(), uid("Vpr::SubscriptionRequest", "requested"), uid("Vpr::Action", "subscribe"))
+        else {
             return deny;
         };
         let principal = requester_entity(&p_uid, who);

@@ -42,6 +42,9 @@ struct FixturePrincipal {
     org_type: OrgType,
     org: String,
     role: String,
+    /// A partner of a neighbouring ICS, relayed by this peer broker.
+    #[serde(default)]
+    via: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +102,7 @@ pub fn replay(agreement: &Agreement, fixtures_json: &str) -> Result<usize, Polic
             org_type: f.principal.org_type,
             role: f.principal.role.clone(),
             system: "fixture".into(),
+            via: f.principal.via.clone(),
         };
         let d = match (&f.notice, &f.subscription) {
             (Some(n), None) => {

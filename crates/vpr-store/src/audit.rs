@@ -31,6 +31,41 @@ pub struct AuditedNotice {
     pub clauses: Vec<String>,
 }
 
+/// A read that crossed an ICS border, as its entry records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationRecord {
+    /// At the answering broker: the peer broker that relayed the request (the actor is the
+    /// partner it vouched for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_by: Option<String>,
+    /// At the asking broker: each peer asked, and what it answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerRecord>,
+}
+
+/// What one peer broker answered to a relayed read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// The peer.
+    pub broker: String,
+    /// `answered`, `refused` (by its agreement), `unavailable` (down or answering an error),
+    /// `timeout` (past the time budget), `invalid` (an answer this broker could not accept) or
+    /// `skipped` (its circuit is open after repeated failures).
+    pub outcome: String,
+    /// The HTTP status it answered, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Its audit entry for the read, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup_id: Option<String>,
+    /// The notices it disclosed, as decided there (never their content).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<AuditedNotice>,
+    /// Why it was not answered, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 /// An audit entry to append.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -76,6 +111,9 @@ pub struct AuditEntry {
     pub outcome: u16,
     /// `pending` when IG must review (break-glass).
     pub ig_review: Option<String>,
+    /// For a read that crossed an ICS border: who relayed it, or whom it was relayed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationRecord>,
     /// For a delivery or feed read: the subscription that received the permitted notices. Not
     /// part of the sealed entry; recorded beside it in the same transaction, so a subscriber
     /// that was given a notice is always told when it is withdrawn or expires.
@@ -129,6 +167,8 @@ pub struct AuditRow {
     pub(crate) leaf_index: Option<i64>,
     pub(crate) leaf_hash: Option<String>,
     pub(crate) pruned_at: Option<chrono::NaiveDateTime>,
+    #[serde(default)]
+    pub(crate) federation: Option<String>,
 }
 
 /// Sealed bytes as hex in an export.
@@ -242,6 +282,7 @@ fn insert_encoded(conn: &mut DbConnection, encoded: &[Encoded<'_>]) -> Result<()
             ae::agreement_version.eq(&e.agreement_version),
             ae::outcome.eq(i32::from(e.outcome)),
             ae::ig_review.eq(&e.ig_review),
+            ae::federation.eq(e.federation.as_ref().map(text_of).transpose()?),
         ));
     }
     let notice_refs: Vec<_> = encoded
@@ -411,6 +452,7 @@ impl Store {
                         agreement_version: r.agreement_version,
                         outcome: u16::try_from(r.outcome).unwrap_or_default(),
                         ig_review: r.ig_review,
+                        federation: r.federation.as_deref().map(parse).transpose()?,
                         received_by: None,
                     },
                 })

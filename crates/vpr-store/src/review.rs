@@ -267,6 +267,7 @@ impl Store {
                 ae::agreement_version.eq(""),
                 ae::outcome.eq(0),
                 ae::ig_review.eq(None::<String>),
+                ae::federation.eq(None::<String>),
             ))
             .execute(conn)?;
             if n > 0 {

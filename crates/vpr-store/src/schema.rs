@@ -118,6 +118,7 @@ diesel::table! {
         leaf_index -> Nullable<BigInt>,
         leaf_hash -> Nullable<Text>,
         pruned_at -> Nullable<Timestamp>,
+        federation -> Nullable<Text>,
     }
 }
 

@@ -33,7 +33,8 @@ pub struct Checkpoint {
 /// The canonical leaf encoding: a JSON array of the sealed columns in a fixed order, with the
 /// leaf index first so an entry moved to another position no longer matches. Sealed: every
 /// stored column except the seal itself and the IG review status (which changes as IG works;
-/// reviews are recorded as entries of their own).
+/// reviews are recorded as entries of their own); a read that crossed an ICS border adds its
+/// federation record last.
 pub fn leaf_bytes(index: i64, r: &AuditRow) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(&Leaf { index, r })
         .map_err(|e| StoreError::Corrupt(format!("the audit entry at seq {} cannot be encoded as a leaf: {e}", r.seq)))
@@ -50,7 +51,7 @@ impl Serialize for Leaf<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let r = self.r;
-        let mut seq = s.serialize_seq(Some(22))?;
+        let mut seq = s.serialize_seq(Some(22 + usize::from(r.federation.is_some())))?;
         seq.serialize_element(&self.index)?;
         seq.serialize_element(&r.seq)?;
         seq.serialize_element(&r.id)?;
@@ -73,6 +74,11 @@ impl Serialize for Leaf<'_> {
         seq.serialize_element(&r.clauses)?;
         seq.serialize_element(&r.agreement_version)?;
         seq.serialize_element(&r.outcome)?;
+        // Entries of reads that crossed a border seal their record too; every other entry's
+        // leaf is as it was before federation.
+        if let Some(f) = &r.federation {
+            seq.serialize_element(f)?;
+        }
         seq.end()
     }
 }
@@ -233,6 +239,7 @@ mod tests {
             leaf_index: Some(40),
             leaf_hash: None,
             pruned_at: None,
+            federation: None,
         };
         let expected = serde_json::json!([
             40,

@@ -286,6 +286,7 @@ fn audit_entry(n: usize, at: chrono::DateTime<Utc>) -> audit::AuditEntry {
         agreement_version: "test".into(),
         outcome: 200,
         ig_review: None,
+        federation: None,
         received_by: None,
     }
 }

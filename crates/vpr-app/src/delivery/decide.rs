@@ -188,6 +188,7 @@ fn notices(
         role: sub.role.clone(),
         context_ref: sub.context_ref.clone(),
         justification: None,
+        relayed_by: None,
     };
     let max_view = match sub.payload {
         Payload::IdOnly => View::Existence,

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use vpr_auth::Principal;
 use vpr_domain::audit::AuditAction;
 use vpr_policy::{AccessContext, Decision, NoticeFacts, Requester, View};
-use vpr_store::audit::{AuditEntry, AuditedNotice};
+use vpr_store::audit::{AuditEntry, AuditedNotice, FederationRecord};
 use vpr_store::directives::DirectiveState;
 use vpr_store::StoredNotice;
 
@@ -130,6 +130,19 @@ impl Read {
 /// Governs a read by an API caller (steps 3-7): decides, minimises and audits it. Runs on the
 /// blocking pool.
 pub fn govern(app: &App, caller: &Caller, access: &Access, read: Read) -> AppResult<Disclosure> {
+    let (disclosure, entry) = prepare(app, caller, access, read)?;
+    // Guarantee 1: no disclosure without a committed audit entry. (The benchmark switches that
+    // skip it are refused outside demo mode.)
+    if let Some(entry) = entry {
+        app.store.append_audit(&entry).map_err(AppError::audit_write_failed)?;
+    }
+    Ok(disclosure)
+}
+
+/// Steps 3 to 6 of [`govern`] without the commit: the disclosure and the entry that must be
+/// committed before any of it is returned (a federated look-up adds its peers' answers to the
+/// entry first). Runs on the blocking pool.
+pub fn prepare(app: &App, caller: &Caller, access: &Access, read: Read) -> AppResult<(Disclosure, Option<AuditEntry>)> {
     let now = app.clock.now();
     let principal = &caller.principal;
     let states = if app.benchmark.ungoverned_reads || requester_refusal(app, principal, access).is_some() {
@@ -138,13 +151,7 @@ pub fn govern(app: &App, caller: &Caller, access: &Access, read: Read) -> AppRes
         let ids: Vec<Uuid> = read.candidates.iter().map(|(n, _)| n.id).collect();
         app.store.directive_states(&ids, &access.purpose, now.date_naive())?
     };
-    let (disclosure, entry) = decide_read(app, principal, access, read, now, &states);
-    // Guarantee 1: no disclosure without a committed audit entry. (The benchmark switches that
-    // skip it are refused outside demo mode.)
-    if let Some(entry) = entry {
-        app.store.append_audit(&entry).map_err(AppError::audit_write_failed)?;
-    }
-    Ok(disclosure)
+    Ok(decide_read(app, principal, access, read, now, &states))
 }
 
 /// The benchmark baseline (refused outside demo mode): every candidate in full, no decision.
@@ -169,6 +176,7 @@ fn decide_each(
         org_type: principal.org_type,
         role: access.role.clone(),
         system: principal.client_id.clone(),
+        via: access.relayed_by.clone(),
     };
     let mut considered = Vec::with_capacity(candidates.len());
     for (notice, matched) in candidates {
@@ -248,6 +256,10 @@ fn entry_of(
         clauses: clauses.into_iter().collect(),
         ig_review: (access.justification.is_some() && !refused).then(|| "pending".to_owned()),
         received_by: read.recipient.as_ref().map(|r| r.subscription_id.to_string()),
+        federation: access
+            .relayed_by
+            .as_ref()
+            .map(|peer| FederationRecord { relayed_by: Some(peer.clone()), peers: vec![] }),
         ..audit_entry(app, actor, &read.request_id, read.action, outcome)
     }
 }

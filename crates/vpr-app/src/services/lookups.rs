@@ -11,10 +11,17 @@ use vpr_domain::notice::MatchKind;
 use vpr_domain::vocab::NoticeStatus;
 use vpr_store::StoredNotice;
 
+use vpr_auth::RelayedRequester;
+use vpr_domain::notice::Subject;
+use vpr_domain::validate::Lookup;
+use vpr_store::audit::{FederationRecord, PeerRecord};
+
+use crate::access::requester_refusal;
 use crate::audit::record_refusal;
 use crate::caller::{Access, Caller};
-use crate::disclose::{govern, subject_keys, DisclosedNotice, Disclosure, Read};
+use crate::disclose::{govern, prepare, subject_keys, Candidate, DisclosedNotice, Disclosure, Read};
 use crate::error::{AppError, AppResult};
+use crate::federation::ask::{ask_peers, subject_digest, PeerAnswer};
 use crate::App;
 
 /// The answer to a look-up.
@@ -26,8 +33,56 @@ pub struct LookupResult {
     pub purpose: String,
     /// The agreement version that decided.
     pub agreement_version: String,
-    /// The notices, each minimised to its view (empty when none).
-    pub results: Vec<DisclosedNotice>,
+    /// The notices, each minimised to its view (empty when none): this broker's first, then
+    /// each peer's as it decided them.
+    pub results: Vec<LookedUp>,
+    /// The peer brokers that did not answer (down, slow past the budget, refusing, or skipped
+    /// while their circuit is open). Present when this broker federates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<Vec<Incomplete>>,
+}
+
+/// A notice found by a look-up, and where it came from.
+#[derive(Debug, Serialize)]
+pub struct LookedUp {
+    /// The broker of the ICS that published it (its ICB's ODS code), when this broker
+    /// federates; a peer's notices carry it in their own body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// The notice.
+    #[serde(flatten)]
+    pub notice: LookedUpNotice,
+}
+
+/// A notice from this broker, typed, or from a peer, as the peer minimised it.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum LookedUpNotice {
+    /// Published in this ICS.
+    Here(Box<DisclosedNotice>),
+    /// Published in a neighbouring ICS, disclosed by its broker.
+    Peer(Value),
+}
+
+impl LookedUp {
+    /// This broker's notice, if it is one.
+    pub fn here(&self) -> Option<&DisclosedNotice> {
+        match &self.notice {
+            LookedUpNotice::Here(n) => Some(n.as_ref()),
+            LookedUpNotice::Peer(_) => None,
+        }
+    }
+}
+
+/// A peer broker that did not answer a look-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct Incomplete {
+    /// The peer.
+    pub broker: String,
+    /// `refused`, `unavailable`, `timeout`, `invalid` or `skipped`.
+    pub reason: String,
+    /// In words.
+    pub detail: String,
 }
 
 /// The version and time of a notice found by a search, for its `Flag`'s `meta`.
@@ -46,39 +101,154 @@ fn refused(d: &Disclosure) -> AppResult<()> {
     }
 }
 
+/// The circumstances a look-up body asserts.
+fn access_of(i: &vpr_domain::validate::LookupInput) -> Access {
+    Access {
+        purpose: i.purpose.clone(),
+        user_id: i.requester.user_id.clone(),
+        role: i.requester.role.clone(),
+        context_ref: i.context.as_ref().and_then(|c| c.reference.clone()),
+        justification: i.break_glass.as_ref().map(|b| b.justification.trim().to_owned()),
+        relayed_by: None,
+    }
+}
+
+/// The requester a look-up relays to the peers.
+fn relayed(caller: &Caller, access: &Access, subject: &Value) -> RelayedRequester {
+    let p = &caller.principal;
+    RelayedRequester {
+        org: p.org.as_str().to_owned(),
+        org_type: p.org_type,
+        system: p.client_id.clone(),
+        user: access.user_id.clone(),
+        role: access.role.clone(),
+        purpose: access.purpose.clone(),
+        context_ref: access.context_ref.clone(),
+        break_glass: access.justification.clone(),
+        subject_sha256: subject_digest(subject),
+    }
+}
+
 impl App {
-    /// Looks a subject up. An invalid body is refused and audited (naming no subject).
-    pub async fn lookup(&self, caller: &Caller, body: Value) -> AppResult<LookupResult> {
-        let caller = caller.clone();
-        self.blocking(move |app| {
-            let valid = vpr_domain::validate::lookup(&body)
-                .map_err(|errs| record_refusal(app, &caller, AuditAction::Lookup, AppError::Validation(errs)))?;
-            let i = &valid.input;
-            let access = Access {
-                purpose: i.purpose.clone(),
-                user_id: i.requester.user_id.clone(),
-                role: i.requester.role.clone(),
-                context_ref: i.context.as_ref().and_then(|c| c.reference.clone()),
-                justification: i.break_glass.as_ref().map(|b| b.justification.trim().to_owned()),
-            };
-            let (blind, subject_refs) = subject_keys(app, &valid.subject);
-            let mut candidates = Vec::new();
-            for (id, matched) in app.store.find_by_blind_indexes(&blind)? {
-                // Only notices in force are disclosed by look-ups.
-                if let Some(n) = app.store.get(id)?.filter(|n| n.status == NoticeStatus::Active) {
-                    candidates.push((n, matched));
-                }
+    /// Validates a look-up body; an invalid one is refused and audited (naming no subject).
+    fn valid_lookup(&self, caller: &Caller, body: &Value) -> AppResult<(Lookup, Access)> {
+        let valid = vpr_domain::validate::lookup(body)
+            .map_err(|errs| record_refusal(self, caller, AuditAction::Lookup, AppError::Validation(errs)))?;
+        let access = access_of(&valid.input);
+        Ok((valid, access))
+    }
+
+    /// The notices in force about a subject, with how each matched.
+    fn lookup_candidates(&self, subject: &Subject) -> AppResult<(Vec<Candidate>, Vec<String>)> {
+        let (blind, subject_refs) = subject_keys(self, subject);
+        let mut candidates = Vec::new();
+        for (id, matched) in self.store.find_by_blind_indexes(&blind)? {
+            // Only notices in force are disclosed by look-ups.
+            if let Some(n) = self.store.get(id)?.filter(|n| n.status == NoticeStatus::Active) {
+                candidates.push((n, matched));
             }
-            let d = govern(app, &caller, &access, Read::new(AuditAction::Lookup, &caller, subject_refs, candidates))?;
-            refused(&d)?;
-            Ok(LookupResult {
-                lookup_id: d.audit_id,
-                purpose: access.purpose,
-                agreement_version: app.agreement.version.clone(),
-                results: d.results,
+        }
+        Ok((candidates, subject_refs))
+    }
+
+    /// Looks a subject up here only: decided, minimised and audited as `action`. Runs on the
+    /// blocking pool.
+    pub(crate) fn lookup_governed(
+        &self,
+        caller: &Caller,
+        access: Access,
+        subject: &Subject,
+        action: AuditAction,
+    ) -> AppResult<LookupResult> {
+        let (candidates, subject_refs) = self.lookup_candidates(subject)?;
+        let d = govern(self, caller, &access, Read::new(action, caller, subject_refs, candidates))?;
+        refused(&d)?;
+        Ok(self.lookup_result(d, access.purpose, vec![]))
+    }
+
+    fn lookup_result(&self, d: Disclosure, purpose: String, peers: Vec<PeerAnswer>) -> LookupResult {
+        let own = self.tokens.peers();
+        let federates = !own.is_empty();
+        let mut results: Vec<LookedUp> = d
+            .results
+            .into_iter()
+            .map(|n| LookedUp {
+                broker: federates.then(|| own.own_id.clone()),
+                notice: LookedUpNotice::Here(Box::new(n)),
             })
-        })
-        .await
+            .collect();
+        let mut incomplete = Vec::new();
+        for p in peers {
+            if p.record.outcome != "answered" {
+                let detail = p.record.detail.clone().unwrap_or_default();
+                incomplete.push(Incomplete {
+                    broker: p.record.broker.clone(),
+                    reason: p.record.outcome.clone(),
+                    detail,
+                });
+            }
+            for mut n in p.notices {
+                if let Value::Object(m) = &mut n {
+                    m.insert("broker".into(), Value::String(p.record.broker.clone()));
+                }
+                results.push(LookedUp { broker: None, notice: LookedUpNotice::Peer(n) });
+            }
+        }
+        LookupResult {
+            lookup_id: d.audit_id,
+            purpose,
+            agreement_version: self.agreement.version.clone(),
+            results,
+            incomplete: federates.then_some(incomplete),
+        }
+    }
+
+    /// Looks a subject up: here, and (unless the body asks for `local` scope) at every peer
+    /// broker in parallel within the time budget, each deciding under its own agreement. One
+    /// audit entry records the local decisions and what each peer answered; it is committed
+    /// before anything is returned.
+    pub async fn lookup(&self, caller: &Caller, body: Value) -> AppResult<LookupResult> {
+        let federate = !self.tokens.peers().is_empty() && body.get("scope").and_then(Value::as_str) != Some("local");
+        let caller = caller.clone();
+        if !federate {
+            return self
+                .blocking(move |app| {
+                    let (valid, access) = app.valid_lookup(&caller, &body)?;
+                    app.lookup_governed(&caller, access, &valid.subject, AuditAction::Lookup)
+                })
+                .await;
+        }
+        let subject = body.get("subject").cloned().unwrap_or(Value::Null);
+        let (valid, access) = {
+            let caller = caller.clone();
+            self.blocking(move |app| app.valid_lookup(&caller, &body)).await?
+        };
+        // A requester refused here is not vouched for to anyone.
+        let peers = requester_refusal(self, &caller.principal, &access).is_none().then(|| {
+            let (app, rid, who) = (self.clone(), caller.request_id.clone(), relayed(&caller, &access, &subject));
+            tokio::spawn(async move { ask_peers(&app, who, subject, &rid).await })
+        });
+        let local = {
+            let (caller, access) = (caller.clone(), access.clone());
+            self.blocking(move |app| {
+                let (candidates, refs) = app.lookup_candidates(&valid.subject)?;
+                prepare(app, &caller, &access, Read::new(AuditAction::Lookup, &caller, refs, candidates))
+            })
+            .await?
+        };
+        let answers = match peers {
+            Some(task) => task.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let records: Vec<PeerRecord> = answers.iter().map(|a| a.record.clone()).collect();
+        let (d, entry) = local;
+        if let Some(mut entry) = entry {
+            entry.federation = (!records.is_empty()).then_some(FederationRecord { relayed_by: None, peers: records });
+            // Guarantee 1: the entry, naming what every peer disclosed, is durable first.
+            self.blocking(move |app| app.store.append_audit(&entry).map_err(AppError::audit_write_failed)).await?;
+        }
+        refused(&d)?;
+        Ok(self.lookup_result(d, access.purpose, answers))
     }
 
     /// Searches notices about a patient by NHS number for FHIR, keeping those `keep` accepts

@@ -50,7 +50,7 @@ fn issue_code(e: &ApiError) -> &'static str {
         ApiError::Validation(_) | ApiError::IdempotencyKeyReused => "invalid",
         ApiError::UnsupportedMediaType(_) => "not-supported",
         ApiError::Unauthorized(_) => "login",
-        ApiError::InsufficientScope(_) | ApiError::Forbidden(_) => "forbidden",
+        ApiError::InsufficientScope(_) | ApiError::Forbidden(_) | ApiError::RelayRefused { .. } => "forbidden",
         ApiError::NotFound(_) => "not-found",
         ApiError::Conflict(_) | ApiError::PreconditionFailed { .. } | ApiError::PreconditionRequired => "conflict",
         ApiError::OAuth(_) => "security",

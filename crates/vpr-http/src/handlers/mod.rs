@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod audit;
 pub mod directives;
+pub mod federation;
 pub mod lookups;
 pub mod notices;
 pub mod oauth;

@@ -26,7 +26,15 @@ pub async fn readyz(state: web::Data<App>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let backend = store.backend().name();
     blocking(move || store.ready().map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
-    Ok(HttpResponse::Ok().json(json!({ "status": "ready", "database": backend })))
+    let mut body = serde_json::Map::new();
+    body.insert("status".into(), json!("ready"));
+    body.insert("database".into(), json!(backend));
+    if !state.tokens.peers().is_empty() {
+        // Peers never make this broker unready (its own answers do not depend on them): each
+        // is listed with its circuit, `open` while it is skipped after repeated failures.
+        body.insert("peers".into(), json!(state.federation.states(state.tokens.peers())));
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// Prometheus metrics.

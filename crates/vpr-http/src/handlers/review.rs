@@ -77,7 +77,7 @@ fn organisation(app: &App, ods: &str, org_type: &str) -> Value {
 /// One entry as the review API shows it. Subject references (blind indexes) are left out.
 pub(crate) fn entry_json(app: &App, s: &StoredAuditEntry) -> Value {
     let e = &s.entry;
-    json!({
+    let mut v = json!({
         "seq": s.seq,
         "leaf_index": s.leaf_index,
         "audit_id": e.id,
@@ -99,7 +99,12 @@ pub(crate) fn entry_json(app: &App, s: &StoredAuditEntry) -> Value {
         "agreement_version": e.agreement_version,
         "outcome": e.outcome,
         "ig_review": e.ig_review,
-    })
+    });
+    // A read that crossed an ICS border: the peer that relayed it, or what each peer answered.
+    if let (Some(f), Value::Object(m)) = (&e.federation, &mut v) {
+        m.insert("federation".into(), json!(f));
+    }
+    v
 }
 
 /// Spreadsheet-safe: a cell that a spreadsheet would run as a formula is prefixed with `'`.

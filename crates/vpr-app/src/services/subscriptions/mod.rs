@@ -99,6 +99,7 @@ fn admission_decision(app: &App, caller: &Caller, spec: &SubscriptionSpec) -> (S
         org_type: p.org_type,
         role: spec.role.clone(),
         system: p.client_id.clone(),
+        via: None,
     };
     let facts = SubscriptionFacts {
         topic: spec.topic.code().to_owned(),

@@ -1,0 +1,175 @@
+//! `federation`: look-ups at broker A that also ask 1, 2 and 4 peer brokers on loopback (each a
+//! real broker process with its own database, deciding and auditing under its agreement),
+//! against A's local-only look-ups (`"scope": "local"`) on the same broker, in one run:
+//! closed-loop throughput, and p50/p99 at a fixed offered rate (default 200/s).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use vpr_auth::SigningKeyFile;
+
+use super::{
+    free_port, local_lookup_body, lookup_body, run_bodies, seed, start_signed_broker, token, Args, Broker, Phase,
+};
+
+/// Options of the federation benchmark.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FederationArgs {
+    /// The broker binary (build it with --release).
+    #[arg(long)]
+    broker: PathBuf,
+    /// The demo agreement.
+    #[arg(long, default_value = "policies/agreement.json")]
+    agreement: PathBuf,
+    /// Backend of every broker.
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// Peer counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    peers: Vec<usize>,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Offered rate for the latency phase (look-ups per second).
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Client threads.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Distinct subjects seeded at every broker (each with two notices).
+    #[arg(long, default_value_t = 200)]
+    subjects: u32,
+}
+
+/// One broker to be: its signing key and port, known before any starts.
+struct Planned {
+    id: String,
+    key: SigningKeyFile,
+    port: u16,
+}
+
+impl Planned {
+    fn new(id: String) -> Result<Self> {
+        Ok(Self { key: SigningKeyFile::generate(&format!("{id}-bench"), false)?, id, port: free_port()? })
+    }
+
+    fn jwks(&self, dir: &Path) -> Result<PathBuf> {
+        let public = vpr_auth::keys::public_jwk(&self.key.jwk)?;
+        let path = dir.join(format!("{}.jwks.json", self.id));
+        std::fs::write(&path, json!({"keys": [Value::Object(public.as_ref().clone())]}).to_string())?;
+        Ok(path)
+    }
+}
+
+/// The `[federation]` table of `me`, peered with `peers`.
+fn federation_toml(dir: &Path, me: &Planned, peers: &[&Planned]) -> Result<String> {
+    let mut out = format!("[federation]\nid = \"{}\"\nlookup_budget_ms = 300\n", me.id);
+    for p in peers {
+        out.push_str(&format!(
+            "[[federation.peers]]\nid = \"{}\"\nname = \"bench peer\"\nbase_url = \"http://127.0.0.1:{}\"\njwks = \"{}\"\n\
+             vouches_for = [{{ ods_code = \"XAM01\", type = \"ambulance-trust\" }}]\n",
+            p.id,
+            p.port,
+            p.jwks(dir)?.display()
+        ));
+    }
+    Ok(out)
+}
+
+/// Broker A and `n` peers, started, each seeded; A's token first.
+fn start_set(args: &FederationArgs, n: usize, dir: &Path) -> Result<(Vec<Broker>, String)> {
+    let a = Planned::new("XIC01".into())?;
+    let peers: Vec<Planned> = (0..n).map(|i| Planned::new(format!("Y{i}IC01"))).collect::<Result<_>>()?;
+    let start = |me: &Planned, with: Vec<&Planned>| -> Result<Broker> {
+        let extra = federation_toml(dir, me, &with)?;
+        start_signed_broker(&args.broker, &args.agreement, &args.backend, "governed", &extra, &me.key, me.port)
+    };
+    let mut brokers = vec![start(&a, peers.iter().collect())?];
+    for p in &peers {
+        brokers.push(start(p, vec![&a])?);
+    }
+    let mut a_token = String::new();
+    for (i, b) in brokers.iter().enumerate() {
+        let t = token(b)?;
+        seed(b, &t, args.subjects)?;
+        if i == 0 {
+            a_token = t;
+        }
+    }
+    Ok((brokers, a_token))
+}
+
+/// One federated look-up must find every peer's notices and no peer missing.
+fn check_answers(a: &Broker, token: &str, n: usize) -> Result<()> {
+    let found: Value = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/lookups", a.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(lookup_body(0))
+        .send()?
+        .json()?;
+    let results = found.get("results").and_then(Value::as_array).context("no results")?;
+    if results.len() != 2 * (n + 1) || found.get("incomplete") != Some(&json!([])) {
+        bail!("a federated look-up did not reach every peer: {found}");
+    }
+    Ok(())
+}
+
+/// Runs the benchmark.
+pub fn run(args: FederationArgs) -> Result<()> {
+    if !args.broker.exists() {
+        bail!("no broker binary at {}", args.broker.display());
+    }
+    let look = Args {
+        brokers: super::Brokers { broker: args.broker.clone(), agreement: args.agreement.clone(), backends: vec![] },
+        seconds: args.seconds,
+        rate: args.rate,
+        clients: args.clients,
+        subjects: args.subjects,
+        timeline: false,
+    };
+    println!(
+        "federated look-ups on {}: {} client threads, {} s per phase, {} subjects x 2 notices at every broker",
+        args.backend, args.clients, args.seconds, args.subjects
+    );
+    println!(
+        "{:<6} {:<10} {:>10} {:>8} {:>8} | {:>9} {:>8} {:>8} {:>7}",
+        "peers", "look-ups", "max req/s", "p50 ms", "p99 ms", "rate req/s", "p50 ms", "p99 ms", "errors"
+    );
+    for &n in &args.peers {
+        let dir = tempfile::tempdir()?;
+        let (brokers, t) = start_set(&args, n, dir.path())?;
+        let a = brokers.first().context("broker A")?;
+        check_answers(a, &t, n)?;
+        let warm = Args { seconds: 2, ..look.clone() };
+        run_bodies(&warm, a, &t, None, &local_lookup_body);
+        run_bodies(&warm, a, &t, None, &lookup_body);
+        let local_max = run_bodies(&look, a, &t, None, &local_lookup_body);
+        let fed_max = run_bodies(&look, a, &t, None, &lookup_body);
+        let local_rate = run_bodies(&look, a, &t, Some(args.rate), &local_lookup_body);
+        let fed_rate = run_bodies(&look, a, &t, Some(args.rate), &lookup_body);
+        let row = |what: &str, max: &Phase, at: &Phase| {
+            println!(
+                "{n:<6} {what:<10} {:>10.0} {:>8.2} {:>8.2} | {:>9.0} {:>8.2} {:>8.2} {:>7}",
+                max.per_second,
+                max.p50_ms,
+                max.p99_ms,
+                at.per_second,
+                at.p50_ms,
+                at.p99_ms,
+                max.errors + at.errors
+            );
+        };
+        row("local", &local_max, &local_rate);
+        row("federated", &fed_max, &fed_rate);
+        let target = if n == 2 { "  (targets with 2 peers: ratio >= 0.40, p99 at most +15 ms)" } else { "" };
+        println!(
+            "{n:<6} federated/local throughput ratio {:.2}; p99 at {} req/s {:+.2} ms over local-only{target}",
+            fed_max.per_second / local_max.per_second,
+            args.rate,
+            fed_rate.p99_ms - local_rate.p99_ms
+        );
+    }
+    Ok(())
+}
