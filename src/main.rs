@@ -350,6 +350,7 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
         tracing::info!(migration = %m, "migration applied");
     }
     let peers = load_peers(&cfg)?;
+    peers.check_against(&registry)?;
     for p in peers.iter() {
         tracing::info!(peer = %p.id, url = %p.base_url, vouches_for = p.vouches_for.len(), "peer broker configured");
     }

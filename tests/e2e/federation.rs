@@ -160,12 +160,39 @@ fn a_lookup_reaches_the_neighbours_notices_at_the_views_their_agreements_decide(
     let log = b.get(&b.token("amb-cad"), &format!("/v1/notices/{remote}/access-log"));
     assert_eq!(log.status(), 200);
     let log = json_of(log);
-    assert!(log.to_string().contains("XAM01"), "{log}");
+    let read = log["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["action"] == "relayed-lookup")
+        .expect("the remote read");
+    assert_eq!(read["organisation"]["ods_code"], "XAM01", "{log}");
+    assert_eq!(read["relayed_by"], "XIC01", "{log}");
     // No relayed request is relayed on: C heard from A only, once.
     let at_c = entries_with(&c, "relayed-lookup");
     assert_eq!(at_c.len(), 1, "{at_c:?}");
     assert_eq!(at_c[0]["federation"]["relayed_by"], "XIC01");
     assert!(entries_with(&a, "relayed-lookup").is_empty(), "B and C did not relay back to A");
+    // Every broker can ask: C finds A's and B's notices.
+    let (status, from_c) = lookup(&c, "amb-cad", "ambulance-dispatcher", "staff-safety", json!({}));
+    assert_eq!(status, 200);
+    assert_eq!(result_from(&from_c, "XIC01").len(), 1, "{from_c}");
+    assert_eq!(result_from(&from_c, "YIC01").len(), 1, "{from_c}");
+    assert_eq!(from_c["incomplete"], json!([]));
+}
+
+#[test]
+fn a_peer_that_would_vouch_for_this_icss_own_partner_is_refused_at_start_up() {
+    let Some(a) = TestBroker::unstarted('X', Backend::Sqlite, |_| {}) else { return };
+    let b = TestBroker::unstarted('Y', Backend::Sqlite, |_| {}).unwrap();
+    federate(&a, 'X', &[('Y', &b)], &[], 300);
+    // Y's entry vouches for X's own ambulance trust.
+    let text = std::fs::read_to_string(a.config_path()).unwrap().replace("\"YAM01\"", "\"XAM01\"");
+    std::fs::write(a.config_path(), text).unwrap();
+    let out = std::process::Command::new(binary()).args(["serve", "--config"]).arg(a.config_path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may not vouch for `XAM01`"), "{err}");
 }
 
 #[test]
@@ -344,18 +371,28 @@ fn forged_replayed_expired_and_wrongly_vouched_relays_are_refused() {
         .sign_relay("XIC01", "YIC01", &requester("XAM01", &subject), now - chrono::Duration::seconds(200))
         .unwrap();
     assert_eq!(rule(relayed(&b, &peer.token, &old, &subject)), "expired");
+    // Just past its `exp` but inside the leeway it is still accepted, once.
+    let late = peer
+        .keys
+        .sign_relay("XIC01", "YIC01", &requester("XAM01", &subject), now - chrono::Duration::seconds(70))
+        .unwrap();
+    assert_eq!(relayed(&b, &peer.token, &late, &subject).0, 200);
+    assert_eq!(rule(relayed(&b, &peer.token, &late, &subject)), "replay");
     let stranger = peer.keys.sign_relay("XIC01", "YIC01", &requester("QAM99", &subject), now).unwrap();
     assert_eq!(rule(relayed(&b, &peer.token, &stranger, &subject)), "vouch");
     let other_subject = json!({"person": {"nhs_number": "9990000026"}});
     let swapped = peer.keys.sign_relay("XIC01", "YIC01", &requester("XAM01", &subject), now).unwrap();
     assert_eq!(rule(relayed(&b, &peer.token, &swapped, &other_subject)), "subject");
-    // Each refusal is audited at B; only the first relay disclosed anything.
+    // Each refusal is audited at B; only the first and the late relay disclosed anything.
     let entries = entries_with(&b, "relayed-lookup");
-    assert_eq!(entries.len(), 6);
-    assert_eq!(entries.iter().filter(|e| e["decision"] == "refused").count(), 5);
-    // A partner's token cannot relay, and a peer's token is good for federation only.
-    let (status, _) = relayed(&b, &b.token("amb-cad"), &good, &subject);
+    assert_eq!(entries.len(), 8);
+    assert_eq!(entries.iter().filter(|e| e["decision"] == "refused").count(), 6);
+    // A partner's token cannot relay (it cannot hold the federation scope), and a peer's token
+    // is good for federation only.
+    let fresh = peer.keys.sign_relay("XIC01", "YIC01", &requester("XAM01", &subject), now).unwrap();
+    let (status, p) = relayed(&b, &b.token("amb-cad"), &fresh, &subject);
     assert_eq!(status, 403);
+    assert_eq!(p["type"], "urn:vpr-broker:problem:insufficient-scope", "{p}");
     let r = b.http.post(b.url("/v1/lookups")).bearer_auth(&peer.token).json(&json!({})).send().unwrap();
     assert_eq!(r.status(), 403);
 }

@@ -202,7 +202,10 @@ impl TestBroker {
         }
         let registry = json!({"registry_version": 1, "ics": {"name": "Test ICS"}, "partners": partners});
         std::fs::write(dir.path().join("registry.json"), registry.to_string()).expect("registry");
-        let signing = SigningKeyFile::generate("broker-test-1", false).expect("signing key");
+        // Each ICS's broker its own key id (peers' key ids must not collide).
+        let kid =
+            if ics == 'X' { "broker-test-1".to_owned() } else { format!("broker-{}-1", ics.to_ascii_lowercase()) };
+        let signing = SigningKeyFile::generate(&kid, false).expect("signing key");
         std::fs::write(dir.path().join("signing-1.jwk"), signing.to_json()).expect("write key");
         let data = vpr_store::DataKeyFile::generate(false);
         std::fs::write(dir.path().join("data-keys.json"), serde_json::to_string(&data).expect("json"))

@@ -58,6 +58,10 @@ pub struct AccessRecord {
     pub break_glass_justification: Option<String>,
     /// The agreement version that decided.
     pub agreement_version: String,
+    /// For a partner of a neighbouring ICS: the peer broker that relayed its request (its ICB's
+    /// ODS code) and vouches for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relayed_by: Option<String>,
 }
 
 /// The access record of a stored entry.
@@ -77,6 +81,7 @@ pub fn who_and_why(registry: &Registry, s: &StoredAuditEntry) -> AccessRecord {
         break_glass: e.break_glass,
         break_glass_justification: e.justification.clone(),
         agreement_version: e.agreement_version.clone(),
+        relayed_by: e.federation.as_ref().and_then(|f| f.relayed_by.clone()),
     }
 }
 

@@ -70,7 +70,9 @@ impl Peer {
             let jwk = Jwk::from_map(map).map_err(|e| bad(format!("a JWKS key is not a JWK: {e}")))?;
             let kid = jwk.key_id().ok_or_else(|| bad("every key needs a `kid`".into()))?.to_owned();
             let verifier = verifier_for(&jwk).map_err(|e| bad(format!("key `{kid}`: {e}")))?;
-            verifiers.insert(kid, verifier);
+            if verifiers.insert(kid.clone(), verifier).is_some() {
+                return Err(bad(format!("key id `{kid}` is used twice in its JWKS")));
+            }
         }
         if verifiers.is_empty() {
             return Err(bad("the JWKS has no keys".into()));
@@ -101,9 +103,25 @@ impl Peers {
     /// A federation of `own_id` with `peers`. Refuses a peer named twice or named as itself.
     pub fn new(own_id: String, peers: Vec<Peer>) -> Result<Self, AuthError> {
         let mut map = BTreeMap::new();
+        let mut kids: BTreeMap<String, String> = BTreeMap::new();
+        let mut vouched: BTreeMap<String, String> = BTreeMap::new();
         for p in peers {
             if p.id == own_id {
                 return Err(AuthError::Config(format!("peer `{}` is this broker's own id", p.id)));
+            }
+            for kid in p.verifiers.keys() {
+                if let Some(other) = kids.insert(kid.clone(), p.id.clone()) {
+                    return Err(AuthError::Config(format!("key id `{kid}` belongs to peers `{other}` and `{}`", p.id)));
+                }
+            }
+            // One organisation, one broker that may speak for it.
+            for ods in p.vouches_for.keys() {
+                if let Some(other) = vouched.insert(ods.clone(), p.id.clone()) {
+                    return Err(AuthError::Config(format!(
+                        "`{ods}` is vouched for by both peers `{other}` and `{}`",
+                        p.id
+                    )));
+                }
             }
             let id = p.id.clone();
             if map.insert(id.clone(), p).is_some() {
@@ -126,6 +144,27 @@ impl Peers {
     /// Every peer, by id.
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
         self.peers.values()
+    }
+
+    /// Refuses peers that collide with the partner registry: a peer id that is a partner's
+    /// client id, a key id a partner system also uses, or an organisation a peer would vouch for
+    /// that is this ICS's own partner.
+    pub fn check_against(&self, registry: &crate::Registry) -> Result<(), AuthError> {
+        for p in self.iter() {
+            if registry.system(&p.id).is_some() {
+                return Err(AuthError::Config(format!("peer `{}` has the client id of a partner system", p.id)));
+            }
+            if let Some(kid) = p.verifiers.keys().find(|kid| registry.system_for_kid(kid).is_some()) {
+                return Err(AuthError::Config(format!("peer `{}`: key id `{kid}` is also a partner system's", p.id)));
+            }
+            if let Some(ods) = p.vouches_for.keys().find(|ods| registry.partner(ods).is_some()) {
+                return Err(AuthError::Config(format!(
+                    "peer `{}` may not vouch for `{ods}`: it is a partner of this ICS",
+                    p.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// True when there are no peers.
@@ -169,7 +208,8 @@ pub struct VerifiedRelay {
     pub requester: RelayedRequester,
     /// Its `jti` (to be claimed once, until `expires_at`).
     pub jti: String,
-    /// When it expires.
+    /// Until when it is accepted: its `exp` plus the leeway (the `jti` must be remembered until
+    /// then, or it could be replayed inside the leeway).
     pub expires_at: DateTime<Utc>,
 }
 
@@ -181,6 +221,17 @@ fn set(p: &mut JwtPayload, k: &str, v: Value) -> Result<(), AuthError> {
     p.set_claim(k, Some(v)).map_err(|e| AuthError::Config(e.to_string()))
 }
 
+/// Claims from `iss` to `aud`, issued now, living [`MAX_RELAY_SECONDS`], with a fresh `jti`.
+fn minute_claims(iss: &str, aud: &str, now: DateTime<Utc>) -> JwtPayload {
+    let mut payload = JwtPayload::new();
+    payload.set_issuer(iss);
+    payload.set_audience(vec![aud.to_owned()]);
+    payload.set_issued_at(&system_time(now));
+    payload.set_expires_at(&system_time(now + chrono::Duration::seconds(MAX_RELAY_SECONDS)));
+    payload.set_jwt_id(uuid::Uuid::new_v4().to_string());
+    payload
+}
+
 impl BrokerKeys {
     /// Signs a relay from broker `iss` to peer `aud`, living [`MAX_RELAY_SECONDS`].
     pub fn sign_relay(
@@ -190,12 +241,7 @@ impl BrokerKeys {
         who: &RelayedRequester,
         now: DateTime<Utc>,
     ) -> Result<String, AuthError> {
-        let mut payload = JwtPayload::new();
-        payload.set_issuer(iss);
-        payload.set_audience(vec![aud.to_owned()]);
-        payload.set_issued_at(&system_time(now));
-        payload.set_expires_at(&system_time(now + chrono::Duration::seconds(MAX_RELAY_SECONDS)));
-        payload.set_jwt_id(uuid::Uuid::new_v4().to_string());
+        let mut payload = minute_claims(iss, aud, now);
         let claims = serde_json::to_value(who).map_err(|e| AuthError::Config(e.to_string()))?;
         set(&mut payload, "requester", claims)?;
         let mut header = JwsHeader::new();
@@ -212,13 +258,8 @@ impl BrokerKeys {
         token_endpoint: &str,
         now: DateTime<Utc>,
     ) -> Result<String, AuthError> {
-        let mut payload = JwtPayload::new();
-        payload.set_issuer(client_id);
+        let mut payload = minute_claims(client_id, token_endpoint, now);
         payload.set_subject(client_id);
-        payload.set_audience(vec![token_endpoint.to_owned()]);
-        payload.set_issued_at(&system_time(now));
-        payload.set_expires_at(&system_time(now + chrono::Duration::seconds(MAX_RELAY_SECONDS)));
-        payload.set_jwt_id(uuid::Uuid::new_v4().to_string());
         jwt::encode_with_signer(&payload, &JwsHeader::new(), self.signer())
             .map_err(|e| AuthError::Config(format!("cannot sign the client assertion: {e}")))
     }
@@ -232,6 +273,11 @@ pub struct RelayRefused {
     pub rule: &'static str,
     /// In words.
     pub detail: String,
+}
+
+/// A client id as the registry allows one.
+fn valid_system(s: &str) -> bool {
+    (3..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
 }
 
 fn refused(rule: &'static str, detail: impl Into<String>) -> RelayRefused {
@@ -289,7 +335,13 @@ impl Peers {
             }
             None => return Err(refused("vouch", format!("peer `{peer_id}` may not vouch for `{}`", requester.org))),
         }
-        Ok(VerifiedRelay { peer: peer_id.to_owned(), requester, jti, expires_at: exp })
+        if !valid_system(&requester.system) {
+            return Err(refused(
+                "claims",
+                "the relay's `requester.system` must be a client id (3 to 128 of A-Z a-z 0-9 . _ : -)",
+            ));
+        }
+        Ok(VerifiedRelay { peer: peer_id.to_owned(), requester, jti, expires_at: exp + leeway })
     }
 }
 
@@ -342,13 +394,43 @@ mod tests {
         wrong_type.org_type = OrgType::PoliceForce;
         assert_eq!(rule(&asking.sign_relay("YIC01", "XIC01", &wrong_type, now).unwrap(), now), "vouch");
         assert!(peers.verify_relay("ZIC01", &ok, now, Duration::from_secs(5)).is_err());
+        // Only a relay: another JWT signed by the same key is not one.
+        let mut p = JwtPayload::new();
+        p.set_issuer("YIC01");
+        p.set_audience(vec!["XIC01".to_owned()]);
+        let not_relay = jwt::encode_with_signer(&p, &JwsHeader::new(), asking.signer()).unwrap();
+        assert_eq!(rule(&not_relay, now), "signature");
+        // At most a minute long, and `iss` the peer that sends it.
+        let mut long = JwtPayload::new();
+        long.set_issuer("YIC01");
+        long.set_audience(vec!["XIC01".to_owned()]);
+        long.set_issued_at(&system_time(now));
+        long.set_expires_at(&system_time(now + chrono::Duration::seconds(600)));
+        long.set_jwt_id("j");
+        set(&mut long, "requester", serde_json::to_value(requester("YAM01")).unwrap()).unwrap();
+        let mut typ = JwsHeader::new();
+        typ.set_token_type(RELAY_TYP);
+        assert_eq!(rule(&jwt::encode_with_signer(&long, &typ, asking.signer()).unwrap(), now), "lifetime");
+        let other_iss = asking.sign_relay("ZIC01", "XIC01", &requester("YAM01"), now).unwrap();
+        assert_eq!(rule(&other_iss, now), "audience");
     }
 
     #[test]
-    fn a_peer_is_not_itself_nor_named_twice() {
+    fn a_peer_is_not_itself_nor_named_twice_and_shares_no_key_or_partner() {
         let k = keys("a-1");
-        let peer = |id: &str| Peer::new(id.into(), "p".into(), "http://p".into(), BTreeMap::new(), &k.jwks()).unwrap();
-        assert!(Peers::new("XIC01".into(), vec![peer("XIC01")]).is_err());
-        assert!(Peers::new("XIC01".into(), vec![peer("YIC01"), peer("YIC01")]).is_err());
+        let peer = |id: &str, k: &BrokerKeys, vouches: &[&str]| {
+            let v = vouches.iter().map(|o| ((*o).to_owned(), OrgType::AmbulanceTrust)).collect();
+            Peer::new(id.into(), "p".into(), "http://p".into(), v, &k.jwks()).unwrap()
+        };
+        assert!(Peers::new("XIC01".into(), vec![peer("XIC01", &k, &[])]).is_err());
+        assert!(Peers::new("XIC01".into(), vec![peer("YIC01", &k, &[]), peer("YIC01", &keys("b-1"), &[])]).is_err());
+        let shared_kid = Peers::new("XIC01".into(), vec![peer("YIC01", &k, &[]), peer("ZIC01", &keys("a-1"), &[])]);
+        assert!(shared_kid.unwrap_err().to_string().contains("a-1"));
+        let both_vouch =
+            Peers::new("XIC01".into(), vec![peer("YIC01", &k, &["QAM01"]), peer("ZIC01", &keys("b-1"), &["QAM01"])]);
+        assert!(both_vouch.unwrap_err().to_string().contains("QAM01"));
+        let one = k.jwks()["keys"][0].clone();
+        let twice = serde_json::json!({"keys": [one.clone(), one]});
+        assert!(Peer::new("YIC01".into(), "p".into(), "http://p".into(), BTreeMap::new(), &twice).is_err());
     }
 }

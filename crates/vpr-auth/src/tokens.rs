@@ -47,7 +47,8 @@ pub struct VerifiedAssertion {
     pub client_id: String,
     /// Its `jti`.
     pub jti: String,
-    /// When it expires (the `jti` must be remembered until then).
+    /// Until when it is accepted: its `exp` plus the leeway (the `jti` must be remembered until
+    /// then, or it could be replayed inside the leeway).
     pub expires_at: DateTime<Utc>,
 }
 
@@ -227,7 +228,7 @@ impl TokenService {
         }
         let jti = payload.jwt_id().filter(|j| !j.is_empty() && j.len() <= 256);
         let jti = jti.ok_or_else(|| AuthError::InvalidClient("`jti` is required (at most 256 characters)".into()))?;
-        Ok(VerifiedAssertion { client_id, jti: jti.to_owned(), expires_at: exp })
+        Ok(VerifiedAssertion { client_id, jti: jti.to_owned(), expires_at: exp + leeway })
     }
 
     /// Issues an access token for an authenticated client. `scope` narrows the grant; by default

@@ -42,16 +42,25 @@ pub struct FederationArgs {
     subjects: u32,
 }
 
-/// One broker to be: its signing key and port, known before any starts.
+/// One broker to be: its id, signing key, port and partner, known before any starts.
 struct Planned {
     id: String,
     key: SigningKeyFile,
     port: u16,
+    /// Its one partner (an ambulance trust), and the prefix of its ICS's ODS codes.
+    ods: String,
+    prefix: String,
 }
 
 impl Planned {
-    fn new(id: String) -> Result<Self> {
-        Ok(Self { key: SigningKeyFile::generate(&format!("{id}-bench"), false)?, id, port: free_port()? })
+    fn new(id: String, prefix: &str) -> Result<Self> {
+        Ok(Self {
+            key: SigningKeyFile::generate(&format!("{id}-bench"), false)?,
+            id,
+            port: free_port()?,
+            ods: format!("{prefix}AM01"),
+            prefix: prefix.to_owned(),
+        })
     }
 
     fn jwks(&self, dir: &Path) -> Result<PathBuf> {
@@ -62,28 +71,61 @@ impl Planned {
     }
 }
 
-/// The `[federation]` table of `me`, peered with `peers`.
+/// The `[federation]` table of `me`, peered with `peers` (each may vouch for its own partner).
 fn federation_toml(dir: &Path, me: &Planned, peers: &[&Planned]) -> Result<String> {
     let mut out = format!("[federation]\nid = \"{}\"\nlookup_budget_ms = 300\n", me.id);
     for p in peers {
         out.push_str(&format!(
             "[[federation.peers]]\nid = \"{}\"\nname = \"bench peer\"\nbase_url = \"http://127.0.0.1:{}\"\njwks = \"{}\"\n\
-             vouches_for = [{{ ods_code = \"XAM01\", type = \"ambulance-trust\" }}]\n",
+             vouches_for = [{{ ods_code = \"{}\", type = \"ambulance-trust\" }}]\n",
             p.id,
             p.port,
-            p.jwks(dir)?.display()
+            p.jwks(dir)?.display(),
+            p.ods
         ));
     }
     Ok(out)
 }
 
+/// The demo agreement for an ICS whose parties' ODS codes begin with `prefix` (a copy beside
+/// copies of its Cedar files; the demo's own for `X`).
+fn agreement_for(agreement: &Path, prefix: &str, dir: &Path) -> Result<PathBuf> {
+    if prefix == "X" {
+        return Ok(agreement.to_owned());
+    }
+    let policies = agreement.parent().context("the agreement's folder")?;
+    let mut a: Value = serde_json::from_str(&std::fs::read_to_string(agreement)?)?;
+    let parties = a.get_mut("parties").and_then(Value::as_array_mut).context("the agreement's parties")?;
+    for p in parties {
+        let ods = p.get("ods_code").and_then(Value::as_str).context("a party's ODS code")?;
+        let renamed = format!("{prefix}{}", ods.get(1..).unwrap_or_default());
+        if let Some(o) = p.as_object_mut() {
+            o.insert("ods_code".into(), json!(renamed));
+        }
+    }
+    if let Some(files) = a.get_mut("policies").and_then(Value::as_object_mut) {
+        files.remove("fixtures");
+    }
+    let folder = dir.join(prefix);
+    std::fs::create_dir_all(&folder)?;
+    for f in ["vpr.cedarschema", "agreement.cedar"] {
+        std::fs::copy(policies.join(f), folder.join(f))?;
+    }
+    let path = folder.join("agreement.json");
+    std::fs::write(&path, a.to_string())?;
+    Ok(path)
+}
+
 /// Broker A and `n` peers, started, each seeded; A's token first.
 fn start_set(args: &FederationArgs, n: usize, dir: &Path) -> Result<(Vec<Broker>, String)> {
-    let a = Planned::new("XIC01".into())?;
-    let peers: Vec<Planned> = (0..n).map(|i| Planned::new(format!("Y{i}IC01"))).collect::<Result<_>>()?;
+    let a = Planned::new("XIC01".into(), "X")?;
+    let peers: Vec<Planned> =
+        (0..n).map(|i| Planned::new(format!("Y{i}IC01"), &format!("Y{i}"))).collect::<Result<_>>()?;
     let start = |me: &Planned, with: Vec<&Planned>| -> Result<Broker> {
         let extra = federation_toml(dir, me, &with)?;
-        start_signed_broker(&args.broker, &args.agreement, &args.backend, "governed", &extra, &me.key, me.port)
+        let agreement = agreement_for(&std::fs::canonicalize(&args.agreement)?, &me.prefix, dir)?;
+        let spec = Spec { mode: "governed", extra: &extra, signing: &me.key, port: me.port, ods: &me.ods };
+        start_signed_broker(&args.broker, &agreement, &args.backend, &spec)
     };
     let mut brokers = vec![start(&a, peers.iter().collect())?];
     for p in &peers {

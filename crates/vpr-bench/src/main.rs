@@ -124,19 +124,23 @@ fn start(args: &Args, backend: &str, mode: &str) -> Result<Broker> {
 /// Starts a broker in demo mode on `backend`, with `extra` TOML appended to its configuration.
 fn start_broker(broker: &Path, agreement: &Path, backend: &str, mode: &str, extra: &str) -> Result<Broker> {
     let signing = SigningKeyFile::generate("bench-broker", false)?;
-    start_signed_broker(broker, agreement, backend, mode, extra, &signing, free_port()?)
+    let spec = Spec { mode, extra, signing: &signing, port: free_port()?, ods: "XAM01" };
+    start_signed_broker(broker, agreement, backend, &spec)
 }
 
-/// [`start_broker`] with a given signing key, on a given port (so peers can be told both first).
-fn start_signed_broker(
-    broker: &Path,
-    agreement: &Path,
-    backend: &str,
-    mode: &str,
-    extra: &str,
-    signing: &SigningKeyFile,
+/// One benchmark broker: how it answers look-ups, extra TOML, its signing key and port (known
+/// before it starts, so peers can be told), and its partner's ODS code.
+struct Spec<'a> {
+    mode: &'a str,
+    extra: &'a str,
+    signing: &'a SigningKeyFile,
     port: u16,
-) -> Result<Broker> {
+    ods: &'a str,
+}
+
+/// [`start_broker`] as `spec` says.
+fn start_signed_broker(broker: &Path, agreement: &Path, backend: &str, spec: &Spec<'_>) -> Result<Broker> {
+    let (mode, extra, signing, port) = (spec.mode, spec.extra, spec.signing, spec.port);
     let (ungoverned, unaudited) = (mode == "ungoverned", mode == "unaudited");
     let dir = tempfile::tempdir()?;
     let (database_url, pg) = match backend {
@@ -150,7 +154,7 @@ fn start_signed_broker(
     let key = SigningKeyFile::generate("bench-cad-1", false)?;
     let public = vpr_auth::keys::public_jwk(&key.jwk)?;
     let registry = json!({"registry_version": 1, "ics": {"name": "Bench ICS"}, "partners": [{
-        "ods_code": "XAM01", "name": "Bench ambulance trust", "type": "ambulance-trust", "contact": {"telephone": "0113 496 0999"},
+        "ods_code": spec.ods, "name": "Bench ambulance trust", "type": "ambulance-trust", "contact": {"telephone": "0113 496 0999"},
         "systems": [{"client_id": "bench-cad", "name": "CAD", "scopes": ["notices:write", "notices:read", "lookups", "subscriptions"],
             "roles": ["ambulance-dispatcher"], "jwks": {"keys": [Value::Object(public.as_ref().clone())]}}]}]});
     std::fs::write(dir.path().join("registry.json"), registry.to_string())?;

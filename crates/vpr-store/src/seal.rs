@@ -266,5 +266,11 @@ mod tests {
             200
         ]);
         assert_eq!(leaf_bytes(40, &row).unwrap(), serde_json::to_vec(&expected).unwrap());
+        // A read that crossed a border seals its federation record last; the rest is unchanged.
+        let record = r#"{"relayed_by":"YIC01"}"#;
+        let crossed = AuditRow { federation: Some(record.into()), ..row.clone() };
+        let mut with_record = expected.as_array().unwrap().clone();
+        with_record.push(serde_json::json!(record));
+        assert_eq!(leaf_bytes(40, &crossed).unwrap(), serde_json::to_vec(&with_record).unwrap());
     }
 }

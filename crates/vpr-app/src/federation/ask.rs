@@ -54,6 +54,7 @@ pub async fn ask_peers(app: &App, requester: RelayedRequester, subject: Value, r
             tokio::spawn(async move {
                 let started = Instant::now();
                 if !app.federation.may_ask(&peer, started) {
+                    app.metrics.federation.observe(&peer, "skipped", started.elapsed(), true);
                     return failed(&peer, "skipped", None, "skipped: its circuit is open after repeated failures");
                 }
                 let answer =
@@ -112,7 +113,10 @@ async fn ask_one(
         Err(e) => return failed(peer_id, "unavailable", None, format!("cannot reach the peer: {}", short(&e))),
     };
     let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let body = match read_capped(response).await {
+        Ok(b) => b,
+        Err(why) => return failed(peer_id, "invalid", Some(status), why),
+    };
     match status {
         200 => answered(peer_id, body),
         401 => {
@@ -135,8 +139,67 @@ fn short(e: &reqwest::Error) -> String {
     cause
 }
 
+/// The most a peer's answer may be: enough for [`MAX_RESULTS`] full notices.
+const MAX_ANSWER_BYTES: usize = 2 * 1024 * 1024;
+
+/// The most notices a peer may disclose in one answer.
+const MAX_RESULTS: usize = 500;
+
+/// The longest text from a peer that is passed on or recorded.
+const MAX_DETAIL_CHARS: usize = 300;
+
+/// A peer's answer as JSON, refused past [`MAX_ANSWER_BYTES`].
+async fn read_capped(mut response: reqwest::Response) -> Result<Value, String> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("the answer was cut short: {}", short(&e)))? {
+        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(format!("the answer is over {MAX_ANSWER_BYTES} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// Text from a peer, bounded.
+fn bounded(text: &str) -> String {
+    text.chars().take(MAX_DETAIL_CHARS).collect()
+}
+
 fn problem_detail(body: &Value) -> String {
-    body.get("detail").and_then(Value::as_str).unwrap_or("refused by the peer's agreement").to_owned()
+    bounded(body.get("detail").and_then(Value::as_str).unwrap_or("refused by the peer's agreement"))
+}
+
+/// The members each view shows (a peer's notice is cut to those of the view it declares, so
+/// nothing beyond what its decision allows is passed on whatever the peer sent).
+const EXISTENCE_FIELDS: [&str; 7] = ["id", "status", "publisher", "contact", "matched_on", "decision", "broker"];
+const SUMMARY_FIELDS: [&str; 8] = [
+    "subject_kinds",
+    "category",
+    "risk_level",
+    "aggravating_factors",
+    "medical_factor_operative",
+    "safety_advice",
+    "advice_text",
+    "review_date",
+];
+const FULL_FIELDS: [&str; 7] =
+    ["version", "subject", "incident_date", "subject_informed", "lawful_basis", "created_at", "updated_at"];
+
+/// A peer's notice cut to the members of its declared view (`restricted` only when the decision
+/// says so, above existence).
+fn cut_to_view(mut notice: Value) -> Option<Value> {
+    let d = notice.get("decision")?;
+    let view = d.get("view")?.as_str()?.to_owned();
+    let restricted = d.get("restricted").and_then(Value::as_bool).unwrap_or(false);
+    let allowed: Vec<&str> = match view.as_str() {
+        "existence" => EXISTENCE_FIELDS.to_vec(),
+        "summary" => [&EXISTENCE_FIELDS[..], &SUMMARY_FIELDS[..]].concat(),
+        "full" => [&EXISTENCE_FIELDS[..], &SUMMARY_FIELDS[..], &FULL_FIELDS[..]].concat(),
+        _ => return None,
+    };
+    let map = notice.as_object_mut()?;
+    map.retain(|k, _| allowed.contains(&k.as_str()) || (k == "restricted" && restricted && view != "existence"));
+    Some(notice)
 }
 
 /// The disclosed-notice schema a peer's results are held to, so nothing but a minimised notice
@@ -154,11 +217,18 @@ fn disclosed_notice_schema() -> Option<&'static jsonschema::Validator> {
 /// A 200 answer: its notices, each checked against the disclosed-notice schema and for what
 /// the audit entry needs.
 fn answered(peer_id: &str, body: Value) -> PeerAnswer {
-    let lookup_id = body.get("lookup_id").and_then(Value::as_str).map(str::to_owned);
+    let lookup_id = body.get("lookup_id").and_then(Value::as_str).filter(|id| uuid::Uuid::parse_str(id).is_ok());
+    let Some(lookup_id) = lookup_id.map(str::to_owned) else {
+        return failed(peer_id, "invalid", Some(200), "the answer has no `lookup_id` (a UUID)");
+    };
     let Some(results) = body.get("results").and_then(Value::as_array) else {
         return failed(peer_id, "invalid", Some(200), "the answer has no `results`");
     };
-    let mut records = Vec::with_capacity(results.len());
+    if results.len() > MAX_RESULTS {
+        return failed(peer_id, "invalid", Some(200), format!("the answer has over {MAX_RESULTS} notices"));
+    }
+    let mut records: Vec<AuditedNotice> = Vec::with_capacity(results.len());
+    let mut notices = Vec::with_capacity(results.len());
     let Some(schema) = disclosed_notice_schema() else {
         return failed(peer_id, "invalid", Some(200), "the disclosed-notice schema is unavailable");
     };
@@ -166,21 +236,25 @@ fn answered(peer_id: &str, body: Value) -> PeerAnswer {
         if !schema.is_valid(r) {
             return failed(peer_id, "invalid", Some(200), "a result is not a disclosed notice");
         }
-        match audited_remote(r) {
-            Some(a) => records.push(a),
-            None => return failed(peer_id, "invalid", Some(200), "a result has no id or decision"),
+        let (Some(a), Some(cut)) = (audited_remote(r), cut_to_view(r.clone())) else {
+            return failed(peer_id, "invalid", Some(200), "a result has no id or no known view");
+        };
+        if records.iter().any(|seen| seen.id == a.id) {
+            return failed(peer_id, "invalid", Some(200), "a notice is disclosed twice");
         }
+        records.push(a);
+        notices.push(cut);
     }
     PeerAnswer {
         record: PeerRecord {
             broker: peer_id.to_owned(),
             outcome: "answered".to_owned(),
             status: Some(200),
-            lookup_id,
+            lookup_id: Some(lookup_id),
             notices: records,
             detail: None,
         },
-        notices: results.clone(),
+        notices,
     }
 }
 
@@ -234,7 +308,7 @@ async fn token_for(app: &App, peer: &vpr_auth::Peer) -> Result<String, String> {
     let body: Value = response.json().await.unwrap_or(Value::Null);
     let token = body.get("access_token").and_then(Value::as_str).filter(|_| status == 200);
     let Some(token) = token else {
-        let why = body.get("error_description").and_then(Value::as_str).unwrap_or("no token");
+        let why = bounded(body.get("error_description").and_then(Value::as_str).unwrap_or("no token"));
         return Err(format!("the peer's token endpoint answered {status}: {why}"));
     };
     let lifetime = Duration::from_secs(body.get("expires_in").and_then(Value::as_u64).unwrap_or(60));

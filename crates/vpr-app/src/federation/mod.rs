@@ -169,7 +169,13 @@ mod tests {
         // After the open period one request may try again; while it runs the rest are skipped.
         assert!(f.may_ask("P", t0 + Duration::from_secs(11)));
         assert!(!f.may_ask("P", t0 + Duration::from_secs(12)));
-        assert!(!f.record("P", true, t0 + Duration::from_secs(12)));
-        assert!(f.may_ask("P", t0 + Duration::from_secs(12)));
+        // The probe failed: open again for the whole period.
+        assert!(f.record("P", false, t0 + Duration::from_secs(12)));
+        assert!(!f.may_ask("P", t0 + Duration::from_secs(20)));
+        // The next probe succeeds: closed, failures forgotten.
+        assert!(f.may_ask("P", t0 + Duration::from_secs(24)));
+        assert!(!f.record("P", true, t0 + Duration::from_secs(24)));
+        assert!(f.may_ask("P", t0 + Duration::from_secs(24)));
+        assert!(!f.record("P", false, t0 + Duration::from_secs(25)), "one failure after a reset does not open it");
     }
 }

@@ -101,6 +101,25 @@ fn refused(d: &Disclosure) -> AppResult<()> {
     }
 }
 
+/// Every peer recorded as unavailable, when asking them failed as a whole.
+fn every_peer_failed(app: &App, why: &str) -> Vec<PeerAnswer> {
+    app.tokens
+        .peers()
+        .iter()
+        .map(|p| PeerAnswer {
+            record: PeerRecord {
+                broker: p.id.clone(),
+                outcome: "unavailable".to_owned(),
+                status: None,
+                lookup_id: None,
+                notices: vec![],
+                detail: Some(format!("the request failed: {why}")),
+            },
+            notices: vec![],
+        })
+        .collect()
+}
+
 /// The circumstances a look-up body asserts.
 fn access_of(i: &vpr_domain::validate::LookupInput) -> Access {
     Access {
@@ -237,12 +256,22 @@ impl App {
             .await?
         };
         let answers = match peers {
-            Some(task) => task.await.unwrap_or_default(),
+            Some(task) => task.await.unwrap_or_else(|e| every_peer_failed(self, &e.to_string())),
             None => Vec::new(),
         };
         let records: Vec<PeerRecord> = answers.iter().map(|a| a.record.clone()).collect();
         let (d, entry) = local;
         if let Some(mut entry) = entry {
+            // The look-up disclosed what the peers disclosed too.
+            let from_peers = records.iter().any(|r| !r.notices.is_empty());
+            let widened = match (entry.decision.as_str(), from_peers) {
+                ("no-match", true) => Some("permit"),
+                ("deny", true) => Some("partial"),
+                _ => None,
+            };
+            if let Some(d) = widened {
+                entry.decision = d.to_owned();
+            }
             entry.federation = (!records.is_empty()).then_some(FederationRecord { relayed_by: None, peers: records });
             // Guarantee 1: the entry, naming what every peer disclosed, is durable first.
             self.blocking(move |app| app.store.append_audit(&entry).map_err(AppError::audit_write_failed)).await?;

@@ -116,7 +116,7 @@ fn cell(text: &str) -> String {
     }
 }
 
-const CSV_COLUMNS: [&str; 23] = [
+const CSV_COLUMNS: [&str; 24] = [
     "seq",
     "leaf_index",
     "audit_id",
@@ -140,7 +140,18 @@ const CSV_COLUMNS: [&str; 23] = [
     "agreement_version",
     "outcome",
     "ig_review",
+    "federation",
 ];
+
+/// A federated read in one cell: `relayed by <peer>`, or each peer asked with its outcome and
+/// the notices it disclosed (`YIC01:answered:2 ZIC01:timeout:0`).
+fn federation_cell(e: &vpr_store::audit::AuditEntry) -> String {
+    let Some(f) = &e.federation else { return String::new() };
+    if let Some(peer) = &f.relayed_by {
+        return format!("relayed by {peer}");
+    }
+    f.peers.iter().map(|p| format!("{}:{}:{}", p.broker, p.outcome, p.notices.len())).collect::<Vec<_>>().join(" ")
+}
 
 fn csv_record(app: &App, s: &StoredAuditEntry) -> Vec<String> {
     let e = &s.entry;
@@ -175,6 +186,7 @@ fn csv_record(app: &App, s: &StoredAuditEntry) -> Vec<String> {
         e.agreement_version.clone(),
         e.outcome.to_string(),
         opt(&e.ig_review),
+        federation_cell(e),
     ]
     .iter()
     .map(|c| cell(c))
