@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use vpr_auth::SigningKeyFile;
 
 use super::{
-    free_port, local_lookup_body, lookup_body, run_bodies, seed, start_signed_broker, token, Args, Broker, Phase,
+    free_port, local_lookup_body, lookup_body, run_bodies, seed, start_signed_broker, token, Args, Broker, Phase, Spec,
 };
 
 /// Options of the federation benchmark.

@@ -111,6 +111,7 @@ pub struct Store {
     vault: Vault,
     audit_writer: audit::AuditWriter,
     ack_writer: subscriptions::AckWriter,
+    jti_writer: tokens::JtiWriter,
     recent: std::sync::Arc<notices::RecentNotices>,
 }
 
@@ -130,7 +131,8 @@ impl Store {
         };
         let audit_writer = audit::audit_writer(pool.clone(), vault.clone(), writers);
         let ack_writer = subscriptions::ack_writer(pool.clone(), writers.min(2));
-        Ok(Self { pool, backend, vault, audit_writer, ack_writer, recent: Default::default() })
+        let jti_writer = tokens::jti_writer(pool.clone(), writers.min(2));
+        Ok(Self { pool, backend, vault, audit_writer, ack_writer, jti_writer, recent: Default::default() })
     }
 
     /// The backend in use.
