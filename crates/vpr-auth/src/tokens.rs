@@ -109,6 +109,22 @@ pub struct TokenService {
     keys: Arc<BrokerKeys>,
     peers: Arc<Peers>,
     settings: TokenSettings,
+    /// Access tokens whose signature has been checked, by token.
+    verified: Arc<std::sync::RwLock<std::collections::HashMap<String, TokenClaims>>>,
+}
+
+/// The most verified access tokens remembered; the memory starts afresh when full (a token is
+/// about 600 bytes: a few MB at most).
+const VERIFIED_TOKENS: usize = 10_000;
+
+/// What a verified access token says.
+#[derive(Debug, Clone)]
+struct TokenClaims {
+    client_id: String,
+    org: String,
+    scope: String,
+    token_id: String,
+    exp: DateTime<Utc>,
 }
 
 fn system_time(t: DateTime<Utc>) -> SystemTime {
@@ -122,7 +138,7 @@ fn secs(d: Duration) -> i64 {
 impl TokenService {
     /// Builds the service.
     pub fn new(registry: Arc<Registry>, keys: Arc<BrokerKeys>, settings: TokenSettings) -> Self {
-        Self { registry, keys, peers: Arc::new(Peers::default()), settings }
+        Self { registry, keys, peers: Arc::new(Peers::default()), settings, verified: Arc::default() }
     }
 
     /// The same service, with peer brokers as clients (granted only the `federation` scope).
@@ -275,9 +291,13 @@ impl TokenService {
         })
     }
 
-    /// Verifies a bearer access token and resolves who is calling against the current registry
-    /// (a system removed from the registry loses access at once).
-    pub fn verify_access_token(&self, token: &str, now: DateTime<Utc>) -> Result<Principal, AuthError> {
+    /// The claims of one of this broker's access tokens whose signature, type, issuer and audience
+    /// have been checked — once per token: a token that verified is remembered (bounded), so a
+    /// partner calling many times with one token pays for the signature check once.
+    fn verified_claims(&self, token: &str) -> Result<TokenClaims, AuthError> {
+        if let Some(c) = self.verified.read().ok().and_then(|m| m.get(token).cloned()) {
+            return Ok(c);
+        }
         let bad = |why: &str| AuthError::InvalidToken(why.to_owned());
         let keys = &self.keys;
         let (payload, header) = jwt::decode_with_verifier_selector(token, |h: &JwsHeader| {
@@ -293,29 +313,47 @@ impl TokenService {
             return Err(bad("the access token was not issued for this broker"));
         }
         let exp: DateTime<Utc> = payload.expires_at().ok_or_else(|| bad("the access token has no expiry"))?.into();
-        if exp + chrono::Duration::seconds(secs(self.settings.leeway)) < now {
+        let str_claim = |k: &str| payload.claim(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        let claims = TokenClaims {
+            client_id: str_claim("client_id"),
+            org: str_claim("org"),
+            scope: str_claim("scope"),
+            token_id: payload.jwt_id().unwrap_or_default().to_owned(),
+            exp,
+        };
+        if let Ok(mut m) = self.verified.write() {
+            if m.len() >= VERIFIED_TOKENS {
+                m.clear();
+            }
+            m.insert(token.to_owned(), claims.clone());
+        }
+        Ok(claims)
+    }
+
+    /// Verifies a bearer access token and resolves who is calling against the current registry
+    /// (a system removed from the registry loses access at once).
+    pub fn verify_access_token(&self, token: &str, now: DateTime<Utc>) -> Result<Principal, AuthError> {
+        let bad = |why: &str| AuthError::InvalidToken(why.to_owned());
+        let claims = self.verified_claims(token)?;
+        if claims.exp + chrono::Duration::seconds(secs(self.settings.leeway)) < now {
             return Err(bad("the access token has expired"));
         }
-        let str_claim = |k: &str| payload.claim(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-        let client_id = str_claim("client_id");
+        let TokenClaims { client_id, org, scope, token_id, .. } = claims;
         if let Some(peer) = self.peers.get(&client_id) {
             if self.registry.system(&client_id).is_none() {
-                return peer_principal(peer, &str_claim("scope"), payload.jwt_id().unwrap_or_default());
+                return peer_principal(peer, &scope, &token_id);
             }
         }
         let system = self.registry.system(&client_id).ok_or_else(|| bad("the client is no longer registered"))?;
-        if str_claim("org") != system.ods_code.as_str() {
+        if org != system.ods_code.as_str() {
             return Err(bad("the client's organisation has changed"));
         }
         let partner = self
             .registry
             .partner(system.ods_code.as_str())
             .ok_or_else(|| bad("the organisation is no longer registered"))?;
-        let scopes = str_claim("scope")
-            .split_whitespace()
-            .filter_map(Scope::from_code)
-            .filter(|s| system.scopes.contains(s))
-            .collect();
+        let scopes =
+            scope.split_whitespace().filter_map(Scope::from_code).filter(|s| system.scopes.contains(s)).collect();
         Ok(Principal {
             client_id,
             system_name: system.name.clone(),
@@ -323,7 +361,7 @@ impl TokenService {
             org_name: partner.name.clone(),
             org_type: partner.org_type,
             scopes,
-            token_id: payload.jwt_id().unwrap_or_default().to_owned(),
+            token_id,
         })
     }
 
@@ -351,4 +389,47 @@ fn peer_principal(peer: &crate::peers::Peer, scope: &str, token_id: &str) -> Res
         scopes: scope.split_whitespace().filter_map(Scope::from_code).filter(|s| *s == Scope::Federation).collect(),
         token_id: token_id.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::keys::SigningKeyFile;
+
+    fn service() -> TokenService {
+        let registry = serde_json::json!({
+            "registry_version": 1, "ics": {"name": "Test"},
+            "partners": [{"ods_code": "XAM01", "name": "Ambulance", "type": "ambulance-trust",
+                "contact": {"telephone": "0113 496 0000"},
+                "systems": [{"client_id": "cad", "name": "CAD", "scopes": ["lookups"], "jwks": {"keys": [
+                    serde_json::Value::Object(crate::keys::public_jwk(&SigningKeyFile::generate("cad-1", false).unwrap().jwk).unwrap().as_ref().clone())
+                ]}}]}]
+        });
+        let keys = BrokerKeys::new(&[SigningKeyFile::generate("broker-1", false).unwrap()]).unwrap();
+        TokenService::new(
+            Arc::new(Registry::from_json(&registry.to_string()).unwrap()),
+            Arc::new(keys),
+            TokenSettings {
+                issuer: "https://vpr.example".into(),
+                access_token_ttl: Duration::from_secs(300),
+                max_assertion_ttl: Duration::from_secs(300),
+                leeway: Duration::from_secs(30),
+            },
+        )
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_tampered_one_still_fails() {
+        let tokens = service();
+        let now = Utc::now();
+        let t = tokens.issue("cad", None, now).unwrap().access_token;
+        assert_eq!(tokens.verify_access_token(&t, now).unwrap().client_id, "cad");
+        // The second check is from memory: the same answer, and the expiry still applies.
+        assert_eq!(tokens.verify_access_token(&t, now).unwrap().org.as_str(), "XAM01");
+        let later = now + chrono::Duration::seconds(300 + 31);
+        assert!(matches!(tokens.verify_access_token(&t, later), Err(AuthError::InvalidToken(_))));
+        let tampered = format!("{}A", t.get(..t.len() - 1).unwrap());
+        assert!(tokens.verify_access_token(&tampered, now).is_err());
+    }
 }
