@@ -156,6 +156,19 @@ fn a_lookup_reaches_the_neighbours_notices_at_the_views_their_agreements_decide(
     assert_eq!(e["federation"]["relayed_by"], "XIC01");
     assert_eq!(e["decision"], "permit");
     assert_eq!(e["notices"][0]["id"], remote.as_str());
+    // IG's CSV export says so too, in its last column.
+    let csv = b
+        .as_ig(b.http.get(b.url("/v1/audit/entries?action=relayed-lookup&format=csv")))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let header = csv.lines().next().unwrap_or_default();
+    assert!(header.ends_with(",federation"), "{header}");
+    assert!(csv.lines().nth(1).is_some_and(|l| l.ends_with(",relayed by XIC01")), "{csv}");
+    let csv_a =
+        a.as_ig(a.http.get(a.url("/v1/audit/entries?action=lookup&format=csv"))).send().unwrap().text().unwrap();
+    assert!(csv_a.contains("YIC01:answered:1") && csv_a.contains("ZIC01:answered:0"), "{csv_a}");
     // B's publisher sees the remote reader in its access log.
     let log = b.get(&b.token("amb-cad"), &format!("/v1/notices/{remote}/access-log"));
     assert_eq!(log.status(), 200);
@@ -215,6 +228,11 @@ fn the_answering_agreement_refuses_what_it_does_not_allow_and_local_scope_asks_n
     // A GP receptionist across the border learns only that a notice exists (FED-SS-2).
     let (_, found) = lookup(&a, "gp-green", "gp-receptionist", "staff-safety", json!({}));
     assert_eq!(result_from(&found, "YIC01")[0]["decision"]["view"], "existence");
+    // A holds nothing about the subject, but its entry records a disclosure: B's.
+    let at_a = entries_with(&a, "lookup");
+    let gp = at_a.iter().find(|e| e["role"] == "gp-receptionist").expect("A's entry");
+    assert_eq!(gp["decision"], "permit", "{gp}");
+    assert!(gp["notices"].as_array().unwrap().is_empty());
     // Local scope: no peer asked.
     let before = entries_with(&b, "relayed-lookup").len();
     let (status, found) = lookup(&a, "amb-cad", "ambulance-dispatcher", "staff-safety", json!({"scope": "local"}));
