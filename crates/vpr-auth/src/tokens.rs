@@ -429,7 +429,11 @@ mod tests {
         assert_eq!(tokens.verify_access_token(&t, now).unwrap().org.as_str(), "XAM01");
         let later = now + chrono::Duration::seconds(300 + 31);
         assert!(matches!(tokens.verify_access_token(&t, later), Err(AuthError::InvalidToken(_))));
-        let tampered = format!("{}A", t.get(..t.len() - 1).unwrap());
+        // A character of the claims changed (not the signature's last, whose low bits may not count).
+        let at = t.find('.').unwrap() + 5;
+        let swapped = if t.get(at..=at) == Some("A") { "B" } else { "A" };
+        let tampered = format!("{}{swapped}{}", t.get(..at).unwrap(), t.get(at + 1..).unwrap());
+        assert_ne!(tampered, t);
         assert!(tokens.verify_access_token(&tampered, now).is_err());
     }
 }
