@@ -65,13 +65,7 @@ pub fn requester_refusal(app: &App, principal: &Principal, access: &Access) -> O
         }
         Ok(()) => {}
     }
-    if let Some(j) = &access.justification {
-        let min = agreement.break_glass.min_justification_chars;
-        if j.trim().chars().count() < min {
-            return Some(format!("a break-glass justification needs at least {min} characters"));
-        }
-    }
-    None
+    short_justification(app, access)
 }
 
 /// Why a requester of a neighbouring ICS, vouched for by `peer`, is refused, if it is: the
@@ -89,13 +83,14 @@ fn relayed_refusal(app: &App, principal: &Principal, access: &Access, peer: &str
     if !agreement.role_allowed(&access.role, principal.org_type) {
         return Some(format!("the agreement gives no `{}` role to a {}", access.role, principal.org_type));
     }
-    if let Some(j) = &access.justification {
-        let min = agreement.break_glass.min_justification_chars;
-        if j.trim().chars().count() < min {
-            return Some(format!("a break-glass justification needs at least {min} characters"));
-        }
-    }
-    None
+    short_justification(app, access)
+}
+
+/// Why a break-glass justification is refused, if it is: shorter than the agreement asks.
+fn short_justification(app: &App, access: &Access) -> Option<String> {
+    let min = app.agreement.break_glass.min_justification_chars;
+    let j = access.justification.as_deref()?;
+    (j.trim().chars().count() < min).then(|| format!("a break-glass justification needs at least {min} characters"))
 }
 
 /// Refuses a caller whose token lacks `scope`.

@@ -25,7 +25,7 @@ pub fn subject_digest(subject: &Value) -> String {
     vpr_audit::hex(&Sha256::digest(bytes))
 }
 
-fn failed(peer: &str, outcome: &str, status: Option<u16>, detail: impl Into<String>) -> PeerAnswer {
+pub(crate) fn failed(peer: &str, outcome: &str, status: Option<u16>, detail: impl Into<String>) -> PeerAnswer {
     PeerAnswer {
         record: PeerRecord {
             broker: peer.to_owned(),

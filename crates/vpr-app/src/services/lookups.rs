@@ -21,7 +21,7 @@ use crate::audit::record_refusal;
 use crate::caller::{Access, Caller};
 use crate::disclose::{govern, prepare, subject_keys, Candidate, DisclosedNotice, Disclosure, Read};
 use crate::error::{AppError, AppResult};
-use crate::federation::ask::{ask_peers, subject_digest, PeerAnswer};
+use crate::federation::ask::{ask_peers, failed, subject_digest, PeerAnswer};
 use crate::App;
 
 /// The answer to a look-up.
@@ -103,21 +103,8 @@ fn refused(d: &Disclosure) -> AppResult<()> {
 
 /// Every peer recorded as unavailable, when asking them failed as a whole.
 fn every_peer_failed(app: &App, why: &str) -> Vec<PeerAnswer> {
-    app.tokens
-        .peers()
-        .iter()
-        .map(|p| PeerAnswer {
-            record: PeerRecord {
-                broker: p.id.clone(),
-                outcome: "unavailable".to_owned(),
-                status: None,
-                lookup_id: None,
-                notices: vec![],
-                detail: Some(format!("the request failed: {why}")),
-            },
-            notices: vec![],
-        })
-        .collect()
+    let detail = format!("the request failed: {why}");
+    app.tokens.peers().iter().map(|p| failed(&p.id, "unavailable", None, detail.clone())).collect()
 }
 
 /// The circumstances a look-up body asserts.
