@@ -380,7 +380,8 @@ async fn serve(cfg: Config, delivery_runtime: tokio::runtime::Handle) -> Result<
         metrics: vpr_app::metrics::Metrics::new()?,
         delivery: Arc::new(delivery),
         outbox: vpr_app::delivery::Outbox::default(),
-        federation: vpr_app::federation::Federation::new(federation_settings(&cfg)).map_err(anyhow::Error::msg)?,
+        federation: vpr_app::federation::Federation::new(federation_settings(&cfg), webhook_client.clone())
+            .map_err(anyhow::Error::msg)?,
     };
     run_app(&cfg, app, webhook_client, &delivery_runtime).await?;
     tracing::info!("vpr-broker stopped");

@@ -37,7 +37,13 @@ fn peer_entry(dir: &std::path::Path, ics: char, peer: &TestBroker) -> toml::Valu
 }
 
 /// Configures `b` (ICS `ics`) to federate with `peers`, with the given time budget.
-fn federate(b: &TestBroker, ics: char, peers: &[(char, &TestBroker)], extra: &[(char, String)], budget_ms: i64) {
+pub(crate) fn federate(
+    b: &TestBroker,
+    ics: char,
+    peers: &[(char, &TestBroker)],
+    extra: &[(char, String)],
+    budget_ms: i64,
+) {
     let dir = b.dir.path().to_owned();
     b.edit_config(|cfg| {
         let mut list: Vec<toml::Value> = peers.iter().map(|(i, p)| peer_entry(&dir, *i, p)).collect();
@@ -91,7 +97,7 @@ fn publish(b: &TestBroker, client: &str) -> String {
     json_of(r)["id"].as_str().unwrap().to_owned()
 }
 
-fn entries_with(b: &TestBroker, action: &str) -> Vec<Value> {
+pub(crate) fn entries_with(b: &TestBroker, action: &str) -> Vec<Value> {
     b.audit_entries_via_review().into_iter().filter(|e| e["action"] == action).collect()
 }
 

@@ -12,6 +12,7 @@ mod audit;
 mod audited_writes;
 mod auth;
 mod durability;
+mod federated_subscriptions;
 mod federation;
 mod fhir;
 mod lookups;

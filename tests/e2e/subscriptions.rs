@@ -34,13 +34,13 @@ fn ambulance_subscription(url: Option<&str>, extra: Value) -> Value {
     body
 }
 
-fn publish_address(b: &TestBroker, token: &str, postcode: &str, line: &str) -> String {
+pub(crate) fn publish_address(b: &TestBroker, token: &str, postcode: &str, line: &str) -> String {
     let r = b.publish(token, &address_notice(postcode, line));
     assert_eq!(r.status(), 201);
     json_of(r)["id"].as_str().unwrap().to_owned()
 }
 
-fn withdraw(b: &TestBroker, token: &str, id: &str) {
+pub(crate) fn withdraw(b: &TestBroker, token: &str, id: &str) {
     let r = b.post_json(token, &format!("/v1/notices/{id}/withdraw"), &json!({"reason": "no longer current"}));
     assert_eq!(r.status(), 200);
 }
@@ -63,7 +63,7 @@ fn amend_risk(b: &TestBroker, token: &str, id: &str, postcode: &str, line: &str,
 
 /// Verifies a webhook body's signature against the broker's JWKS (with josekit) and returns its
 /// claims.
-fn verified_claims(b: &TestBroker, body: &str) -> Value {
+pub(crate) fn verified_claims(b: &TestBroker, body: &str) -> Value {
     let jwks: Value = json_of(b.http.get(b.url("/.well-known/jwks.json")).send().unwrap());
     let verifiers: Vec<(String, josekit::jws::alg::ecdsa::EcdsaJwsVerifier)> = jwks["keys"]
         .as_array()
@@ -84,7 +84,7 @@ fn verified_claims(b: &TestBroker, body: &str) -> Value {
 }
 
 /// The schema of one event, with the disclosed-notice reference inlined.
-fn assert_is_event(event: &Value) {
+pub(crate) fn assert_is_event(event: &Value) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
     let mut schema: Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("subscription-event.schema.json")).unwrap()).unwrap();

@@ -40,6 +40,13 @@ pub enum AppError {
     /// An idempotency key was reused for a different request.
     #[error("this `Idempotency-Key` was already used with a different request body")]
     IdempotencyKeyReused,
+    /// Nothing here has this id any more, nor will again (a subscription ended).
+    #[error("{0}")]
+    Gone(String),
+    /// A peer broker, or the webhook an event is passed on to, failed (the reason is safe to
+    /// show: it names no more than what the other end answered).
+    #[error("{0}")]
+    BadGateway(String),
     /// A dependency (the database, the audit log) is unavailable: retry later.
     #[error("the service is temporarily unavailable")]
     Unavailable(String),
@@ -67,6 +74,8 @@ impl AppError {
             AppError::InsufficientScope(_) | AppError::Forbidden(_) | AppError::RelayRefused { .. } => 403,
             AppError::NotFound(_) => 404,
             AppError::Conflict(_) => 409,
+            AppError::Gone(_) => 410,
+            AppError::BadGateway(_) => 502,
             AppError::PreconditionFailed { .. } => 412,
             AppError::Unavailable(_) => 503,
             AppError::Internal(_) => 500,

@@ -46,7 +46,7 @@ fn app_on(store: Store) -> App {
         benchmark: Benchmark::default(),
         outbox: Outbox::default(),
         metrics: crate::metrics::Metrics::new().unwrap(),
-        federation: crate::federation::Federation::new(Default::default()).unwrap(),
+        federation: crate::federation::Federation::new(Default::default(), reqwest::Client::new()).unwrap(),
     }
 }
 

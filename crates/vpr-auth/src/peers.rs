@@ -343,7 +343,47 @@ impl Peers {
         }
         Ok(VerifiedRelay { peer: peer_id.to_owned(), requester, jti, expires_at: exp + leeway })
     }
+
+    /// Opens an event that peer `peer_id` pushed for its subscription `subscription_id`: signed
+    /// by one of that peer's keys with typ [`crate::jose::EVENT_TYP`], `sub` the subscription,
+    /// issued within [`MAX_EVENT_AGE_SECONDS`] (each attempt is signed afresh). Returns its claims.
+    pub fn open_event(
+        &self,
+        peer_id: &str,
+        subscription_id: &str,
+        jws: &str,
+        now: DateTime<Utc>,
+        leeway: Duration,
+    ) -> Result<serde_json::Map<String, Value>, String> {
+        let peer = self.get(peer_id).ok_or_else(|| format!("`{peer_id}` is not a peer broker of this one"))?;
+        let (payload, header) = josekit::jws::deserialize_compact_with_selector(jws.trim(), |h: &JwsHeader| {
+            Ok(h.key_id().and_then(|kid| peer.verifier(kid)))
+        })
+        .map_err(|_| format!("the event is not signed by a key of peer `{peer_id}`"))?;
+        if header.token_type() != Some(crate::jose::EVENT_TYP) {
+            return Err(format!("the event's `typ` must be `{}`", crate::jose::EVENT_TYP));
+        }
+        let claims: serde_json::Map<String, Value> =
+            serde_json::from_slice(&payload).map_err(|_| "the event's claims are not a JSON object".to_owned())?;
+        if claims.get("sub").and_then(Value::as_str) != Some(subscription_id) {
+            return Err(format!("the event is not for subscription `{subscription_id}` at peer `{peer_id}`"));
+        }
+        let iat = claims.get("iat").and_then(Value::as_i64).ok_or("the event has no `iat`")?;
+        let leeway = i64::try_from(leeway.as_secs()).unwrap_or(0);
+        let age = now.timestamp() - iat;
+        if age > MAX_EVENT_AGE_SECONDS + leeway || age < -leeway {
+            return Err(format!("the event was not signed within the last {MAX_EVENT_AGE_SECONDS} seconds"));
+        }
+        if !claims.get("event").is_some_and(Value::is_object) {
+            return Err("the event has no `event` object".into());
+        }
+        Ok(claims)
+    }
 }
+
+/// How old a pushed event's signature may be when it arrives: each delivery attempt is signed
+/// afresh, so an older one is a replay.
+pub const MAX_EVENT_AGE_SECONDS: i64 = 600;
 
 #[cfg(test)]
 mod tests {
@@ -372,6 +412,26 @@ mod tests {
         let vouches = BTreeMap::from([("YAM01".to_owned(), OrgType::AmbulanceTrust)]);
         let peer = Peer::new("YIC01".into(), "West".into(), "http://w".into(), vouches, &asking.jwks()).unwrap();
         Peers::new("XIC01".into(), vec![peer]).unwrap()
+    }
+
+    #[test]
+    fn a_pushed_event_opens_only_for_its_peer_subscription_and_while_fresh() {
+        let answering = keys("west-1");
+        let peers = federation(&answering);
+        let now = Utc::now();
+        let claims =
+            |sub: &str, iat: i64| serde_json::json!({"sub": sub, "iat": iat, "event": {"event_id": "e1"}, "jti": "e1"});
+        let good = answering.sign_event(&claims("s1", now.timestamp())).unwrap();
+        let leeway = Duration::from_secs(5);
+        assert_eq!(peers.open_event("YIC01", "s1", &good, now, leeway).unwrap()["jti"], "e1");
+        assert!(peers.open_event("YIC01", "s2", &good, now, leeway).unwrap_err().contains("not for subscription"));
+        assert!(peers.open_event("ZIC01", "s1", &good, now, leeway).unwrap_err().contains("not a peer"));
+        let old = answering.sign_event(&claims("s1", now.timestamp() - MAX_EVENT_AGE_SECONDS - 60)).unwrap();
+        assert!(peers.open_event("YIC01", "s1", &old, now, leeway).unwrap_err().contains("within"));
+        let stranger = keys("west-1").sign_event(&claims("s1", now.timestamp())).unwrap();
+        assert!(peers.open_event("YIC01", "s1", &stranger, now, leeway).unwrap_err().contains("not signed"));
+        let relay = answering.sign_relay("YIC01", "XIC01", &requester("YAM01"), now).unwrap();
+        assert!(peers.open_event("YIC01", "s1", &relay, now, leeway).is_err(), "a relay is not an event");
     }
 
     #[test]

@@ -21,6 +21,8 @@ vocabulary! {
         FhirEvents = "fhir-events",
         /// A webhook delivery decided.
         Deliver = "deliver",
+        /// An event a peer broker decided and pushed, passed on to the subscriber's webhook.
+        PeerEvent = "peer-event",
         /// A publisher's access log of one notice read.
         AccessLog = "access-log",
         /// A publisher's feed of decisions on its notices read (also: a feed's `disclosed` events).

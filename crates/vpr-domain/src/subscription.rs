@@ -126,6 +126,37 @@ impl Topic {
     }
 }
 
+/// How a subscription crosses an ICS border, when it does (stored as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerLink {
+    /// At the answering broker: a partner of the peer broker `peer` subscribed through it. Every
+    /// event is decided here for that partner as a remote requester, and pushed to the peer.
+    RelayedBy {
+        /// The peer broker (its ICB's ODS code).
+        peer: String,
+        /// The subscription's id at the peer, which its events are pushed to.
+        asking_id: String,
+    },
+    /// At the asking broker: held at peer `peer` as its subscription `subscription_id`, which
+    /// decides every event. Nothing is fanned out here; events are passed on as they arrive.
+    AtPeer {
+        /// The peer broker holding it.
+        peer: String,
+        /// Its id there.
+        subscription_id: String,
+    },
+}
+
+impl PeerLink {
+    /// The peer broker at the other end.
+    pub fn peer(&self) -> &str {
+        match self {
+            PeerLink::RelayedBy { peer, .. } | PeerLink::AtPeer { peer, .. } => peer,
+        }
+    }
+}
+
 /// The purpose a `disclosures` subscription serves: the publisher managing its own notices.
 pub const DISCLOSURES_PURPOSE: &str = "vpr-management";
 
@@ -231,6 +262,8 @@ pub struct SubscriptionInput {
     pub expires_at: DateTime<Utc>,
     /// The subscriber's own label.
     pub tag: Option<String>,
+    /// A peer broker to subscribe at, to notices published in its ICS.
+    pub peer: Option<String>,
 }
 
 /// Criteria as stored (the cohort itself is stored apart, as blind indexes).
@@ -312,6 +345,8 @@ pub struct SubscriptionSpec {
     pub expires_at: DateTime<Utc>,
     /// The subscriber's label.
     pub tag: Option<String>,
+    /// The peer broker to subscribe at (its notices, decided by it), if any.
+    pub peer: Option<String>,
 }
 
 /// The rules subscriptions are judged by.
@@ -452,6 +487,7 @@ impl SubscriptionRules {
         };
         self.check_expiry(input.expires_at, &mut errs);
         disclosures_rules(&input, &mut errs);
+        peer_rules(&input, &mut errs);
         if input.tag.as_deref().is_some_and(|t| t.trim().is_empty()) {
             errs.push(FieldError::new("/tag", "not-blank", "the tag must not be blank"));
         }
@@ -482,7 +518,30 @@ impl SubscriptionRules {
             encryption_key: input.delivery.encryption_key,
             expires_at: input.expires_at,
             tag: input.tag,
+            peer: input.peer,
         })
+    }
+}
+
+/// A subscription at a peer broker is to notices, pushed: this broker passes each event on as it
+/// arrives and keeps nothing to read back.
+fn peer_rules(input: &SubscriptionInput, errs: &mut Vec<FieldError>) {
+    if input.peer.is_none() {
+        return;
+    }
+    if input.topic != Topic::Notices {
+        errs.push(FieldError::new(
+            "/topic",
+            "topic-for-peer",
+            "a subscription at a peer broker is to its `notices`; disclosures of your own notices are told here",
+        ));
+    }
+    if input.delivery.method != DeliveryMethod::Webhook {
+        errs.push(FieldError::new(
+            "/delivery/method",
+            "webhook-for-peer",
+            "a subscription at a peer broker is delivered by `webhook`: events are passed on as they arrive, not kept here for a feed",
+        ));
     }
 }
 

@@ -68,6 +68,8 @@ pub enum BodySchema {
     Redeliver,
     /// `schemas/relayed-lookup.schema.json`
     RelayedLookup,
+    /// `schemas/relayed-subscription.schema.json`
+    RelayedSubscription,
 }
 
 impl BodySchema {
@@ -87,6 +89,7 @@ impl BodySchema {
             BodySchema::SubscriptionApproval => include_str!("../../../schemas/subscription-approval.schema.json"),
             BodySchema::Redeliver => include_str!("../../../schemas/redeliver.schema.json"),
             BodySchema::RelayedLookup => include_str!("../../../schemas/relayed-lookup.schema.json"),
+            BodySchema::RelayedSubscription => include_str!("../../../schemas/relayed-subscription.schema.json"),
         }
     }
 
@@ -104,6 +107,7 @@ impl BodySchema {
         static APPROVAL: OnceLock<Result<Validator, String>> = OnceLock::new();
         static REDELIVER: OnceLock<Result<Validator, String>> = OnceLock::new();
         static RELAYED: OnceLock<Result<Validator, String>> = OnceLock::new();
+        static RELAYED_SUB: OnceLock<Result<Validator, String>> = OnceLock::new();
         let cell = match self {
             BodySchema::Notice => &NOTICE,
             BodySchema::Withdraw => &WITHDRAW,
@@ -118,6 +122,7 @@ impl BodySchema {
             BodySchema::SubscriptionApproval => &APPROVAL,
             BodySchema::Redeliver => &REDELIVER,
             BodySchema::RelayedLookup => &RELAYED,
+            BodySchema::RelayedSubscription => &RELAYED_SUB,
         };
         cell.get_or_init(|| compile_schema(self.source()))
     }
@@ -466,6 +471,24 @@ pub struct RelayedLookupInput {
 /// is, as a look-up's).
 pub fn relayed_lookup(body: &Value) -> Result<RelayedLookupInput, Vec<FieldError>> {
     parse_body(BodySchema::RelayedLookup, body)
+}
+
+/// Body of `POST /v1/federation/subscriptions`: a subscription a peer broker relays for one of
+/// its partners.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayedSubscriptionInput {
+    /// The relay: the requester, signed by the peer broker (JWS compact).
+    pub relay: String,
+    /// The subscription's id at the asking broker.
+    pub asking_id: uuid::Uuid,
+    /// The subscription, checked once the relay is, as a partner's.
+    pub subscription: Value,
+}
+
+/// Checks a relayed subscription's envelope against its schema.
+pub fn relayed_subscription(body: &Value) -> Result<RelayedSubscriptionInput, Vec<FieldError>> {
+    parse_body(BodySchema::RelayedSubscription, body)
 }
 
 /// Body of `POST /v1/consents` and `POST /v1/objections`.

@@ -50,6 +50,8 @@ contract_schema!(/// Look-up results.
     LookupResultDoc, "LookupResult");
 contract_schema!(/// `schemas/relayed-lookup.schema.json`
     RelayedLookupDoc, "RelayedLookupInput");
+contract_schema!(/// `schemas/relayed-subscription.schema.json`
+    RelayedSubscriptionDoc, "RelayedSubscriptionInput");
 contract_schema!(/// `schemas/consent.schema.json`
     ConsentInputDoc, "ConsentInput");
 contract_schema!(/// `schemas/objection.schema.json`

@@ -73,6 +73,12 @@ pub enum ApiError {
     /// An idempotency key was reused for a different request.
     #[error("this `Idempotency-Key` was already used with a different request body")]
     IdempotencyKeyReused,
+    /// The resource ended and will not come back.
+    #[error("{0}")]
+    Gone(String),
+    /// A peer broker, or the webhook an event is passed on to, failed.
+    #[error("{0}")]
+    BadGateway(String),
     /// OAuth token endpoint errors (RFC 6749 §5.2), also rendered as problem details.
     #[error("{0}")]
     OAuth(AuthError),
@@ -128,6 +134,8 @@ impl ApiError {
             ApiError::PreconditionFailed { .. } => ("stale-version", "Version has changed"),
             ApiError::PreconditionRequired => ("precondition-required", "If-Match required"),
             ApiError::IdempotencyKeyReused => ("idempotency-key-reused", "Idempotency key reused"),
+            ApiError::Gone(_) => ("gone", "Gone"),
+            ApiError::BadGateway(_) => ("bad-gateway", "The other end failed"),
             ApiError::OAuth(_) => ("oauth", "Token request refused"),
             ApiError::Unavailable(_) => ("unavailable", "Service unavailable"),
             ApiError::Internal(_) => ("internal", "Internal error"),
@@ -182,6 +190,8 @@ impl From<AppError> for ApiError {
                 detail: format!("the relayed requester is refused: {detail}"),
             },
             AppError::NotFound(what) => ApiError::NotFound(what),
+            AppError::Gone(what) => ApiError::Gone(what),
+            AppError::BadGateway(why) => ApiError::BadGateway(why),
             AppError::Conflict(why) => ApiError::Conflict(why),
             AppError::PreconditionFailed { current } => ApiError::PreconditionFailed { current },
             AppError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
@@ -243,6 +253,8 @@ impl ResponseError for ApiError {
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             ApiError::OAuth(e) => match e {

@@ -106,6 +106,10 @@ fn schemas() -> Map<String, Value> {
     schemas.insert("AuditQuery".into(), contract(vpr_domain::validate::BodySchema::AuditQuery.source()));
     schemas.insert("LookupResult".into(), lookup_result());
     schemas.insert("RelayedLookupInput".into(), contract(vpr_domain::validate::BodySchema::RelayedLookup.source()));
+    schemas.insert(
+        "RelayedSubscriptionInput".into(),
+        contract(vpr_domain::validate::BodySchema::RelayedSubscription.source()),
+    );
     schemas.insert("DisclosedNotice".into(), contract(DISCLOSED_NOTICE_SCHEMA));
     schemas.insert("SubscriptionInput".into(), contract(vpr_domain::validate::BodySchema::Subscription.source()));
     schemas.insert(

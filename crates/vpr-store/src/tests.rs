@@ -432,6 +432,7 @@ fn subscription(
         heartbeat_seconds: None,
         approval: serde_json::json!({"decided_by": "agreement"}),
         cohort,
+        federation: None,
     }
 }
 
@@ -451,6 +452,15 @@ fn changes_fan_out_numbered_per_subscription_and_withdrawals_follow_earlier_reci
         let in_cohort = Criteria { cohort: true, ..Default::default() };
         store.write(|tx| tx.create_subscription(&subscription(cohort_id, in_cohort, Some(vec![member])), now)).unwrap();
         assert_eq!(store.cohort_size(cohort_id).unwrap(), 1, "{name}");
+        // Held at a peer broker: the peer tells it of the peer's notices; none of these reach it.
+        let at_peer = uuid::Uuid::new_v4();
+        let link = vpr_domain::subscription::PeerLink::AtPeer { peer: "YIC01".into(), subscription_id: "s-1".into() };
+        let held = subscriptions::NewSubscription {
+            federation: Some(link.clone()),
+            ..subscription(at_peer, Criteria::default(), None)
+        };
+        store.write(|tx| tx.create_subscription(&held, now)).unwrap();
+        assert_eq!(store.subscription(at_peer).unwrap().unwrap().federation, Some(link), "{name}");
 
         let a = created(store.publish(&new_notice("9990000018", None), now).unwrap());
         let c = created(store.publish(&new_notice("9990000026", None), now).unwrap());
@@ -473,6 +483,7 @@ fn changes_fan_out_numbered_per_subscription_and_withdrawals_follow_earlier_reci
             store.events_after(everything, 2, 10).unwrap().into_iter().map(|e| (e.kind, e.notice_id)).collect();
         assert_eq!(both, vec![("created".to_owned(), gone.id), ("entered-in-error".to_owned(), gone.id)], "{name}");
         assert_eq!(store.outbox_backlog().unwrap(), 0, "{name}");
+        assert!(store.events_after(at_peer, 0, 10).unwrap().is_empty(), "{name}");
         // Lowered below `high_only`'s threshold: the amendment still reaches it, marked unmatched.
         let mut lowered = a.content.clone();
         lowered.risk_level = RiskLevel::Low;

@@ -151,7 +151,10 @@ fn refused_subscriber(app: &App, d: &ToDecide<'_>, action: AuditAction, push: bo
     };
     let decided = Decided {
         audit_id: entry.id,
-        refused: Some("the subscribing system is no longer in the registry with the `subscriptions` scope".to_owned()),
+        refused: Some(match &sub.federation {
+            Some(link) => format!("peer broker `{}` no longer vouches for the subscribing organisation", link.peer()),
+            None => "the subscribing system is no longer in the registry with the `subscriptions` scope".to_owned(),
+        }),
         events: withheld(d.events),
         shown: HashMap::new(),
     };
@@ -188,7 +191,10 @@ fn notices(
         role: sub.role.clone(),
         context_ref: sub.context_ref.clone(),
         justification: None,
-        relayed_by: None,
+        relayed_by: match &sub.federation {
+            Some(vpr_domain::subscription::PeerLink::RelayedBy { peer, .. }) => Some(peer.clone()),
+            _ => None,
+        },
     };
     let max_view = match sub.payload {
         Payload::IdOnly => View::Existence,

@@ -20,12 +20,14 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 use vpr_auth::{Principal, Scope};
+use vpr_domain::subscription::PeerLink;
 use vpr_store::subscriptions::Subscription;
 
 pub use crate::render::event::{Decided, Shown};
 pub use decide::{decide_events, decide_many, ToDecide};
 pub use fanout::fan_out;
 pub use push::deliver;
+pub(crate) use push::{post, Outgoing};
 /// The HTTP client webhooks are pushed with ([`webhook_client`]).
 pub use reqwest::Client as WebhookClient;
 
@@ -128,8 +130,21 @@ impl Outbox {
 
 /// The identity a subscription's deliveries are decided for: its system, as the registry
 /// describes it now (a system removed from the registry, or without the `subscriptions` scope,
-/// has none, and its deliveries are refused).
+/// has none, and its deliveries are refused). A subscription relayed by a peer broker is
+/// decided for its partner as a remote requester, while that peer still vouches for it.
 pub fn subscriber(app: &App, sub: &Subscription) -> Option<Principal> {
+    if let Some(PeerLink::RelayedBy { peer, .. }) = &sub.federation {
+        let org_type = *app.tokens.peers().get(peer)?.vouches_for.get(&sub.owner_ods)?;
+        return Some(Principal {
+            client_id: sub.owner_system.clone(),
+            system_name: sub.owner_system.clone(),
+            org: vpr_domain::OdsCode::parse(&sub.owner_ods).ok()?,
+            org_name: String::new(),
+            org_type,
+            scopes: std::collections::BTreeSet::new(),
+            token_id: String::new(),
+        });
+    }
     let registry = app.tokens.registry();
     let system = registry.system(&sub.owner_system)?;
     let partner = registry.partner(system.ods_code.as_str())?;

@@ -126,8 +126,8 @@ async fn heartbeats(app: &App, client: &reqwest::Client) {
         let body = fhir::subscription::heartbeat(app, &sub).to_string();
         let signature = app.tokens.keys().sign_detached(body.as_bytes()).ok();
         let out = Outgoing { body, content_type: fhir::FHIR_JSON, signature };
-        if let Err(why) = send(app, client, &sub, None, out).await {
-            tracing::info!(subscription = %sub.id, error = %why, "heartbeat not delivered");
+        if let Err(not) = send(app, client, &sub, None, out).await {
+            tracing::info!(subscription = %sub.id, error = %not.why, "heartbeat not delivered");
         }
     }
 }
@@ -276,9 +276,13 @@ async fn push_round(
                 acks.settle().await;
                 return Pushed::Stopped;
             }
-            if let Err(why) = send(app, client, sub, Some(event), body).await {
+            if let Err(not) = send(app, client, sub, Some(event), body).await {
                 acks.settle().await;
-                failed(app, sub, owner, event.number, why).await;
+                if not.gone && app.end_gone(sub).await {
+                    release(app, sub.id, owner).await;
+                    return Pushed::Stopped;
+                }
+                failed(app, sub, owner, event.number, not.why).await;
                 return Pushed::Stopped;
             }
             if acknowledge(app, owner, sub, event, last == Some(event.number), acks).await {
@@ -489,6 +493,21 @@ fn render(
         .collect()
 }
 
+/// Why a push was not acknowledged.
+#[derive(Debug)]
+pub(crate) struct NotAcknowledged {
+    /// In words, for `last_error`.
+    pub why: String,
+    /// The receiver answered `410 Gone`: the subscription ended at its end.
+    pub gone: bool,
+}
+
+impl From<String> for NotAcknowledged {
+    fn from(why: String) -> Self {
+        Self { why, gone: false }
+    }
+}
+
 /// Sends one prepared event. Any 2xx acknowledges it.
 async fn send(
     app: &App,
@@ -496,39 +515,64 @@ async fn send(
     sub: &Subscription,
     event: Option<&SubscriptionEvent>,
     out: Outgoing,
-) -> Result<(), String> {
-    let Some(url) = sub.endpoint.as_deref() else { return Err("the subscription has no webhook URL".into()) };
+) -> Result<(), NotAcknowledged> {
+    let Some(url) = sub.endpoint.as_deref() else {
+        return Err("the subscription has no webhook URL".to_owned().into());
+    };
     let attempt = sub.delivery.attempts.saturating_add(1);
+    let event = event.map(|e| (e.event_id.to_string(), e.number, attempt.to_string()));
+    post(app, client, url, sub.id, event, out).await
+}
+
+impl Outgoing {
+    /// A signed VPR event body.
+    pub(crate) fn jose(body: String) -> Self {
+        Self { body, content_type: "application/jose", signature: None }
+    }
+}
+
+/// Posts one event body to `url` with the delivery headers: the subscription, and for an event
+/// its id, number and the attempt. Any 2xx acknowledges it.
+pub(crate) async fn post(
+    app: &App,
+    client: &reqwest::Client,
+    url: &str,
+    subscription: Uuid,
+    event: Option<(String, i64, String)>,
+    out: Outgoing,
+) -> Result<(), NotAcknowledged> {
     let sent_at: DateTime<Utc> = app.clock.now();
     let mut request = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, out.content_type)
-        .header("VPR-Subscription-Id", sub.id.to_string())
+        .header("VPR-Subscription-Id", subscription.to_string())
         .header("VPR-Timestamp", sent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    if let Some(event) = event {
+    if let Some((id, number, attempt)) = event {
         request = request
-            .header("VPR-Event-Id", event.event_id.to_string())
-            .header("VPR-Event-Number", event.number.to_string())
-            .header("VPR-Delivery-Attempt", attempt.to_string());
+            .header("VPR-Event-Id", id)
+            .header("VPR-Event-Number", number.to_string())
+            .header("VPR-Delivery-Attempt", attempt);
     }
     if let Some(signature) = out.signature {
         request = request.header("VPR-JWS", signature);
     }
     let response = request.body(out.body).send().await.map_err(|e| {
-        if e.is_timeout() {
+        let why = if e.is_timeout() {
             format!("no answer within {} s", app.delivery.timeout.as_secs_f64())
         } else if e.is_connect() {
             format!("could not connect to the receiver: {}", root_cause(&e))
         } else {
             format!("request failed: {}", root_cause(&e))
-        }
+        };
+        NotAcknowledged::from(why)
     })?;
     let status = response.status();
     if status.is_success() {
         Ok(())
     } else if status.is_redirection() {
-        Err(format!("the receiver answered {status}: redirects are not followed"))
+        Err(format!("the receiver answered {status}: redirects are not followed").into())
     } else {
-        Err(format!("the receiver answered {status}"))
+        let gone = status == reqwest::StatusCode::GONE;
+        Err(NotAcknowledged { why: format!("the receiver answered {status}"), gone })
     }
 }

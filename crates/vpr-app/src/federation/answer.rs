@@ -17,13 +17,14 @@ use crate::services::lookups::LookupResult;
 use crate::App;
 
 /// The refusal of a relay, naming the rule it broke (`/relay`).
-fn relay_refusal(r: RelayRefused) -> AppError {
+pub(crate) fn relay_refusal(r: RelayRefused) -> AppError {
     AppError::RelayRefused { rule: r.rule, detail: r.detail }
 }
 
 /// Checks the relay fully: signature, audience, lifetime, vouching (in vpr-auth), then the
-/// replay (once per `jti`, shared by every replica) and that it names this subject.
-fn checked_relay(app: &App, caller: &Caller, relay: &str, subject: &Value) -> AppResult<VerifiedRelay> {
+/// replay (once per `jti`, shared by every replica) and that it names what was sent (`digest`,
+/// the hex SHA-256 of the subject or subscription).
+pub(crate) fn checked_relay(app: &App, caller: &Caller, relay: &str, digest: &str) -> AppResult<VerifiedRelay> {
     let peers = app.tokens.peers();
     let now = app.clock.now();
     let leeway = app.tokens.settings().leeway;
@@ -37,10 +38,10 @@ fn checked_relay(app: &App, caller: &Caller, relay: &str, subject: &Value) -> Ap
     if !fresh {
         return Err(relay_refusal(RelayRefused { rule: "replay", detail: "this relay was used before".into() }));
     }
-    if subject_digest(subject) != v.requester.subject_sha256 {
+    if digest != v.requester.subject_sha256 {
         return Err(relay_refusal(RelayRefused {
             rule: "subject",
-            detail: "the relay names another subject than the one sent".into(),
+            detail: "the relay names another subject (or subscription) than the one sent".into(),
         }));
     }
     Ok(v)
@@ -48,7 +49,7 @@ fn checked_relay(app: &App, caller: &Caller, relay: &str, subject: &Value) -> Ap
 
 /// The remote requester as a principal: its organisation and type as vouched for, its system
 /// at its own broker. It holds no scope here.
-fn remote_principal(v: &VerifiedRelay) -> AppResult<Principal> {
+pub(crate) fn remote_principal(v: &VerifiedRelay) -> AppResult<Principal> {
     let r = &v.requester;
     let org = OdsCode::parse(&r.org).map_err(|_| {
         relay_refusal(RelayRefused { rule: "claims", detail: format!("`{}` is not an ODS code", r.org) })
@@ -99,7 +100,8 @@ impl App {
             let refuse = |e: AppError| record_refusal(app, &caller, AuditAction::RelayedLookup, e);
             let input =
                 vpr_domain::validate::relayed_lookup(&body).map_err(|errs| refuse(AppError::Validation(errs)))?;
-            let relay = checked_relay(app, &caller, &input.relay, &input.subject).map_err(refuse)?;
+            let digest = subject_digest(&input.subject);
+            let relay = checked_relay(app, &caller, &input.relay, &digest).map_err(refuse)?;
             let remote = Caller::new(remote_principal(&relay).map_err(refuse)?, caller.request_id.clone());
             let valid = vpr_domain::validate::lookup(&lookup_body(&relay, input.subject))
                 .map_err(|errs| refuse(AppError::Validation(errs)))?;

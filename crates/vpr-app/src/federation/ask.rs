@@ -129,7 +129,7 @@ async fn ask_one(
 }
 
 /// The cause of a client error, without the URL.
-fn short(e: &reqwest::Error) -> String {
+pub(crate) fn short(e: &reqwest::Error) -> String {
     let mut cause = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -149,7 +149,7 @@ const MAX_RESULTS: usize = 500;
 const MAX_DETAIL_CHARS: usize = 300;
 
 /// A peer's answer as JSON, refused past [`MAX_ANSWER_BYTES`].
-async fn read_capped(mut response: reqwest::Response) -> Result<Value, String> {
+pub(crate) async fn read_capped(mut response: reqwest::Response) -> Result<Value, String> {
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| format!("the answer was cut short: {}", short(&e)))? {
         if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
@@ -165,7 +165,7 @@ fn bounded(text: &str) -> String {
     text.chars().take(MAX_DETAIL_CHARS).collect()
 }
 
-fn problem_detail(body: &Value) -> String {
+pub(crate) fn problem_detail(body: &Value) -> String {
     bounded(body.get("detail").and_then(Value::as_str).unwrap_or("refused by the peer's agreement"))
 }
 
@@ -187,7 +187,7 @@ const FULL_FIELDS: [&str; 7] =
 
 /// A peer's notice cut to the members of its declared view (`restricted` only when the decision
 /// says so, above existence).
-fn cut_to_view(mut notice: Value) -> Option<Value> {
+pub(crate) fn cut_to_view(mut notice: Value) -> Option<Value> {
     let d = notice.get("decision")?;
     let view = d.get("view")?.as_str()?.to_owned();
     let restricted = d.get("restricted").and_then(Value::as_bool).unwrap_or(false);
@@ -260,7 +260,7 @@ fn answered(peer_id: &str, body: Value) -> PeerAnswer {
 
 /// What the asking broker records of a notice a peer disclosed: its id, the version shown
 /// (0 when the view does not show one) and the peer's decision.
-fn audited_remote(r: &Value) -> Option<AuditedNotice> {
+pub(crate) fn audited_remote(r: &Value) -> Option<AuditedNotice> {
     let d = r.get("decision")?;
     let strings = |v: Option<&Value>| -> Vec<String> {
         v.and_then(Value::as_array)
@@ -279,7 +279,7 @@ fn audited_remote(r: &Value) -> Option<AuditedNotice> {
 }
 
 /// This broker's access token at `peer`, by `private_key_jwt` with the `federation` scope.
-async fn token_for(app: &App, peer: &vpr_auth::Peer) -> Result<String, String> {
+pub(crate) async fn token_for(app: &App, peer: &vpr_auth::Peer) -> Result<String, String> {
     let now = Instant::now();
     if let Some(t) = app.federation.cached_token(&peer.id, now) {
         return Ok(t);

@@ -11,6 +11,7 @@
 
 pub mod answer;
 pub mod ask;
+pub mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,9 @@ pub struct Federation {
     /// The settings.
     pub settings: FederationSettings,
     client: reqwest::Client,
+    /// The client events from peers are passed on to partners' webhooks with (the webhook
+    /// client's settings: no redirects, its timeout and trusted roots).
+    partner_client: reqwest::Client,
     circuits: Arc<Mutex<HashMap<String, Circuit>>>,
     tokens: Arc<Mutex<HashMap<String, CachedToken>>>,
 }
@@ -71,8 +75,9 @@ pub struct PeerState {
 }
 
 impl Federation {
-    /// The federation state, with an HTTP client bounded by the budget.
-    pub fn new(settings: FederationSettings) -> Result<Self, String> {
+    /// The federation state, with an HTTP client bounded by the budget; events from peers are
+    /// passed on to partners with `partner_client` (the webhook client).
+    pub fn new(settings: FederationSettings, partner_client: reqwest::Client) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.budget.max(Duration::from_millis(50)))
@@ -81,7 +86,7 @@ impl Federation {
             .user_agent(concat!("vpr-broker/", env!("CARGO_PKG_VERSION"), " (federation)"))
             .build()
             .map_err(|e| format!("cannot build the federation client: {e}"))?;
-        Ok(Self { settings, client, circuits: Arc::default(), tokens: Arc::default() })
+        Ok(Self { settings, client, partner_client, circuits: Arc::default(), tokens: Arc::default() })
     }
 
     /// Whether `peer` may be asked now: its circuit is closed, or open long enough that one
@@ -155,11 +160,14 @@ mod tests {
 
     #[test]
     fn a_circuit_opens_after_repeated_failures_and_half_opens_after_a_while() {
-        let f = Federation::new(FederationSettings {
-            failures_to_open: 2,
-            open_for: Duration::from_secs(10),
-            ..FederationSettings::default()
-        })
+        let f = Federation::new(
+            FederationSettings {
+                failures_to_open: 2,
+                open_for: Duration::from_secs(10),
+                ..FederationSettings::default()
+            },
+            reqwest::Client::new(),
+        )
         .unwrap();
         let t0 = Instant::now();
         assert!(f.may_ask("P", t0));

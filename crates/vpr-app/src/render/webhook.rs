@@ -22,7 +22,12 @@ pub fn webhook_body(app: &App, sub: &Subscription, event: &DecidedEvent, audit_i
         "audit_id": audit_id,
         "event": event.to_json(),
     });
-    let jws = app.tokens.keys().sign_event(&claims).map_err(|e| e.to_string())?;
+    sealed(app, sub, &claims)
+}
+
+/// Event claims signed by this broker, and encrypted to the subscriber's key when it gave one.
+pub fn sealed(app: &App, sub: &Subscription, claims: &Value) -> Result<String, String> {
+    let jws = app.tokens.keys().sign_event(claims).map_err(|e| e.to_string())?;
     match &sub.encryption_jwk {
         None => Ok(jws),
         Some(text) => {

@@ -51,10 +51,10 @@ fn issue_code(e: &ApiError) -> &'static str {
         ApiError::UnsupportedMediaType(_) => "not-supported",
         ApiError::Unauthorized(_) => "login",
         ApiError::InsufficientScope(_) | ApiError::Forbidden(_) | ApiError::RelayRefused { .. } => "forbidden",
-        ApiError::NotFound(_) => "not-found",
+        ApiError::NotFound(_) | ApiError::Gone(_) => "not-found",
         ApiError::Conflict(_) | ApiError::PreconditionFailed { .. } | ApiError::PreconditionRequired => "conflict",
         ApiError::OAuth(_) => "security",
-        ApiError::Unavailable(_) => "transient",
+        ApiError::Unavailable(_) | ApiError::BadGateway(_) => "transient",
         ApiError::Internal(_) => "exception",
     }
 }

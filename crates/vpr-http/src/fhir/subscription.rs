@@ -217,6 +217,7 @@ fn requested(app: &App, req: &HttpRequest, body: &Value) -> Result<Requested, Ap
             encryption_key: None,
             expires_at,
             tag: reason,
+            peer: None,
         },
         heartbeat,
     })

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use vpr_app::services::subscriptions::Facade;
 use vpr_app::App;
 use vpr_auth::{EncryptionKey, Scope};
-use vpr_domain::subscription::DeliveryMethod;
 use vpr_domain::subscription::SubscriptionStatus;
+use vpr_domain::subscription::{DeliveryMethod, PeerLink};
 use vpr_store::subscriptions::Subscription;
 
 use crate::docs::{
@@ -38,7 +38,7 @@ pub fn resource(sub: &Subscription, cohort_size: i64) -> Value {
         serde_json::from_str(t).ok().and_then(|m| EncryptionKey::from_jwk(&m).ok()).map(|k| k.algorithm().to_owned())
     });
     let d = &sub.delivery;
-    json!({
+    let mut body = json!({
         "id": sub.id,
         "status": sub.status,
         "owner": {"ods_code": sub.owner_ods, "client_id": sub.owner_system},
@@ -71,7 +71,17 @@ pub fn resource(sub: &Subscription, cohort_size: i64) -> Value {
             "last_error": d.last_error,
         },
         "links": {"events": format!("/v1/subscriptions/{}/events?after=0", sub.id)},
-    })
+    });
+    if let (Some(link), Some(m)) = (&sub.federation, body.as_object_mut()) {
+        let shown = match link {
+            PeerLink::AtPeer { peer, subscription_id } => {
+                json!({"peer": peer, "peer_subscription_id": subscription_id})
+            }
+            PeerLink::RelayedBy { peer, .. } => json!({"relayed_by": peer}),
+        };
+        m.insert("federation".into(), shown);
+    }
+    body
 }
 
 async fn respond_with(
@@ -88,10 +98,11 @@ async fn respond_with(
     tag = "subscriptions",
     request_body(content = SubscriptionInputDoc, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created: `active`, or `pending-approval` when the agreement does not allow it outright (an IG lead decides)", body = SubscriptionDoc),
+        (status = 201, description = "Created: `active`, or `pending-approval` when the agreement does not allow it outright (an IG lead decides). With `peer`, the peer broker's agreement and IG leads decide.", body = SubscriptionDoc),
         (status = 401, description = "No valid access token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks `subscriptions`", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "Validation failed: every failing field by JSON pointer, with its rule", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "With `peer`: the peer broker could not be asked (nothing is stored)", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["subscriptions"]))
 )]
@@ -100,8 +111,12 @@ pub async fn create(app: web::Data<App>, req: HttpRequest, payload: web::Payload
     let caller = authenticate(&app, &req, &[Scope::Subscriptions])?;
     let body = json(&req, payload, MAX_SUBSCRIPTION_BODY).await?;
     let spec = app.subscription_rules().subscription(&body).map_err(ApiError::Validation)?;
-    let new = app.admit(&caller, &spec, Uuid::new_v4())?;
-    let sub = app.subscribe(&caller, new).await?;
+    let sub = if spec.peer.is_some() {
+        app.subscribe_at_peer(&caller, spec, &body).await?
+    } else {
+        let new = app.admit(&caller, &spec, Uuid::new_v4())?;
+        app.subscribe(&caller, new).await?
+    };
     let location = format!("/v1/subscriptions/{}", sub.id);
     respond_with(&app, sub, HttpResponse::Created().insert_header((header::LOCATION, location))).await
 }

@@ -114,6 +114,7 @@ impl Tx<'_> {
                 s::topic.eq(new.topic.code()),
                 s::heartbeat_seconds.eq(new.heartbeat_seconds),
                 s::next_attempt_at.eq(at),
+                s::federation.eq(new.federation.as_ref().map(serde_json::to_string).transpose().map_err(corrupt)?),
             ))
             .execute(self.conn)?;
         diesel::insert_into(cnt::table)

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
-use vpr_domain::subscription::{Criteria, SubscriptionStatus, Topic};
+use vpr_domain::subscription::{Criteria, PeerLink, SubscriptionStatus, Topic};
 use vpr_domain::vocab::ChangeKind;
 
 use super::model::{corrupt, db_time};
@@ -86,14 +86,20 @@ struct NoticeRound {
 impl NoticeRound {
     /// The subscriptions to notices that may still receive events.
     fn load(conn: &mut DbConnection) -> Result<Self, StoreError> {
-        let subs: Vec<(String, String, String, i64)> = s::table
+        let subs: Vec<(String, String, String, i64, Option<String>)> = s::table
             .inner_join(cnt::table)
             .filter(s::status.eq_any(SubscriptionStatus::codes(SubscriptionStatus::RECEIVING)))
             .filter(s::topic.eq(Topic::Notices.code()))
-            .select((s::id, s::status, s::criteria, cnt::last_event_number))
+            .select((s::id, s::status, s::criteria, cnt::last_event_number, s::federation))
             .load(conn)?;
         let mut round = Self::default();
-        for (id, st, c, last) in subs {
+        for (id, st, c, last, federation) in subs {
+            // A subscription held at a peer is told of the peer's notices, by the peer.
+            let link: Option<PeerLink> =
+                federation.as_deref().map(serde_json::from_str).transpose().map_err(corrupt)?;
+            if matches!(link, Some(PeerLink::AtPeer { .. })) {
+                continue;
+            }
             let parsed: Criteria = serde_json::from_str(&c).map_err(corrupt)?;
             let active = SubscriptionStatus::from_code(&st).is_some_and(SubscriptionStatus::receives_new);
             round.criteria.insert(id.clone(), (active, parsed));

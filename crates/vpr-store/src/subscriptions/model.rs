@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
-use vpr_domain::subscription::{Criteria, DeliveryMethod, Payload, SubscriptionStatus, Topic};
+use vpr_domain::subscription::{Criteria, DeliveryMethod, Payload, PeerLink, SubscriptionStatus, Topic};
 
 use crate::schema::{subscription_events as se, subscriptions as s};
 use crate::StoreError;
@@ -59,6 +59,8 @@ pub struct NewSubscription {
     pub approval: Value,
     /// The cohort's blind indexes, when the cohort criterion is given (replaces any existing).
     pub cohort: Option<Vec<String>>,
+    /// Set when the subscription crosses an ICS border.
+    pub federation: Option<PeerLink>,
 }
 
 /// Where a webhook subscription's delivery stands.
@@ -131,6 +133,8 @@ pub struct Subscription {
     pub approval: Value,
     /// Delivery.
     pub delivery: DeliveryStatus,
+    /// Set when the subscription crosses an ICS border.
+    pub federation: Option<PeerLink>,
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]
@@ -165,6 +169,7 @@ pub(crate) struct Row {
     last_attempt_at: Option<NaiveDateTime>,
     last_delivered_at: Option<NaiveDateTime>,
     last_error: Option<String>,
+    federation: Option<String>,
 }
 
 pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -212,6 +217,7 @@ impl Row {
                 last_delivered_at: self.last_delivered_at.map(|t| t.and_utc()),
                 last_error: self.last_error,
             },
+            federation: self.federation.as_deref().map(serde_json::from_str).transpose().map_err(corrupt)?,
         })
     }
 }

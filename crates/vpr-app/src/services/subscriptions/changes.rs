@@ -22,6 +22,7 @@ impl App {
     pub async fn change_cohort(&self, caller: &Caller, id: Uuid, body: Value) -> AppResult<i64> {
         let change = vpr_domain::subscription::cohort_change(&body).map_err(AppError::Validation)?;
         let sub = self.owned_subscription(caller, id, Facade::Vpr).await?;
+        super::held_here(&sub)?;
         if !sub.criteria.cohort {
             return Err(AppError::Conflict(
                 "this subscription has no cohort: give `criteria.cohort` with PUT first".into(),
@@ -85,6 +86,7 @@ impl App {
     pub async fn redeliver(&self, caller: &Caller, id: Uuid, body: Value) -> AppResult<Subscription> {
         let input = vpr_domain::subscription::redeliver(&body).map_err(AppError::Validation)?;
         let sub = self.owned_subscription(caller, id, Facade::Vpr).await?;
+        super::held_here(&sub)?;
         if sub.method != DeliveryMethod::Webhook {
             return Err(AppError::Conflict(
                 "a feed subscription is replayed by reading its feed from any `after`".into(),
@@ -125,6 +127,11 @@ fn approve(
     };
     let now = app.clock.now();
     let current = tx.subscription(id)?.ok_or_else(|| AppError::NotFound("no subscription has this id".into()))?;
+    if let Some(vpr_domain::subscription::PeerLink::AtPeer { peer, .. }) = &current.federation {
+        return Err(AppError::Conflict(format!(
+            "this subscription is held at peer broker `{peer}`, whose agreement and IG leads decide it"
+        )));
+    }
     let record = json!({
         "decided_by": "ig", "decision": input.decision, "note": input.note.trim(),
         "reviewer": {"organisation": caller.org(), "user_id": input.reviewer.user_id, "role": input.reviewer.role},

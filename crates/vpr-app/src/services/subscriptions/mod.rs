@@ -7,10 +7,11 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 use vpr_auth::{EncryptionKey, Scope};
 use vpr_domain::audit::AuditAction;
+use vpr_domain::subscription::PeerLink;
 use vpr_domain::subscription::{DeliveryMethod, SubscriptionRules, SubscriptionSpec, SubscriptionStatus, Topic};
 use vpr_domain::FieldError;
 use vpr_policy::{Requester, SubscriptionFacts};
-use vpr_store::audit::AuditEntry;
+use vpr_store::audit::{AuditEntry, FederationRecord, PeerRecord};
 use vpr_store::subscriptions::{NewSubscription, Subscription, SubscriptionEvent};
 
 use crate::access::{ig_only, may_act_as, require_scope, RoleRefusal};
@@ -49,9 +50,34 @@ fn no_subscription(facade: Facade) -> AppError {
     }
 }
 
+/// What the audit entry of a subscription crossing an ICS border records of it: the peer that
+/// relayed it here, or the peer holding it.
+fn federation_record(link: &PeerLink) -> FederationRecord {
+    match link {
+        PeerLink::RelayedBy { peer, .. } => FederationRecord { relayed_by: Some(peer.clone()), peers: vec![] },
+        PeerLink::AtPeer { peer, subscription_id } => FederationRecord {
+            relayed_by: None,
+            peers: vec![PeerRecord {
+                broker: peer.clone(),
+                outcome: "answered".into(),
+                status: None,
+                lookup_id: None,
+                notices: vec![],
+                detail: Some(format!("held there as subscription {subscription_id}")),
+            }],
+        },
+    }
+}
+
 /// The audit entry of a change to a subscription (not a disclosure, but IG reviews who asked to
 /// be told of what).
-fn subscription_audit(app: &App, caller: &Caller, action: AuditAction, sub: &Subscription, outcome: u16) -> AuditEntry {
+pub(crate) fn subscription_audit(
+    app: &App,
+    caller: &Caller,
+    action: AuditAction,
+    sub: &Subscription,
+    outcome: u16,
+) -> AuditEntry {
     let from_approval = |key: &str| -> Vec<String> {
         sub.approval.get(key).and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default()
     };
@@ -62,6 +88,7 @@ fn subscription_audit(app: &App, caller: &Caller, action: AuditAction, sub: &Sub
         decision: sub.status.code().to_owned(),
         clauses: from_approval("clauses"),
         lawful_basis: from_approval("lawful_basis"),
+        federation: sub.federation.as_ref().map(federation_record),
         ..caller_entry(app, caller, action, outcome)
     }
 }
@@ -91,16 +118,13 @@ fn admission_problems(app: &App, caller: &Caller, spec: &SubscriptionSpec) -> Ve
     errs
 }
 
-/// Whether the agreement lets the subscription start outright: its status and approval record.
-fn admission_decision(app: &App, caller: &Caller, spec: &SubscriptionSpec) -> (SubscriptionStatus, Value) {
-    let p = &caller.principal;
-    let requester = Requester {
-        org: p.org.as_str().to_owned(),
-        org_type: p.org_type,
-        role: spec.role.clone(),
-        system: p.client_id.clone(),
-        via: None,
-    };
+/// Whether the agreement lets `requester`'s subscription start outright: its status and
+/// approval record.
+pub(crate) fn admission_decision(
+    app: &App,
+    requester: &Requester,
+    spec: &SubscriptionSpec,
+) -> (SubscriptionStatus, Value) {
     let facts = SubscriptionFacts {
         topic: spec.topic.code().to_owned(),
         subject_kinds: spec.criteria.subject_kinds.iter().map(|k| k.code().to_owned()).collect(),
@@ -114,7 +138,7 @@ fn admission_decision(app: &App, caller: &Caller, spec: &SubscriptionSpec) -> (S
     };
     let now = app.clock.now();
     let version = &app.agreement.version;
-    let d = app.agreement.decide_subscription(&requester, &facts, &spec.purpose, spec.context_reference.is_some());
+    let d = app.agreement.decide_subscription(requester, &facts, &spec.purpose, spec.context_reference.is_some());
     if d.permit {
         let record = json!({"decided_by": "agreement", "clauses": d.clauses, "lawful_basis": d.lawful_basis,
                             "agreement_version": version, "at": now});
@@ -147,11 +171,16 @@ impl App {
         if !errs.is_empty() {
             return Err(AppError::Validation(errs));
         }
-        let (status, approval) = admission_decision(self, caller, spec);
-        let cohort = spec
-            .cohort
-            .as_ref()
-            .map(|subjects| subjects.iter().flat_map(|s| subject_keys(self, s).0).collect::<Vec<String>>());
+        let p = &caller.principal;
+        let requester = Requester {
+            org: p.org.as_str().to_owned(),
+            org_type: p.org_type,
+            role: spec.role.clone(),
+            system: p.client_id.clone(),
+            via: None,
+        };
+        let (status, approval) = admission_decision(self, &requester, spec);
+        let cohort = self.cohort_keys(spec);
         Ok(NewSubscription {
             id,
             owner_ods: caller.org().to_owned(),
@@ -172,7 +201,15 @@ impl App {
             heartbeat_seconds: None,
             approval,
             cohort,
+            federation: None,
         })
+    }
+
+    /// The blind indexes of a subscription's cohort, when it has one.
+    pub(crate) fn cohort_keys(&self, spec: &SubscriptionSpec) -> Option<Vec<String>> {
+        spec.cohort
+            .as_ref()
+            .map(|subjects| subjects.iter().flat_map(|s| subject_keys(self, s).0).collect::<Vec<String>>())
     }
 
     /// Stores an admitted subscription with its `subscribe` entry.
@@ -245,7 +282,15 @@ impl App {
         id: Uuid,
         spec: SubscriptionSpec,
     ) -> AppResult<Subscription> {
-        self.owned_subscription(caller, id, Facade::Vpr).await?;
+        let current = self.owned_subscription(caller, id, Facade::Vpr).await?;
+        held_here(&current)?;
+        if spec.peer.is_some() {
+            return Err(AppError::invalid(
+                "/peer",
+                "peer-unchangeable",
+                "a subscription cannot be moved to a peer broker: subscribe there anew",
+            ));
+        }
         let new = self.admit(caller, &spec, id)?;
         let caller = caller.clone();
         self.blocking(move |app| {
@@ -266,17 +311,24 @@ impl App {
         sub: &Subscription,
         outcome: u16,
     ) -> AppResult<Subscription> {
-        let (caller, id) = (caller.clone(), sub.id);
-        self.blocking(move |app| {
-            app.store.audited(|tx| {
-                let sub = tx
-                    .delete_subscription(id, app.clock.now())?
-                    .ok_or_else(|| AppError::Conflict("the subscription is already deleted".into()))?;
-                let entry = subscription_audit(app, &caller, AuditAction::Unsubscribe, &sub, outcome);
-                Ok((sub, entry))
+        let (c, id) = (caller.clone(), sub.id);
+        let deleted = self
+            .blocking(move |app| {
+                app.store.audited(|tx| {
+                    let sub = tx
+                        .delete_subscription(id, app.clock.now())?
+                        .ok_or_else(|| AppError::Conflict("the subscription is already deleted".into()))?;
+                    let entry = subscription_audit(app, &c, AuditAction::Unsubscribe, &sub, outcome);
+                    Ok((sub, entry))
+                })
             })
-        })
-        .await
+            .await?;
+        if let Some(PeerLink::AtPeer { peer, subscription_id }) = &deleted.federation {
+            // The peer is told now; if it cannot be, its next push is answered `410 Gone` and
+            // it ends the subscription then.
+            self.end_at_peer(caller, &deleted, peer, subscription_id).await;
+        }
+        Ok(deleted)
     }
 
     /// Events of a subscription decided now for a read (`feed` or `fhir-events`): `since`
@@ -293,6 +345,7 @@ impl App {
         if !sub.status.receives() {
             return Err(AppError::Conflict(format!("a subscription that is `{}` has no feed", sub.status)));
         }
+        held_here(sub)?;
         let (s, request_id) = (sub.clone(), caller.request_id.clone());
         let (events, decided) = self
             .blocking(move |app| {
@@ -317,6 +370,17 @@ impl App {
         let (events, decided) = self.read_events(caller, &sub, AuditAction::Feed, after, i64::MAX, limit).await?;
         let next_after = events.last().map_or(after, |e| e.number);
         Ok(FeedPage { sub, decided, next_after })
+    }
+}
+
+/// Refuses a change or a feed read of a subscription held at a peer broker: the peer holds its
+/// criteria and events; here it is only passed on.
+pub(crate) fn held_here(sub: &Subscription) -> AppResult<()> {
+    match &sub.federation {
+        Some(PeerLink::AtPeer { peer, .. }) => Err(AppError::Conflict(format!(
+            "this subscription is held at peer broker `{peer}`, which pushes its events as they happen: it has no feed here and cannot be changed (delete it and subscribe anew)"
+        ))),
+        _ => Ok(()),
     }
 }
 

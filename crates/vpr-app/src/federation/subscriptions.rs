@@ -1,0 +1,522 @@
+//! Subscriptions across an ICS border. A partner here subscribes to notices published in a peer
+//! ICS's area: this broker registers the subscription at the peer with a relay, as it relays a
+//! look-up ([`App::subscribe_at_peer`]). The peer holds it, decides every event at delivery time
+//! under its own agreement, audits it, and pushes it here over its ordinary webhook channel
+//! (signed, ordered, retried); this broker checks the peer's signature and passes each event on
+//! to the partner's webhook as it arrives ([`App::pass_on_peer_event`]), answering the peer only
+//! once the partner has acknowledged it. Nothing of an event is stored here but its audit entry,
+//! so a notice never comes to rest at a broker that is not its publisher's; order and retries
+//! are the peer's, and a restart of either broker loses nothing.
+//!
+//! The answering side ([`App::answer_relayed_subscription`]) stores the subscription owned by
+//! the remote partner, marked as relayed by the peer, with the peer's configured base URL as its
+//! webhook. Withdrawals and expiries of notices it was given reach it like any subscriber's. A
+//! subscription ended at the asking broker is ended at the peer then, or at the latest when the
+//! peer's next push is answered `410 Gone`.
+
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+use vpr_auth::{Principal, RelayedRequester, Scope};
+use vpr_domain::audit::AuditAction;
+use vpr_domain::subscription::{PeerLink, SubscriptionSpec, SubscriptionStatus, Topic};
+use vpr_domain::FieldError;
+use vpr_policy::Requester;
+use vpr_store::audit::{AuditEntry, FederationRecord, PeerRecord};
+use vpr_store::subscriptions::{NewSubscription, Subscription};
+
+use super::answer::{checked_relay, remote_principal};
+use super::ask::{audited_remote, cut_to_view, problem_detail, read_capped, short, subject_digest, token_for};
+use crate::access::{requester_refusal, require_scope};
+use crate::audit::{caller_entry, record_refusal};
+use crate::caller::{Access, Caller};
+use crate::delivery::{post, subscriber, Outgoing};
+use crate::error::{AppError, AppResult};
+use crate::services::subscriptions::{admission_decision, subscription_audit};
+use crate::App;
+
+/// The path a peer pushes a subscription's events to, at the asking broker.
+pub fn events_path(asking_id: Uuid) -> String {
+    format!("/v1/federation/events/{asking_id}")
+}
+
+/// What a subscription's relay is bound to: the asking broker's id for it and the subscription
+/// as sent.
+fn subscription_digest(asking_id: Uuid, subscription: &Value) -> String {
+    subject_digest(&json!([asking_id, subscription]))
+}
+
+/// What the relay ending a subscription is bound to.
+fn ending_digest(subscription_id: &str) -> String {
+    subject_digest(&json!(["end", subscription_id]))
+}
+
+/// The header carrying the relay when a subscription is ended.
+pub const RELAY_HEADER: &str = "VPR-Relay";
+
+/// The requester a subscription relays: the partner's system, acting for the subscription.
+fn relayed_for(p: &Principal, sub_id: Uuid, spec_role: &str, purpose: &str, context: Option<&str>) -> RelayedRequester {
+    RelayedRequester {
+        org: p.org.as_str().to_owned(),
+        org_type: p.org_type,
+        system: p.client_id.clone(),
+        user: format!("subscription:{sub_id}"),
+        role: spec_role.to_owned(),
+        purpose: purpose.to_owned(),
+        context_ref: context.map(str::to_owned),
+        break_glass: None,
+        subject_sha256: String::new(),
+    }
+}
+
+/// The peer's validation errors, pointing into the subscription the partner sent.
+fn peer_field_errors(body: &Value) -> Vec<FieldError> {
+    let items = body.get("errors").and_then(Value::as_array).cloned().unwrap_or_default();
+    items
+        .iter()
+        .filter_map(|e| {
+            let pointer = e.get("pointer")?.as_str()?;
+            let pointer = pointer.strip_prefix("/subscription").unwrap_or(pointer);
+            let rule = e.get("rule").and_then(Value::as_str).unwrap_or("peer-refused");
+            let detail = e.get("detail").and_then(Value::as_str).unwrap_or("refused by the peer broker");
+            Some(FieldError::new(pointer, bounded(rule, 64), bounded(detail, 300)))
+        })
+        .take(50)
+        .collect()
+}
+
+fn bounded(text: &str, n: usize) -> String {
+    text.chars().take(n).collect()
+}
+
+/// What the peer answered to a registration.
+struct Registered {
+    id: Uuid,
+    status: SubscriptionStatus,
+    approval: Value,
+}
+
+impl App {
+    /// Subscribes the caller at peer broker `spec.peer` to notices published there: admitted
+    /// here (role, purpose, encryption key), registered at the peer under its agreement (which
+    /// may start it outright or hold it for its IG leads), then stored here with its entry.
+    /// Nothing is stored if the peer refuses or cannot be reached.
+    pub async fn subscribe_at_peer(
+        &self,
+        caller: &Caller,
+        spec: SubscriptionSpec,
+        body: &Value,
+    ) -> AppResult<Subscription> {
+        let peer_id = spec.peer.clone().unwrap_or_default();
+        if self.tokens.peers().get(&peer_id).is_none() {
+            return Err(AppError::invalid(
+                "/peer",
+                "unknown-peer",
+                format!("`{peer_id}` is not a peer broker of this one"),
+            ));
+        }
+        let id = Uuid::new_v4();
+        let mut new = self.admit(caller, &spec, id)?;
+        // The peer is sent the subscription as the partner gave it, but for delivery: it pushes
+        // to this broker, which encrypts to the partner's key (if any) when it passes events on.
+        let mut sent = body.clone();
+        if let Value::Object(m) = &mut sent {
+            m.remove("peer");
+            m.remove("tag");
+            let url = format!("{}{}", self.tokens.settings().issuer.trim_end_matches('/'), events_path(id));
+            m.insert("delivery".into(), json!({"method": "webhook", "url": url}));
+        }
+        let mut who = relayed_for(&caller.principal, id, &spec.role, &spec.purpose, spec.context_reference.as_deref());
+        who.subject_sha256 = subscription_digest(id, &sent);
+        let registered = self.register_at_peer(&peer_id, &who, id, sent, &caller.request_id).await?;
+        let clauses = registered.approval.get("clauses").cloned().unwrap_or_else(|| json!([]));
+        let bases = registered.approval.get("lawful_basis").cloned().unwrap_or_else(|| json!([]));
+        new.status = registered.status;
+        new.approval = json!({
+            "decided_by": "peer", "peer": peer_id, "peer_subscription_id": registered.id,
+            "clauses": clauses, "lawful_basis": bases, "peer_approval": registered.approval, "at": self.now(),
+        });
+        new.federation = Some(PeerLink::AtPeer { peer: peer_id, subscription_id: registered.id.to_string() });
+        self.subscribe(caller, new).await
+    }
+
+    async fn register_at_peer(
+        &self,
+        peer_id: &str,
+        who: &RelayedRequester,
+        asking_id: Uuid,
+        subscription: Value,
+        request_id: &str,
+    ) -> AppResult<Registered> {
+        let unreachable =
+            |why: String| AppError::BadGateway(format!("peer broker `{peer_id}` could not be asked: {why}"));
+        let peer = self.tokens.peers().get(peer_id).ok_or_else(|| unreachable("not a configured peer".into()))?;
+        let token = token_for(self, peer).await.map_err(unreachable)?;
+        let own = &self.tokens.peers().own_id;
+        let relay =
+            self.tokens.keys().sign_relay(own, peer_id, who, self.now()).map_err(|e| unreachable(e.to_string()))?;
+        let response = self
+            .federation
+            .client
+            .post(format!("{}/v1/federation/subscriptions", peer.base_url))
+            .timeout(self.delivery.timeout)
+            .bearer_auth(&token)
+            .header("X-Request-Id", request_id)
+            .json(&json!({"relay": relay, "asking_id": asking_id, "subscription": subscription}))
+            .send()
+            .await
+            .map_err(|e| unreachable(short(&e)))?;
+        let status = response.status().as_u16();
+        let body = read_capped(response).await.map_err(unreachable)?;
+        match status {
+            201 => {
+                let id = body.get("id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());
+                let state = body.get("status").and_then(Value::as_str).and_then(SubscriptionStatus::from_code);
+                match (id, state) {
+                    (Some(id), Some(s @ (SubscriptionStatus::Active | SubscriptionStatus::Pending))) => {
+                        Ok(Registered { id, status: s, approval: body.get("approval").cloned().unwrap_or(Value::Null) })
+                    }
+                    _ => Err(unreachable("its answer has no subscription id and status".into())),
+                }
+            }
+            400 | 422 => {
+                let errors = peer_field_errors(&body);
+                if errors.is_empty() {
+                    Err(AppError::Forbidden(format!("peer broker `{peer_id}` refused: {}", problem_detail(&body))))
+                } else {
+                    Err(AppError::Validation(errors))
+                }
+            }
+            401 => {
+                self.federation.forget_token(peer_id);
+                Err(unreachable("it did not accept this broker's token".into()))
+            }
+            403 => Err(AppError::Forbidden(format!(
+                "peer broker `{peer_id}` refused the subscription: {}",
+                problem_detail(&body)
+            ))),
+            other => Err(unreachable(format!("it answered {other}"))),
+        }
+    }
+
+    /// Tells the peer holding `sub` that it ended here. Best effort: if the peer cannot be told
+    /// now, its next push is answered `410 Gone` and it ends the subscription then.
+    pub(crate) async fn end_at_peer(&self, caller: &Caller, sub: &Subscription, peer_id: &str, peer_sub: &str) {
+        let Some(peer) = self.tokens.peers().get(peer_id) else { return };
+        let mut who = relayed_for(&caller.principal, sub.id, &sub.role, &sub.purpose, sub.context_ref.as_deref());
+        who.subject_sha256 = ending_digest(peer_sub);
+        let own = &self.tokens.peers().own_id;
+        let outcome = match (token_for(self, peer).await, self.tokens.keys().sign_relay(own, peer_id, &who, self.now()))
+        {
+            (Ok(token), Ok(relay)) => self
+                .federation
+                .client
+                .delete(format!("{}/v1/federation/subscriptions/{peer_sub}", peer.base_url))
+                .timeout(self.delivery.timeout)
+                .bearer_auth(token)
+                .header(RELAY_HEADER, relay)
+                .header("X-Request-Id", &caller.request_id)
+                .send()
+                .await
+                .map_err(|e| short(&e))
+                .and_then(|r| match r.status().as_u16() {
+                    200..=299 | 404 | 410 => Ok(()),
+                    s => Err(format!("it answered {s}")),
+                }),
+            (Err(why), _) => Err(why),
+            (_, Err(e)) => Err(e.to_string()),
+        };
+        if let Err(why) = outcome {
+            tracing::warn!(subscription = %sub.id, peer = peer_id, error = %why, "the peer could not be told the subscription ended; its next push will be answered 410");
+        }
+    }
+
+    /// Passes on an event that the peer holding subscription `id` pushed: the peer's signature
+    /// and the subscription are checked, the pass-on is audited here (naming the peer's notice
+    /// ids, views and clauses, never the content), then the event is signed by this broker (and
+    /// encrypted to the partner's key, if it gave one) and posted to the partner's webhook. Only
+    /// when the partner acknowledges does this return, so the peer retries until it has; the
+    /// partner de-duplicates by event id, as with any webhook. `410 Gone` tells the peer the
+    /// subscription ended here.
+    pub async fn pass_on_peer_event(&self, id: Uuid, jws: String, attempt: Option<String>) -> AppResult<()> {
+        let sub = self.blocking(move |app| Ok(app.store.subscription(id)?)).await?;
+        let gone = || AppError::Gone("no subscription here receives this peer's events".into());
+        let sub = sub.ok_or_else(gone)?;
+        let Some(PeerLink::AtPeer { peer, subscription_id }) = sub.federation.clone() else { return Err(gone()) };
+        if !(sub.status.receives() || sub.status == SubscriptionStatus::Pending) {
+            return Err(AppError::Gone(format!("the subscription is `{}` here", sub.status)));
+        }
+        let leeway = self.tokens.settings().leeway;
+        let claims = self
+            .tokens
+            .peers()
+            .open_event(&peer, &subscription_id, &jws, self.now(), leeway)
+            .map_err(AppError::Forbidden)?;
+        // The partner, as the registry describes it now.
+        let partner = subscriber(self, &sub).ok_or_else(|| {
+            AppError::Gone("the subscribing system is no longer in the registry with the `subscriptions` scope".into())
+        })?;
+        let mut event: Map<String, Value> = claims.get("event").and_then(Value::as_object).cloned().unwrap_or_default();
+        let event_id = event.get("event_id").and_then(Value::as_str).filter(|e| Uuid::parse_str(e).is_ok());
+        let number = event.get("event_number").and_then(Value::as_i64).filter(|n| *n > 0);
+        let (Some(event_id), Some(number)) = (event_id.map(str::to_owned), number) else {
+            return Err(AppError::Forbidden("the event has no `event_id` (a UUID) and `event_number`".into()));
+        };
+        // What the peer decided is all that is passed on: its notice cut to its declared view.
+        let notice = match event.remove("notice") {
+            Some(n) => {
+                Some(cut_to_view(n).ok_or_else(|| AppError::Forbidden("the event's notice has no known view".into()))?)
+            }
+            None => None,
+        };
+        let record = PeerRecord {
+            broker: peer.clone(),
+            outcome: "answered".into(),
+            status: None,
+            lookup_id: claims.get("audit_id").and_then(Value::as_str).map(str::to_owned),
+            notices: notice.as_ref().and_then(audited_remote).into_iter().collect(),
+            detail: Some(format!("event {number} ({event_id}) of subscription {subscription_id} there")),
+        };
+        if let Some(mut n) = notice {
+            if let Value::Object(m) = &mut n {
+                m.insert("broker".into(), Value::String(peer.clone()));
+            }
+            event.insert("notice".into(), n);
+        }
+        let caller = Caller::new(partner, format!("peer-event:{id}:{number}"));
+        let (s, c) = (sub.clone(), caller.clone());
+        let entry_id = self.blocking(move |app| app.record_pass_on(&c, &s, record)).await?;
+        let payload = json!({
+            "iss": self.tokens.settings().issuer,
+            "aud": sub.owner_system,
+            "sub": sub.id,
+            "iat": self.now().timestamp(),
+            "jti": event_id,
+            "subscription": {"id": sub.id, "tag": sub.tag},
+            "audit_id": entry_id,
+            "broker": {"id": peer, "subscription_id": subscription_id, "audit_id": claims.get("audit_id")},
+            "event": Value::Object(event),
+        });
+        let body = crate::render::webhook::sealed(self, &sub, &payload)
+            .map_err(|e| AppError::Internal(format!("cannot seal the event: {e}")))?;
+        let url = sub.endpoint.as_deref().ok_or_else(|| AppError::Internal("no webhook URL".into()))?;
+        let sent = (event_id, number, attempt.unwrap_or_else(|| "1".into()));
+        match post(self, &self.federation.partner_client, url, sub.id, Some(sent), Outgoing::jose(body)).await {
+            Ok(()) => {
+                self.metrics.deliveries.with_label_values(&["passed-on"]).inc();
+                Ok(())
+            }
+            Err(not) => {
+                self.metrics.deliveries.with_label_values(&["pass-on-failed"]).inc();
+                Err(AppError::BadGateway(format!(
+                    "the subscriber's webhook did not acknowledge the event: {}",
+                    not.why
+                )))
+            }
+        }
+    }
+
+    /// The audit entry of an event passed on (and, for a subscription the peer's IG has since
+    /// approved, its start here), committed together. Returns the entry's id.
+    fn record_pass_on(&self, caller: &Caller, sub: &Subscription, record: PeerRecord) -> AppResult<Uuid> {
+        let now = self.clock.now();
+        self.store.audited(|tx| {
+            if sub.status == SubscriptionStatus::Pending {
+                // The peer pushes only what it has let start: it was approved there.
+                let approval = json!({"decided_by": "peer", "note": "the peer broker started it (its IG leads approved it)",
+                                      "at": now, "previous": sub.approval});
+                tx.set_subscription_status(sub.id, &[SubscriptionStatus::Pending], SubscriptionStatus::Active, Some(&approval), now)?;
+            }
+            let decision = if record.notices.is_empty() { "withheld" } else { "permit" };
+            let entry = AuditEntry {
+                actor_user: Some(format!("subscription:{}", sub.id)),
+                actor_role: Some(sub.role.clone()),
+                purpose: Some(sub.purpose.clone()),
+                context_ref: sub.context_ref.clone(),
+                decision: decision.into(),
+                clauses: record.notices.iter().flat_map(|n| n.clauses.clone()).collect(),
+                lawful_basis: record.notices.iter().flat_map(|n| n.lawful_basis.clone()).collect(),
+                federation: Some(FederationRecord { relayed_by: None, peers: vec![record] }),
+                ..caller_entry(self, caller, AuditAction::PeerEvent, 0)
+            };
+            let id = entry.id;
+            Ok::<_, AppError>((id, entry))
+        })
+    }
+
+    /// Answers a subscription relayed by the peer broker `caller` for one of its partners, to
+    /// notices published here: the relay checked (signature, lifetime, replay, vouching, and that
+    /// it names this subscription), the subscription validated as a partner's, admitted under
+    /// this agreement for the remote partner (outright, or held for this ICS's IG leads), and
+    /// stored with its entry. Every refusal is audited. Its events are pushed to the peer.
+    pub async fn answer_relayed_subscription(&self, caller: &Caller, body: Value) -> AppResult<Subscription> {
+        require_scope(&caller.principal, Scope::Federation)?;
+        if self.tokens.peers().get(caller.org()).is_none() {
+            return Err(AppError::Forbidden("only a peer broker may relay a subscription".into()));
+        }
+        let caller = caller.clone();
+        self.blocking(move |app| {
+            let refuse = |e: AppError| record_refusal(app, &caller, AuditAction::Subscribe, e);
+            let input =
+                vpr_domain::validate::relayed_subscription(&body).map_err(|errs| refuse(AppError::Validation(errs)))?;
+            let digest = subscription_digest(input.asking_id, &input.subscription);
+            let relay = checked_relay(app, &caller, &input.relay, &digest).map_err(refuse)?;
+            let remote = Caller::new(remote_principal(&relay).map_err(refuse)?, caller.request_id.clone());
+            let spec = app.subscription_rules().subscription(&input.subscription).map_err(|errs| {
+                refuse(AppError::Validation(
+                    errs.into_iter()
+                        .map(|e| FieldError { pointer: format!("/subscription{}", e.pointer), ..e })
+                        .collect(),
+                ))
+            })?;
+            let new = app.admit_relayed(&remote, &relay.peer, input.asking_id, &spec).map_err(refuse)?;
+            app.store.audited(|tx| {
+                let sub = tx.create_subscription(&new, app.clock.now())?;
+                let entry = subscription_audit(app, &remote, AuditAction::Subscribe, &sub, 201);
+                Ok::<_, AppError>((sub, entry))
+            })
+        })
+        .await
+    }
+
+    /// Admission of a relayed subscription: to notices, pushed to the peer; for a purpose this
+    /// agreement answers peers for and a role it gives the partner's type; started outright if a
+    /// clause for remote requesters allows it, otherwise held for this ICS's IG leads.
+    fn admit_relayed(
+        &self,
+        remote: &Caller,
+        peer_id: &str,
+        asking_id: Uuid,
+        spec: &SubscriptionSpec,
+    ) -> AppResult<NewSubscription> {
+        let mut errs = Vec::new();
+        if spec.peer.is_some() {
+            errs.push(FieldError::new(
+                "/subscription/peer",
+                "no-relay-on",
+                "a relayed subscription is held here: it is not relayed on",
+            ));
+        }
+        if spec.topic != Topic::Notices {
+            errs.push(FieldError::new(
+                "/subscription/topic",
+                "topic-for-peer",
+                "a relayed subscription is to `notices`",
+            ));
+        }
+        if spec.method != vpr_domain::subscription::DeliveryMethod::Webhook || spec.encryption_key.is_some() {
+            errs.push(FieldError::new(
+                "/subscription/delivery",
+                "webhook-to-peer",
+                "a relayed subscription is pushed, unencrypted, to the peer broker (which encrypts for its partner)",
+            ));
+        }
+        if !errs.is_empty() {
+            return Err(AppError::Validation(errs));
+        }
+        let p = &remote.principal;
+        let access = Access {
+            purpose: spec.purpose.clone(),
+            user_id: format!("subscription:{asking_id}"),
+            role: spec.role.clone(),
+            context_ref: spec.context_reference.clone(),
+            justification: None,
+            relayed_by: Some(peer_id.to_owned()),
+        };
+        if let Some(why) = requester_refusal(self, p, &access) {
+            return Err(AppError::Forbidden(why));
+        }
+        let requester = Requester {
+            org: p.org.as_str().to_owned(),
+            org_type: p.org_type,
+            role: spec.role.clone(),
+            system: p.client_id.clone(),
+            via: Some(peer_id.to_owned()),
+        };
+        let (status, approval) = admission_decision(self, &requester, spec);
+        let peer = self.tokens.peers().get(peer_id).ok_or_else(|| AppError::Forbidden("not a peer broker".into()))?;
+        Ok(NewSubscription {
+            id: Uuid::new_v4(),
+            owner_ods: p.org.as_str().to_owned(),
+            owner_system: p.client_id.clone(),
+            status,
+            purpose: spec.purpose.clone(),
+            role: spec.role.clone(),
+            context_ref: spec.context_reference.clone(),
+            topic: spec.topic,
+            criteria: spec.criteria.clone(),
+            payload: spec.payload,
+            channel: "vpr".into(),
+            method: spec.method,
+            // Always the peer's configured address, whatever the request said.
+            endpoint: Some(format!("{}{}", peer.base_url, events_path(asking_id))),
+            encryption_jwk: None,
+            tag: None,
+            expires_at: spec.expires_at,
+            heartbeat_seconds: None,
+            approval,
+            cohort: self.cohort_keys(spec),
+            federation: Some(PeerLink::RelayedBy { peer: peer_id.to_owned(), asking_id: asking_id.to_string() }),
+        })
+    }
+
+    /// Ends, for the peer broker `caller`, a subscription it relayed here (its partner ended it
+    /// there). The relay must be fresh and name this subscription; the end is audited.
+    pub async fn end_relayed_subscription(&self, caller: &Caller, id: Uuid, relay: String) -> AppResult<Subscription> {
+        require_scope(&caller.principal, Scope::Federation)?;
+        if self.tokens.peers().get(caller.org()).is_none() {
+            return Err(AppError::Forbidden("only a peer broker may end a relayed subscription".into()));
+        }
+        let caller = caller.clone();
+        self.blocking(move |app| {
+            let refuse = |e: AppError| record_refusal(app, &caller, AuditAction::Unsubscribe, e);
+            let relay = checked_relay(app, &caller, &relay, &ending_digest(&id.to_string())).map_err(refuse)?;
+            let remote = Caller::new(remote_principal(&relay).map_err(refuse)?, caller.request_id.clone());
+            let sub = app.store.subscription(id)?;
+            let relayed_here = sub.as_ref().is_some_and(|s| {
+                matches!(&s.federation, Some(PeerLink::RelayedBy { peer, .. }) if *peer == relay.peer)
+                    && s.owner_ods == relay.requester.org
+            });
+            if !relayed_here {
+                return Err(refuse(AppError::NotFound("no subscription relayed by this peer has this id".into())));
+            }
+            app.store.audited(|tx| {
+                let sub = tx
+                    .delete_subscription(id, app.clock.now())?
+                    .ok_or_else(|| AppError::Conflict("the subscription is already deleted".into()))?;
+                let entry = subscription_audit(app, &remote, AuditAction::Unsubscribe, &sub, 200);
+                Ok((sub, entry))
+            })
+        })
+        .await
+    }
+
+    /// The asking broker answered a push of relayed subscription `sub` with `410 Gone`: it
+    /// ended there. Ends it here, audited for the partner it was relayed for. Returns whether it
+    /// was ended (false for any other subscription, which is retried as usual).
+    pub(crate) async fn end_gone(&self, sub: &Subscription) -> bool {
+        let Some(PeerLink::RelayedBy { .. }) = &sub.federation else { return false };
+        let Some(remote) = subscriber(self, sub) else { return false };
+        let (id, caller) = (sub.id, Caller::new(remote, format!("delivery:{}:gone", sub.id)));
+        let ended = self
+            .blocking(move |app| {
+                app.store.audited(|tx| {
+                    let Some(sub) = tx.delete_subscription(id, app.clock.now())? else {
+                        return Err(AppError::Conflict("already deleted".into()));
+                    };
+                    let entry = subscription_audit(app, &caller, AuditAction::Unsubscribe, &sub, 410);
+                    Ok((sub, entry))
+                })
+            })
+            .await;
+        match ended {
+            Ok(_) => {
+                tracing::info!(subscription = %id, "the asking broker answered 410 Gone: the relayed subscription ended");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(subscription = %id, error = %e, "ending a relayed subscription the peer no longer has failed");
+                false
+            }
+        }
+    }
+}
