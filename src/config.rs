@@ -60,6 +60,10 @@ pub struct FederationConfig {
     pub circuit_failures: u32,
     #[serde(default = "default_circuit_open")]
     pub circuit_open_seconds: u64,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
+    #[serde(default = "default_jwks_min_interval")]
+    pub jwks_min_interval_seconds: u64,
     pub peers: Vec<PeerConfig>,
 }
 
@@ -69,7 +73,8 @@ pub struct PeerConfig {
     pub id: String,
     pub name: String,
     pub base_url: String,
-    pub jwks: PathBuf,
+    pub jwks: Option<PathBuf>,
+    pub jwks_url: Option<String>,
     pub vouches_for: Vec<VouchConfig>,
 }
 
@@ -88,6 +93,12 @@ fn default_circuit_failures() -> u32 {
     3
 }
 fn default_circuit_open() -> u64 {
+    30
+}
+fn default_jwks_refresh() -> u64 {
+    3600
+}
+fn default_jwks_min_interval() -> u64 {
     30
 }
 
@@ -255,7 +266,7 @@ impl Config {
         cfg.delivery.ca_file = cfg.delivery.ca_file.as_ref().map(|p| base.join(p));
         if let Some(f) = &mut cfg.federation {
             for peer in &mut f.peers {
-                peer.jwks = base.join(&peer.jwks);
+                peer.jwks = peer.jwks.as_ref().map(|j| base.join(j));
             }
         }
         if let Some(rel) = cfg.database_url.strip_prefix("sqlite://") {
@@ -291,6 +302,9 @@ impl Config {
         for peer in self.federation.iter().flat_map(|f| &f.peers) {
             if !self.demo && !peer.base_url.starts_with("https://") {
                 bail!("peer `{}`: `base_url` must be https outside demo mode", peer.id);
+            }
+            if !self.demo && peer.jwks_url.as_ref().is_some_and(|u| !u.starts_with("https://")) {
+                bail!("peer `{}`: `jwks_url` must be https outside demo mode", peer.id);
             }
         }
         Ok(())
@@ -342,5 +356,18 @@ mod tests {
         let bad_type =
             load(&peer("https://west.example", "").replace("ambulance-trust", "hospital")).unwrap_err().to_string();
         assert!(bad_type.contains("vouches_for"), "{bad_type}");
+        // Keys from a file or from a URL, exactly one of them; the URL https outside demo mode.
+        let by_url = |url: &str| {
+            peer("https://west.example", "").replace("jwks = \"west.jwks.json\"", &format!("jwks_url = \"{url}\""))
+        };
+        let cfg = load(&by_url("https://west.example/.well-known/jwks.json")).unwrap();
+        assert!(cfg.check_peer_urls().is_ok());
+        assert!(cfg.federation.unwrap().peers[0].jwks.is_none());
+        let plain = load(&by_url("http://west.example/jwks")).unwrap().check_peer_urls().unwrap_err().to_string();
+        assert!(plain.contains("jwks_url") && plain.contains("https"), "{plain}");
+        let both = peer("https://west.example", "jwks_url = \"https://west.example/jwks\"");
+        assert!(load(&both).unwrap_err().to_string().contains("/federation/peers/0"));
+        let neither = peer("https://west.example", "").replace("jwks = \"west.jwks.json\"\n", "");
+        assert!(load(&neither).unwrap_err().to_string().contains("/federation/peers/0"));
     }
 }

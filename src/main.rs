@@ -238,12 +238,22 @@ fn load_peers(cfg: &Config) -> Result<vpr_auth::Peers> {
     cfg.check_peer_urls()?;
     let mut peers = Vec::new();
     for p in &f.peers {
-        let text = std::fs::read_to_string(&p.jwks)
-            .with_context(|| format!("peer `{}`: cannot read its JWKS `{}`", p.id, p.jwks.display()))?;
-        let jwks: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("peer `{}`: its JWKS is not JSON", p.id))?;
         let vouches = p.vouches_for.iter().map(|v| (v.ods_code.clone(), v.org_type)).collect();
-        peers.push(vpr_auth::Peer::new(p.id.clone(), p.name.clone(), p.base_url.clone(), vouches, &jwks)?);
+        let (id, name, base) = (p.id.clone(), p.name.clone(), p.base_url.clone());
+        let peer = match (&p.jwks, &p.jwks_url) {
+            (Some(file), _) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("peer `{}`: cannot read its JWKS `{}`", p.id, file.display()))?;
+                let jwks: serde_json::Value =
+                    serde_json::from_str(&text).with_context(|| format!("peer `{}`: its JWKS is not JSON", p.id))?;
+                vpr_auth::Peer::new(id, name, base, vouches, &jwks)?
+            }
+            // Fetched once the broker runs (and refreshed): a peer that is down at start-up
+            // must not keep this broker from starting.
+            (None, Some(url)) => vpr_auth::Peer::with_keys_at(id, name, base, vouches, url.clone()),
+            (None, None) => anyhow::bail!("peer `{}`: give `jwks` or `jwks_url`", p.id),
+        };
+        peers.push(peer);
     }
     Ok(vpr_auth::Peers::new(f.id.clone(), peers)?)
 }
@@ -255,6 +265,8 @@ fn federation_settings(cfg: &Config) -> vpr_app::federation::FederationSettings 
             budget: Duration::from_millis(f.lookup_budget_ms),
             failures_to_open: f.circuit_failures,
             open_for: Duration::from_secs(f.circuit_open_seconds),
+            jwks_refresh: Duration::from_secs(f.jwks_refresh_seconds),
+            jwks_min_interval: Duration::from_secs(f.jwks_min_interval_seconds),
         },
         None => defaults,
     }

@@ -420,3 +420,70 @@ fn forged_replayed_expired_and_wrongly_vouched_relays_are_refused() {
     let r = b.http.post(b.url("/v1/lookups")).bearer_auth(&peer.token).json(&json!({})).send().unwrap();
     assert_eq!(r.status(), 403);
 }
+
+#[test]
+fn a_peers_keys_are_fetched_from_its_url_and_a_rotation_is_picked_up() {
+    let Some(a) = TestBroker::unstarted('X', Backend::Sqlite, |_| {}) else { return };
+    let Some(b) = TestBroker::unstarted('Y', Backend::Sqlite, |_| {}) else { return };
+    federate(&a, 'X', &[('Y', &b)], &[], 2000);
+    federate(&b, 'Y', &[('X', &a)], &[], 2000);
+    // A keeps asking B while B does not yet accept its signatures (no circuit opens).
+    a.edit_config(|cfg| {
+        let f = cfg.get_mut("federation").and_then(toml::Value::as_table_mut).unwrap();
+        f.insert("circuit_failures".into(), 100.into());
+    });
+    // B takes A's keys from A's published JWKS rather than from a file.
+    b.edit_config(|cfg| {
+        let f = cfg.get_mut("federation").and_then(toml::Value::as_table_mut).unwrap();
+        f.insert("jwks_min_interval_seconds".into(), 1.into());
+        let peer = f.get_mut("peers").and_then(toml::Value::as_array_mut).unwrap()[0].as_table_mut().unwrap();
+        peer.remove("jwks");
+        peer.insert("jwks_url".into(), format!("{}/.well-known/jwks.json", a.base).into());
+    });
+    b.spawn();
+    // B starts whether or not A answers: until it does, A's signatures are refused.
+    let ready = json_of(b.http.get(b.url("/readyz")).send().unwrap());
+    assert_eq!(ready["peers"][0]["keys"], 0, "{ready:#}");
+    a.spawn();
+    let remote = publish(&b, "amb-cad");
+    let found = |a: &TestBroker| {
+        let (status, found) = lookup(a, "amb-cad", "ambulance-dispatcher", "staff-safety", json!({}));
+        assert_eq!(status, 200);
+        found
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let f = found(&a);
+        if result_from(&f, "YIC01").len() == 1 {
+            assert_eq!(result_from(&f, "YIC01")[0]["id"], remote.as_str());
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never took A's keys: {f:#}\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ready = json_of(b.http.get(b.url("/readyz")).send().unwrap());
+    assert_eq!(ready["peers"][0]["keys"], 1, "{ready:#}");
+
+    // A rotates: a new active key, the old one still published. B learns of it when A first
+    // signs with it, without a restart.
+    a.terminate();
+    let fresh = SigningKeyFile::generate("broker-test-2", false).unwrap();
+    std::fs::write(a.dir.path().join("signing-2.jwk"), fresh.to_json()).unwrap();
+    a.edit_config(|cfg| {
+        let keys = cfg.get_mut("keys").and_then(toml::Value::as_table_mut).unwrap();
+        keys.insert("signing_keys".into(), toml::Value::Array(vec!["signing-2.jwk".into(), "signing-1.jwk".into()]));
+    });
+    a.spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let f = found(&a);
+        if result_from(&f, "YIC01").len() == 1 {
+            break;
+        }
+        assert_eq!(f["incomplete"][0]["broker"], "YIC01", "{f:#}");
+        assert!(Instant::now() < deadline, "B never took A's new key: {f:#}\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ready = json_of(b.http.get(b.url("/readyz")).send().unwrap());
+    assert_eq!(ready["peers"][0]["keys"], 2, "{ready:#}");
+}

@@ -10,6 +10,7 @@
 //! Time is always passed in.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -31,6 +32,7 @@ pub const RELAY_TYP: &str = "vpr-relay+jwt";
 pub const MAX_RELAY_SECONDS: i64 = 60;
 
 /// A peer broker, as configured.
+#[derive(Clone)]
 pub struct Peer {
     /// Its id: the ICB's ODS code (its client id here).
     pub id: String,
@@ -40,7 +42,11 @@ pub struct Peer {
     pub base_url: String,
     /// The partner organisations it may vouch for, with their types.
     pub vouches_for: BTreeMap<String, OrgType>,
-    verifiers: BTreeMap<String, Box<dyn JwsVerifier>>,
+    /// Where its public keys are fetched from (and refreshed), when not from a file.
+    pub jwks_url: Option<String>,
+    verifiers: BTreeMap<String, Arc<dyn JwsVerifier>>,
+    /// The JWKS its verifiers were built from (to tell whether a fetched one changed).
+    jwks: Value,
 }
 
 impl std::fmt::Debug for Peer {
@@ -53,6 +59,26 @@ impl std::fmt::Debug for Peer {
     }
 }
 
+/// A peer's public keys: a JWKS document of one or more keys, each with a `kid`.
+fn verifiers_of(id: &str, jwks: &Value) -> Result<BTreeMap<String, Arc<dyn JwsVerifier>>, AuthError> {
+    let bad = |why: String| AuthError::Config(format!("peer `{id}`: {why}"));
+    let keys = jwks.get("keys").and_then(Value::as_array).ok_or_else(|| bad("the JWKS has no `keys`".into()))?;
+    let mut verifiers = BTreeMap::new();
+    for k in keys {
+        let map = k.as_object().cloned().ok_or_else(|| bad("a JWKS key is not an object".into()))?;
+        let jwk = Jwk::from_map(map).map_err(|e| bad(format!("a JWKS key is not a JWK: {e}")))?;
+        let kid = jwk.key_id().ok_or_else(|| bad("every key needs a `kid`".into()))?.to_owned();
+        let verifier: Arc<dyn JwsVerifier> = verifier_for(&jwk).map_err(|e| bad(format!("key `{kid}`: {e}")))?.into();
+        if verifiers.insert(kid.clone(), verifier).is_some() {
+            return Err(bad(format!("key id `{kid}` is used twice in its JWKS")));
+        }
+    }
+    if verifiers.is_empty() {
+        return Err(bad("the JWKS has no keys".into()));
+    }
+    Ok(verifiers)
+}
+
 impl Peer {
     /// Builds a peer from its configured parts and its JWKS document.
     pub fn new(
@@ -62,22 +88,45 @@ impl Peer {
         vouches_for: BTreeMap<String, OrgType>,
         jwks: &Value,
     ) -> Result<Self, AuthError> {
-        let bad = |why: String| AuthError::Config(format!("peer `{id}`: {why}"));
-        let keys = jwks.get("keys").and_then(Value::as_array).ok_or_else(|| bad("the JWKS has no `keys`".into()))?;
-        let mut verifiers = BTreeMap::new();
-        for k in keys {
-            let map = k.as_object().cloned().ok_or_else(|| bad("a JWKS key is not an object".into()))?;
-            let jwk = Jwk::from_map(map).map_err(|e| bad(format!("a JWKS key is not a JWK: {e}")))?;
-            let kid = jwk.key_id().ok_or_else(|| bad("every key needs a `kid`".into()))?.to_owned();
-            let verifier = verifier_for(&jwk).map_err(|e| bad(format!("key `{kid}`: {e}")))?;
-            if verifiers.insert(kid.clone(), verifier).is_some() {
-                return Err(bad(format!("key id `{kid}` is used twice in its JWKS")));
-            }
+        let verifiers = verifiers_of(&id, jwks)?;
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        Ok(Self { id, name, base_url, vouches_for, jwks_url: None, verifiers, jwks: jwks.clone() })
+    }
+
+    /// A peer whose keys are fetched from `jwks_url` (and refreshed): it has none until the
+    /// first fetch, and until then nothing it signs is accepted.
+    pub fn with_keys_at(
+        id: String,
+        name: String,
+        base_url: String,
+        vouches_for: BTreeMap<String, OrgType>,
+        jwks_url: String,
+    ) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        Self {
+            id,
+            name,
+            base_url,
+            vouches_for,
+            jwks_url: Some(jwks_url),
+            verifiers: BTreeMap::new(),
+            jwks: Value::Null,
         }
-        if verifiers.is_empty() {
-            return Err(bad("the JWKS has no keys".into()));
-        }
-        Ok(Self { id, name, base_url: base_url.trim_end_matches('/').to_owned(), vouches_for, verifiers })
+    }
+
+    /// The same peer with the keys of `jwks` (a fetched JWKS), or why they are refused.
+    pub fn with_keys(&self, jwks: &Value) -> Result<Self, AuthError> {
+        Ok(Self { verifiers: verifiers_of(&self.id, jwks)?, jwks: jwks.clone(), ..self.clone() })
+    }
+
+    /// Whether `jwks` is the JWKS its keys already come from.
+    pub fn has_jwks(&self, jwks: &Value) -> bool {
+        self.jwks == *jwks
+    }
+
+    /// How many keys it has.
+    pub fn key_count(&self) -> usize {
+        self.verifiers.len()
     }
 
     /// The verifier for one of the peer's keys.
@@ -92,7 +141,7 @@ impl Peer {
 }
 
 /// This broker's federation: its own id and its peers.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Peers {
     /// This broker's id (its ICB's ODS code); empty when it federates with nobody.
     pub own_id: String,
@@ -146,6 +195,18 @@ impl Peers {
         self.peers.values()
     }
 
+    /// The same federation with peer `peer_id`'s keys from `jwks` (fetched from its URL):
+    /// checked as at start-up, so a fetched key id that another peer or a partner system uses is
+    /// refused and the current keys kept.
+    pub fn with_peer_keys(&self, peer_id: &str, jwks: &Value, registry: &crate::Registry) -> Result<Self, AuthError> {
+        let peer = self.get(peer_id).ok_or_else(|| AuthError::Config(format!("`{peer_id}` is not a peer")))?;
+        let fresh = peer.with_keys(jwks)?;
+        let list = self.iter().map(|p| if p.id == peer_id { fresh.clone() } else { p.clone() }).collect();
+        let next = Peers::new(self.own_id.clone(), list)?;
+        next.check_against(registry)?;
+        Ok(next)
+    }
+
     /// Refuses peers that collide with the partner registry: a peer id that is a partner's
     /// client id, a key id a partner system also uses, or an organisation a peer would vouch for
     /// that is this ICS's own partner.
@@ -171,6 +232,16 @@ impl Peers {
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }
+}
+
+/// The `iss` a compact JWS claims, unverified: only to know whose keys to fetch again when it
+/// does not verify (never to trust).
+pub fn unverified_issuer(jws: &str) -> Option<String> {
+    use base64::Engine;
+    let middle = jws.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(middle).ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
 }
 
 /// The requester a broker vouches for, as its relay names it.
@@ -432,6 +503,8 @@ mod tests {
         assert!(peers.open_event("YIC01", "s1", &stranger, now, leeway).unwrap_err().contains("not signed"));
         let relay = answering.sign_relay("YIC01", "XIC01", &requester("YAM01"), now).unwrap();
         assert!(peers.open_event("YIC01", "s1", &relay, now, leeway).is_err(), "a relay is not an event");
+        assert_eq!(unverified_issuer(&relay).as_deref(), Some("YIC01"));
+        assert_eq!(unverified_issuer("not a jws"), None);
     }
 
     #[test]

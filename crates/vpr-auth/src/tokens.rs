@@ -107,7 +107,8 @@ impl Principal {
 pub struct TokenService {
     registry: Arc<Registry>,
     keys: Arc<BrokerKeys>,
-    peers: Arc<Peers>,
+    /// The peers, replaced as a whole when a peer's keys are fetched afresh.
+    peers: Arc<std::sync::RwLock<Arc<Peers>>>,
     settings: TokenSettings,
     /// Access tokens whose signature has been checked, by token.
     verified: Arc<std::sync::RwLock<std::collections::HashMap<String, TokenClaims>>>,
@@ -138,17 +139,29 @@ fn secs(d: Duration) -> i64 {
 impl TokenService {
     /// Builds the service.
     pub fn new(registry: Arc<Registry>, keys: Arc<BrokerKeys>, settings: TokenSettings) -> Self {
-        Self { registry, keys, peers: Arc::new(Peers::default()), settings, verified: Arc::default() }
+        Self { registry, keys, peers: Arc::default(), settings, verified: Arc::default() }
     }
 
     /// The same service, with peer brokers as clients (granted only the `federation` scope).
     pub fn with_peers(self, peers: Arc<Peers>) -> Self {
-        Self { peers, ..self }
+        Self { peers: Arc::new(std::sync::RwLock::new(peers)), ..self }
     }
 
-    /// The peer brokers.
-    pub fn peers(&self) -> &Peers {
-        &self.peers
+    /// The peer brokers, as they stand now.
+    pub fn peers(&self) -> Arc<Peers> {
+        self.peers.read().map(|p| Arc::clone(&p)).unwrap_or_default()
+    }
+
+    /// Takes `jwks`, fetched from peer `peer_id`'s URL, as its keys (checked as at start-up).
+    /// Returns whether they changed.
+    pub fn replace_peer_keys(&self, peer_id: &str, jwks: &serde_json::Value) -> Result<bool, AuthError> {
+        let mut guard = self.peers.write().map_err(|_| AuthError::Config("the peers are unavailable".into()))?;
+        if guard.get(peer_id).is_some_and(|p| p.has_jwks(jwks)) {
+            return Ok(false);
+        }
+        let next = guard.with_peer_keys(peer_id, jwks, &self.registry)?;
+        *guard = Arc::new(next);
+        Ok(true)
     }
 
     /// The settings.
@@ -179,7 +192,8 @@ impl TokenService {
             return Err(AuthError::InvalidClient(format!("`client_assertion_type` must be `{JWT_BEARER}`")));
         }
         let assertion = assertion.ok_or_else(|| AuthError::InvalidClient("`client_assertion` is required".into()))?;
-        let (registry, peers) = (&self.registry, &self.peers);
+        let peers = self.peers();
+        let registry = &self.registry;
         let selected = std::cell::Cell::new(None::<String>);
         let decoded = jwt::decode_with_verifier_selector(assertion, |header: &JwsHeader| {
             let kid = header.key_id().unwrap_or_default();
@@ -339,7 +353,7 @@ impl TokenService {
             return Err(bad("the access token has expired"));
         }
         let TokenClaims { client_id, org, scope, token_id, .. } = claims;
-        if let Some(peer) = self.peers.get(&client_id) {
+        if let Some(peer) = self.peers().get(&client_id) {
             if self.registry.system(&client_id).is_none() {
                 return peer_principal(peer, &scope, &token_id);
             }
@@ -368,7 +382,7 @@ impl TokenService {
     /// A client's organisation and the scopes it may be granted: a partner system's from the
     /// registry, or a peer broker's (its id, and `federation` only).
     fn client(&self, client_id: &str) -> Option<(String, BTreeSet<Scope>)> {
-        match (self.registry.system(client_id), self.peers.get(client_id)) {
+        match (self.registry.system(client_id), self.peers().get(client_id)) {
             (Some(system), _) => Some((system.ods_code.as_str().to_owned(), system.scopes.clone())),
             (None, Some(peer)) => Some((peer.id.clone(), BTreeSet::from([Scope::Federation]))),
             (None, None) => None,

@@ -28,7 +28,12 @@ pub(crate) fn checked_relay(app: &App, caller: &Caller, relay: &str, digest: &st
     let peers = app.tokens.peers();
     let now = app.clock.now();
     let leeway = app.tokens.settings().leeway;
-    let v = peers.verify_relay(caller.org(), relay, now, leeway).map_err(relay_refusal)?;
+    let v = peers.verify_relay(caller.org(), relay, now, leeway).map_err(|r| {
+        if r.rule == "signature" {
+            app.federation.want_keys(caller.org());
+        }
+        relay_refusal(r)
+    })?;
     let fresh = app.store.claim_assertion_jti(
         &format!("relay:{}", v.peer),
         &v.jti,

@@ -86,14 +86,15 @@ async fn ask_one(
     subject: &Value,
     request_id: &str,
 ) -> PeerAnswer {
-    let Some(peer) = app.tokens.peers().get(peer_id) else {
+    let peers = app.tokens.peers();
+    let Some(peer) = peers.get(peer_id) else {
         return failed(peer_id, "unavailable", None, "not a configured peer");
     };
     let token = match token_for(app, peer).await {
         Ok(t) => t,
         Err(why) => return failed(peer_id, "unavailable", None, why),
     };
-    let own = &app.tokens.peers().own_id;
+    let own = &peers.own_id;
     let relay = match app.tokens.keys().sign_relay(own, peer_id, requester, app.now()) {
         Ok(r) => r,
         Err(e) => return failed(peer_id, "unavailable", None, format!("cannot sign the relay: {e}")),

@@ -11,6 +11,7 @@
 
 pub mod answer;
 pub mod ask;
+pub mod keys;
 pub mod subscriptions;
 
 use std::collections::HashMap;
@@ -28,11 +29,21 @@ pub struct FederationSettings {
     pub failures_to_open: u32,
     /// How long an open circuit skips its peer before one request tries it again.
     pub open_for: Duration,
+    /// How often peers' keys given by URL are fetched again.
+    pub jwks_refresh: Duration,
+    /// The shortest time between two fetches of one peer's keys.
+    pub jwks_min_interval: Duration,
 }
 
 impl Default for FederationSettings {
     fn default() -> Self {
-        Self { budget: Duration::from_millis(300), failures_to_open: 3, open_for: Duration::from_secs(30) }
+        Self {
+            budget: Duration::from_millis(300),
+            failures_to_open: 3,
+            open_for: Duration::from_secs(30),
+            jwks_refresh: Duration::from_secs(3600),
+            jwks_min_interval: Duration::from_secs(30),
+        }
     }
 }
 
@@ -61,6 +72,10 @@ pub struct Federation {
     partner_client: reqwest::Client,
     circuits: Arc<Mutex<HashMap<String, Circuit>>>,
     tokens: Arc<Mutex<HashMap<String, CachedToken>>>,
+    /// Wakes the key refresh: a peer signed with a key id not yet known.
+    keys_wanted: Arc<tokio::sync::Notify>,
+    /// The peers whose keys are wanted.
+    keys_wanted_for: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// A peer's state, for `/readyz`.
@@ -72,6 +87,9 @@ pub struct PeerState {
     pub circuit: &'static str,
     /// Consecutive failures.
     pub failures: u32,
+    /// How many of its public keys are known (none yet: its keys are fetched from a URL that
+    /// has not answered).
+    pub keys: usize,
 }
 
 impl Federation {
@@ -86,7 +104,15 @@ impl Federation {
             .user_agent(concat!("vpr-broker/", env!("CARGO_PKG_VERSION"), " (federation)"))
             .build()
             .map_err(|e| format!("cannot build the federation client: {e}"))?;
-        Ok(Self { settings, client, partner_client, circuits: Arc::default(), tokens: Arc::default() })
+        Ok(Self {
+            settings,
+            client,
+            partner_client,
+            circuits: Arc::default(),
+            tokens: Arc::default(),
+            keys_wanted: Arc::default(),
+            keys_wanted_for: Arc::default(),
+        })
     }
 
     /// Whether `peer` may be asked now: its circuit is closed, or open long enough that one
@@ -129,9 +155,31 @@ impl Federation {
             .map(|p| {
                 let c = circuits.get(&p.id).copied().unwrap_or_default();
                 let open = c.open_until.is_some_and(|u| now < u);
-                PeerState { id: p.id.clone(), circuit: if open { "open" } else { "closed" }, failures: c.failures }
+                PeerState {
+                    id: p.id.clone(),
+                    circuit: if open { "open" } else { "closed" },
+                    failures: c.failures,
+                    keys: p.key_count(),
+                }
             })
             .collect()
+    }
+
+    /// Something `peer` signed did not verify against its keys: if they come from a URL, fetch
+    /// them again soon (a key rotation), at most once every `jwks_min_interval`.
+    pub fn want_keys(&self, peer: &str) {
+        if let Ok(mut wanted) = self.keys_wanted_for.lock() {
+            wanted.insert(peer.to_owned());
+        }
+        self.keys_wanted.notify_one();
+    }
+
+    fn keys_wanted_pending(&self, peer: &str) -> bool {
+        self.keys_wanted_for.lock().map(|w| w.contains(peer)).unwrap_or(false)
+    }
+
+    fn take_keys_wanted(&self, peer: &str) -> bool {
+        self.keys_wanted_for.lock().map(|mut w| w.remove(peer)).unwrap_or(false)
     }
 
     fn cached_token(&self, peer: &str, now: Instant) -> Option<String> {

@@ -149,9 +149,10 @@ impl App {
     ) -> AppResult<Registered> {
         let unreachable =
             |why: String| AppError::BadGateway(format!("peer broker `{peer_id}` could not be asked: {why}"));
-        let peer = self.tokens.peers().get(peer_id).ok_or_else(|| unreachable("not a configured peer".into()))?;
+        let peers = self.tokens.peers();
+        let peer = peers.get(peer_id).ok_or_else(|| unreachable("not a configured peer".into()))?;
         let token = token_for(self, peer).await.map_err(unreachable)?;
-        let own = &self.tokens.peers().own_id;
+        let own = &peers.own_id;
         let relay =
             self.tokens.keys().sign_relay(own, peer_id, who, self.now()).map_err(|e| unreachable(e.to_string()))?;
         let response = self
@@ -201,10 +202,11 @@ impl App {
     /// Tells the peer holding `sub` that it ended here. Best effort: if the peer cannot be told
     /// now, its next push is answered `410 Gone` and it ends the subscription then.
     pub(crate) async fn end_at_peer(&self, caller: &Caller, sub: &Subscription, peer_id: &str, peer_sub: &str) {
-        let Some(peer) = self.tokens.peers().get(peer_id) else { return };
+        let peers = self.tokens.peers();
+        let Some(peer) = peers.get(peer_id) else { return };
         let mut who = relayed_for(&caller.principal, sub.id, &sub.role, &sub.purpose, sub.context_ref.as_deref());
         who.subject_sha256 = ending_digest(peer_sub);
-        let own = &self.tokens.peers().own_id;
+        let own = &peers.own_id;
         let outcome = match (token_for(self, peer).await, self.tokens.keys().sign_relay(own, peer_id, &who, self.now()))
         {
             (Ok(token), Ok(relay)) => self
@@ -246,11 +248,11 @@ impl App {
             return Err(AppError::Gone(format!("the subscription is `{}` here", sub.status)));
         }
         let leeway = self.tokens.settings().leeway;
-        let claims = self
-            .tokens
-            .peers()
-            .open_event(&peer, &subscription_id, &jws, self.now(), leeway)
-            .map_err(AppError::Forbidden)?;
+        let claims =
+            self.tokens.peers().open_event(&peer, &subscription_id, &jws, self.now(), leeway).map_err(|why| {
+                self.federation.want_keys(&peer);
+                AppError::Forbidden(why)
+            })?;
         // The partner, as the registry describes it now.
         let partner = subscriber(self, &sub).ok_or_else(|| {
             AppError::Gone("the subscribing system is no longer in the registry with the `subscriptions` scope".into())
@@ -433,7 +435,8 @@ impl App {
             via: Some(peer_id.to_owned()),
         };
         let (status, approval) = admission_decision(self, &requester, spec);
-        let peer = self.tokens.peers().get(peer_id).ok_or_else(|| AppError::Forbidden("not a peer broker".into()))?;
+        let peers = self.tokens.peers();
+        let peer = peers.get(peer_id).ok_or_else(|| AppError::Forbidden("not a peer broker".into()))?;
         Ok(NewSubscription {
             id: Uuid::new_v4(),
             owner_ods: p.org.as_str().to_owned(),

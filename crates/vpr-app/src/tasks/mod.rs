@@ -144,6 +144,7 @@ pub fn start(app: &App, schedule: Schedule, client: reqwest::Client, delivery: &
         "expire-subscriptions",
         jobs::expire_subscriptions(app.clone(), schedule.expire_subscriptions, w.stop_signal()),
     );
+    w.spawn("peer-keys", crate::federation::keys::refresh_peer_keys(app.clone(), w.stop_signal()));
     w.spawn_on("fan-out", crate::delivery::fan_out(app.clone(), w.stop_signal()), delivery);
     w.spawn_on("deliver", crate::delivery::deliver(app.clone(), client, w.stop_signal()), delivery);
     w

@@ -70,15 +70,23 @@ async fn issue(
         None => return Err(ApiError::OAuth(AuthError::InvalidRequest("`grant_type` is required".into()))),
     }
     let now = state.clock.now();
+    let assertion = single(&params, "client_assertion")?;
     let verified = state
         .tokens
         .verify_client_assertion(
             single(&params, "client_assertion_type")?,
-            single(&params, "client_assertion")?,
+            assertion,
             single(&params, "client_id")?,
             now,
         )
-        .map_err(ApiError::OAuth)?;
+        .map_err(|e| {
+            // A peer whose keys come from a URL may have rotated them: fetch them again soon.
+            let peer = assertion.and_then(vpr_auth::peers::unverified_issuer);
+            if let Some(p) = peer.filter(|p| state.tokens.peers().get(p).is_some_and(|p| p.jwks_url.is_some())) {
+                state.federation.want_keys(&p);
+            }
+            ApiError::OAuth(e)
+        })?;
     let store = state.store.clone();
     let v = verified.clone();
     let fresh = blocking(move || {

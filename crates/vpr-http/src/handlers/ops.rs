@@ -32,7 +32,7 @@ pub async fn readyz(state: web::Data<App>) -> Result<HttpResponse, ApiError> {
     if !state.tokens.peers().is_empty() {
         // Peers never make this broker unready (its own answers do not depend on them): each
         // is listed with its circuit, `open` while it is skipped after repeated failures.
-        body.insert("peers".into(), json!(state.federation.states(state.tokens.peers())));
+        body.insert("peers".into(), json!(state.federation.states(&state.tokens.peers())));
     }
     Ok(HttpResponse::Ok().json(body))
 }
