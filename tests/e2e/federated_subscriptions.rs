@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::federation::{entries_with, federate};
-use crate::receiver::Receiver;
+use crate::receiver::{Mode, Receiver};
 use crate::subscriptions::{assert_is_event, publish_address, verified_claims, withdraw};
 use crate::support::*;
 
@@ -169,17 +169,67 @@ fn a_federated_subscription_gets_the_neighbours_events_in_order_once_each_across
     assert_eq!(a.count("notices"), 1);
     assert_eq!(a.count("subscription_events"), 0);
 
-    // Deleting at A ends it at B too.
-    let r = a.delete(&partner, &format!("/v1/subscriptions/{id}"));
-    assert_eq!(r.status(), 200);
+    // A replay of a push B signed is acknowledged, not passed on again; a push B signed for
+    // another subscription, for another system, or long ago is refused.
+    let peer_sub = held["id"].as_str().unwrap();
+    let b_key =
+        vpr_auth::SigningKeyFile::from_json(&std::fs::read_to_string(b.dir.path().join("signing-1.jwk")).unwrap())
+            .unwrap();
+    let b_keys = vpr_auth::BrokerKeys::new(&[b_key]).unwrap();
+    let first = &claims[0]["event"];
+    let signed = |sub: &str, aud: &str, age: i64| {
+        let c = json!({"sub": sub, "aud": aud, "iat": chrono::Utc::now().timestamp() - age, "jti": first["event_id"],
+                       "event": first});
+        b_keys.sign_event(&c).unwrap()
+    };
+    let push = |body: String| {
+        let r = a
+            .http
+            .post(a.url(&format!("/v1/federation/events/{id}")))
+            .header("Content-Type", "application/jose")
+            .body(body)
+            .send()
+            .unwrap();
+        r.status().as_u16()
+    };
+    let hits = receiver.hits().len();
+    assert_eq!(push(signed(peer_sub, "amb-cad", 0)), 204);
+    assert_eq!(push(signed(&uuid::Uuid::new_v4().to_string(), "amb-cad", 0)), 403);
+    assert_eq!(push(signed(peer_sub, "police", 0)), 422);
+    assert_eq!(push(signed(peer_sub, "amb-cad", 3600)), 403);
+    assert_eq!(receiver.hits().len(), hits, "nothing replayed reached the partner");
+
+    // The partner's webhook fails: A answers B 502 and B retries until it is back.
+    receiver.set_mode(Mode::Fail(503));
+    let n5 = publish_address(&b, &publisher, "LS10 1AA", "5 Border Road");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while at_b(&b)["status"] != "deleted" {
-        assert!(Instant::now() < deadline, "B never ended it: {:#}", at_b(&b));
+    while !at_b(&b)["events"]["last_error"].as_str().unwrap_or_default().contains("502") {
+        assert!(Instant::now() < deadline, "B saw no failure: {:#}", at_b(&b));
         std::thread::sleep(Duration::from_millis(50));
     }
-    publish_address(&b, &publisher, "LS10 1AA", "5 Border Road");
+    receiver.set_mode(Mode::Ack);
+    wait_events(&receiver, 6, &a, &b);
+    assert_eq!(receiver.deduplicated(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(verified_claims(&a, receiver.bodies().last().unwrap())["event"]["notice_id"], n5.as_str());
+
+    // Deleted at A while B is down: B is told at its next push (410 Gone) and ends it.
+    b.terminate();
+    let r = a.delete(&partner, &format!("/v1/subscriptions/{id}"));
+    assert_eq!(r.status(), 200);
+    b.spawn();
+    let publisher = b.token("amb-cad");
+    publish_address(&b, &publisher, "LS11 1AA", "6 Border Road");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while at_b(&b)["status"] != "deleted" {
+        assert!(Instant::now() < deadline, "B never ended it: {:#}\n{}", at_b(&b), b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = entries_with(&b, "unsubscribe");
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0]["outcome"], 410);
+    publish_address(&b, &publisher, "LS12 1AA", "7 Border Road");
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(receiver.deduplicated().len(), 5, "nothing more after the end");
+    assert_eq!(receiver.deduplicated().len(), 6, "nothing more after the end");
 }
 
 #[test]
@@ -233,4 +283,58 @@ fn the_neighbours_agreement_refuses_what_it_does_not_allow_and_forged_pushes_are
     let (status, _) = push(format!("/v1/federation/events/{}", uuid::Uuid::new_v4()), forged);
     assert_eq!(status, 410);
     assert!(receiver.hits().is_empty());
+
+    // Deleted at A while B is up: ended at B at once.
+    let r = a.delete(&a.token("amb-cad"), &format!("/v1/subscriptions/{id}"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(at_b(&b)["status"], "deleted");
+    assert_eq!(entries_with(&b, "unsubscribe").len(), 1);
+}
+
+#[test]
+fn a_delivery_whose_retries_ran_out_at_the_peer_is_resumed_and_replayed_from_the_asking_broker() {
+    let Some(a) = TestBroker::unstarted('X', Backend::Sqlite, delivering) else { return };
+    let Some(b) = TestBroker::unstarted('Y', Backend::Sqlite, |cfg| {
+        delivering(cfg);
+        let d = cfg.get_mut("delivery").and_then(toml::Value::as_table_mut).unwrap();
+        d.insert("retry_for_seconds".into(), 1.into());
+    }) else {
+        return;
+    };
+    federate(&a, 'X', &[('Y', &b)], &[], 2000);
+    federate(&b, 'Y', &[('X', &a)], &[], 2000);
+    a.spawn();
+    b.spawn();
+    let receiver = Receiver::start();
+    receiver.set_mode(Mode::Fail(500));
+    let partner = a.token("amb-cad");
+    let sub = a.subscribe(&partner, &subscription_at_peer(&receiver, json!({})));
+    let id = sub["id"].as_str().unwrap().to_owned();
+    publish_address(&b, &b.token("amb-cad"), "LS6 2AB", "1 Border Road");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while at_b(&b)["events"]["state"] != "suspended" {
+        assert!(Instant::now() < deadline, "B never gave up: {:#}", at_b(&b));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    receiver.set_mode(Mode::Ack);
+    // The partner asks its own broker, which asks B.
+    let r = a.post_json(&partner, &format!("/v1/subscriptions/{id}/redeliver"), &json!({}));
+    assert_eq!(r.status(), 202, "{}", r.text().unwrap_or_default());
+    wait_events(&receiver, 1, &a, &b);
+    // A replay from the first event passes it on again (the partner de-duplicates it).
+    let r = a.post_json(&partner, &format!("/v1/subscriptions/{id}/redeliver"), &json!({"from_event": 1}));
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.duplicates() == 0 {
+        assert!(Instant::now() < deadline, "the replay never arrived\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(receiver.deduplicated(), vec![1]);
+    // A shows how far events were passed on.
+    let shown = json_of(a.get(&partner, &format!("/v1/subscriptions/{id}")));
+    assert_eq!(shown["events"]["delivered_upto"], 1, "{shown:#}");
+    assert_eq!(shown["events"]["last_event_number"], 1, "{shown:#}");
+    let r = a.post_json(&partner, &format!("/v1/subscriptions/{id}/redeliver"), &json!({"from_event": 9}));
+    assert_eq!(r.status(), 422);
+    assert_eq!(json_of(r)["errors"][0]["rule"], "beyond-last-event");
 }

@@ -29,6 +29,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(federation::relayed_lookup)
         .service(federation::relayed_subscription)
         .service(federation::end_relayed_subscription)
+        .service(federation::redeliver_relayed)
         .service(federation::peer_event)
         .service(directives::consent)
         .service(directives::objection)

@@ -521,7 +521,7 @@ async fn send(
     };
     let attempt = sub.delivery.attempts.saturating_add(1);
     let event = event.map(|e| (e.event_id.to_string(), e.number, attempt.to_string()));
-    post(app, client, url, sub.id, event, out).await
+    post(app, client, url, sub.id, event, out, None).await
 }
 
 impl Outgoing {
@@ -532,7 +532,8 @@ impl Outgoing {
 }
 
 /// Posts one event body to `url` with the delivery headers: the subscription, and for an event
-/// its id, number and the attempt. Any 2xx acknowledges it.
+/// its id, number and the attempt; within `timeout` if given (else the client's). Any 2xx
+/// acknowledges it.
 pub(crate) async fn post(
     app: &App,
     client: &reqwest::Client,
@@ -540,6 +541,7 @@ pub(crate) async fn post(
     subscription: Uuid,
     event: Option<(String, i64, String)>,
     out: Outgoing,
+    timeout: Option<std::time::Duration>,
 ) -> Result<(), NotAcknowledged> {
     let sent_at: DateTime<Utc> = app.clock.now();
     let mut request = client
@@ -555,6 +557,9 @@ pub(crate) async fn post(
     }
     if let Some(signature) = out.signature {
         request = request.header("VPR-JWS", signature);
+    }
+    if let Some(t) = timeout {
+        request = request.timeout(t);
     }
     let response = request.body(out.body).send().await.map_err(|e| {
         let why = if e.is_timeout() {

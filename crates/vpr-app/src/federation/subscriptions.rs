@@ -50,6 +50,11 @@ fn ending_digest(subscription_id: &str) -> String {
     subject_digest(&json!(["end", subscription_id]))
 }
 
+/// What the relay asking for a redelivery is bound to.
+fn redelivery_digest(subscription_id: &str, from_event: Option<i64>) -> String {
+    subject_digest(&json!(["redeliver", subscription_id, from_event]))
+}
+
 /// The header carrying the relay when a subscription is ended.
 pub const RELAY_HEADER: &str = "VPR-Relay";
 
@@ -86,6 +91,18 @@ fn peer_field_errors(body: &Value) -> Vec<FieldError> {
 
 fn bounded(text: &str, n: usize) -> String {
     text.chars().take(n).collect()
+}
+
+/// A peer's push, checked.
+struct Push {
+    sub: Subscription,
+    peer: String,
+    peer_sub: String,
+    partner: Principal,
+    claims: Map<String, Value>,
+    event: Map<String, Value>,
+    event_id: String,
+    number: i64,
 }
 
 /// What the peer answered to a registration.
@@ -232,6 +249,89 @@ impl App {
         }
     }
 
+    /// Asks the peer holding `sub` to resume its delivery (after retries ran out there) or to
+    /// replay it from `from_event` (passed on again here, each event decided again there).
+    pub(crate) async fn redeliver_at_peer(
+        &self,
+        caller: &Caller,
+        sub: &Subscription,
+        peer_id: &str,
+        peer_sub: &str,
+        from_event: Option<i64>,
+    ) -> AppResult<Subscription> {
+        let unreachable =
+            |why: String| AppError::BadGateway(format!("peer broker `{peer_id}` could not be asked: {why}"));
+        let peers = self.tokens.peers();
+        let peer = peers.get(peer_id).ok_or_else(|| unreachable("not a configured peer".into()))?;
+        let mut who = relayed_for(&caller.principal, sub.id, &sub.role, &sub.purpose, sub.context_ref.as_deref());
+        who.subject_sha256 = redelivery_digest(peer_sub, from_event);
+        let token = token_for(self, peer).await.map_err(unreachable)?;
+        let relay = self
+            .tokens
+            .keys()
+            .sign_relay(&peers.own_id, peer_id, &who, self.now())
+            .map_err(|e| unreachable(e.to_string()))?;
+        if let Some(f) = from_event {
+            let id = sub.id;
+            self.blocking(move |app| Ok(app.store.replay_from(id, f)?)).await?;
+        }
+        let response = self
+            .federation
+            .client
+            .post(format!("{}/v1/federation/subscriptions/{peer_sub}/redeliver", peer.base_url))
+            .timeout(self.delivery.timeout)
+            .bearer_auth(token)
+            .header(RELAY_HEADER, relay)
+            .header("X-Request-Id", &caller.request_id)
+            .json(&from_event.map_or_else(|| json!({}), |f| json!({"from_event": f})))
+            .send()
+            .await
+            .map_err(|e| unreachable(short(&e)))?;
+        let status = response.status().as_u16();
+        let body = read_capped(response).await.map_err(unreachable)?;
+        match status {
+            200 => Ok(sub.clone()),
+            422 => Err(AppError::Validation(peer_field_errors(&body))),
+            409 => Err(AppError::Conflict(format!("peer broker `{peer_id}`: {}", problem_detail(&body)))),
+            other => Err(unreachable(format!("it answered {other}: {}", problem_detail(&body)))),
+        }
+    }
+
+    /// Resumes or replays, for the peer broker `caller`, the delivery of a subscription it
+    /// relayed here (its partner asked there). The relay must be fresh and name this request.
+    pub async fn redeliver_relayed(&self, caller: &Caller, id: Uuid, relay: String, body: Value) -> AppResult<()> {
+        require_scope(&caller.principal, Scope::Federation)?;
+        if self.tokens.peers().get(caller.org()).is_none() {
+            return Err(AppError::Forbidden("only a peer broker may ask this".into()));
+        }
+        let input = vpr_domain::subscription::redeliver(&body).map_err(AppError::Validation)?;
+        let caller = caller.clone();
+        self.blocking(move |app| {
+            let digest = redelivery_digest(&id.to_string(), input.from_event);
+            let relay = checked_relay(app, &caller, &relay, &digest)?;
+            let sub = app.store.subscription(id)?.filter(|s| {
+                matches!(&s.federation, Some(PeerLink::RelayedBy { peer, .. }) if *peer == relay.peer)
+                    && s.owner_ods == relay.requester.org
+            });
+            let sub =
+                sub.ok_or_else(|| AppError::NotFound("no subscription relayed by this peer has this id".into()))?;
+            if !sub.status.receives() {
+                return Err(AppError::Conflict(format!("a subscription that is `{}` is not delivered", sub.status)));
+            }
+            if !app.store.redeliver(id, input.from_event, app.clock.now())? {
+                return Err(AppError::invalid(
+                    "/from_event",
+                    "beyond-last-event",
+                    "there is no event with this number yet",
+                ));
+            }
+            Ok(())
+        })
+        .await?;
+        self.outbox.due();
+        Ok(())
+    }
+
     /// Passes on an event that the peer holding subscription `id` pushed: the peer's signature
     /// and the subscription are checked, the pass-on is audited here (naming the peer's notice
     /// ids, views and clauses, never the content), then the event is signed by this broker (and
@@ -240,34 +340,65 @@ impl App {
     /// partner de-duplicates by event id, as with any webhook. `410 Gone` tells the peer the
     /// subscription ended here.
     pub async fn pass_on_peer_event(&self, id: Uuid, jws: String, attempt: Option<String>) -> AppResult<()> {
+        match self.checked_push(id, &jws).await? {
+            Some(push) => self.pass_on(push, attempt).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A push checked: signed by the peer holding subscription `id` for it and its system,
+    /// recently; the subscription still receiving here; the partner still registered. `None`
+    /// for an event passed on before.
+    async fn checked_push(&self, id: Uuid, jws: &str) -> AppResult<Option<Push>> {
         let sub = self.blocking(move |app| Ok(app.store.subscription(id)?)).await?;
         let gone = || AppError::Gone("no subscription here receives this peer's events".into());
         let sub = sub.ok_or_else(gone)?;
         let Some(PeerLink::AtPeer { peer, subscription_id }) = sub.federation.clone() else { return Err(gone()) };
-        if !(sub.status.receives() || sub.status == SubscriptionStatus::Pending) {
-            return Err(AppError::Gone(format!("the subscription is `{}` here", sub.status)));
-        }
         let leeway = self.tokens.settings().leeway;
         let claims =
-            self.tokens.peers().open_event(&peer, &subscription_id, &jws, self.now(), leeway).map_err(|why| {
+            self.tokens.peers().open_event(&peer, &subscription_id, jws, self.now(), leeway).map_err(|why| {
+                // Perhaps a key rotation: fetched again at most once a `jwks_min_interval`.
                 self.federation.want_keys(&peer);
                 AppError::Forbidden(why)
             })?;
-        // The partner, as the registry describes it now.
+        if claims.get("aud").and_then(Value::as_str) != Some(sub.owner_system.as_str()) {
+            return Err(AppError::invalid("/aud", "audience", "the event is not for this subscription's system"));
+        }
+        if !(sub.status.receives() || sub.status == SubscriptionStatus::Pending) {
+            return Err(AppError::Gone(format!("the subscription is `{}` here", sub.status)));
+        }
+        // The partner, as the registry describes it now; if it is gone for now, the peer retries.
         let partner = subscriber(self, &sub).ok_or_else(|| {
-            AppError::Gone("the subscribing system is no longer in the registry with the `subscriptions` scope".into())
+            AppError::Unavailable("the subscribing system is not in the registry with the `subscriptions` scope".into())
         })?;
-        let mut event: Map<String, Value> = claims.get("event").and_then(Value::as_object).cloned().unwrap_or_default();
+        let event: Map<String, Value> = claims.get("event").and_then(Value::as_object).cloned().unwrap_or_default();
         let event_id = event.get("event_id").and_then(Value::as_str).filter(|e| Uuid::parse_str(e).is_ok());
         let number = event.get("event_number").and_then(Value::as_i64).filter(|n| *n > 0);
         let (Some(event_id), Some(number)) = (event_id.map(str::to_owned), number) else {
-            return Err(AppError::Forbidden("the event has no `event_id` (a UUID) and `event_number`".into()));
+            return Err(AppError::invalid(
+                "/event",
+                "event",
+                "the event needs an `event_id` (a UUID) and an `event_number`",
+            ));
         };
+        if number <= sub.delivery.delivered_upto {
+            // Passed on and acknowledged before (a replay, or the peer resending after a lost
+            // answer): acknowledged again, not passed on again.
+            return Ok(None);
+        }
+        Ok(Some(Push { sub, peer, peer_sub: subscription_id, partner, claims, event, event_id, number }))
+    }
+
+    /// Passes on a checked push: audited, signed by this broker and posted to the partner.
+    async fn pass_on(&self, push: Push, attempt: Option<String>) -> AppResult<()> {
+        let Push { sub, peer, peer_sub: subscription_id, partner, claims, mut event, event_id, number } = push;
+        let id = sub.id;
+
         // What the peer decided is all that is passed on: its notice cut to its declared view.
         let notice = match event.remove("notice") {
-            Some(n) => {
-                Some(cut_to_view(n).ok_or_else(|| AppError::Forbidden("the event's notice has no known view".into()))?)
-            }
+            Some(n) => Some(cut_to_view(n).ok_or_else(|| {
+                AppError::invalid("/event/notice/decision/view", "view", "the event's notice has no known view")
+            })?),
             None => None,
         };
         let record = PeerRecord {
@@ -302,10 +433,14 @@ impl App {
             .map_err(|e| AppError::Internal(format!("cannot seal the event: {e}")))?;
         let url = sub.endpoint.as_deref().ok_or_else(|| AppError::Internal("no webhook URL".into()))?;
         let sent = (event_id, number, attempt.unwrap_or_else(|| "1".into()));
-        match post(self, &self.federation.partner_client, url, sub.id, Some(sent), Outgoing::jose(body)).await {
+        // Answered well inside the peer's own timeout, so a slow partner is a failure the peer
+        // retries, never an acknowledgement it missed.
+        let client = &self.federation.partner_client;
+        let within = self.delivery.timeout.mul_f64(0.6);
+        match post(self, client, url, sub.id, Some(sent), Outgoing::jose(body), Some(within)).await {
             Ok(()) => {
                 self.metrics.deliveries.with_label_values(&["passed-on"]).inc();
-                Ok(())
+                self.blocking(move |app| Ok(app.store.passed_on(id, number, app.clock.now())?)).await
             }
             Err(not) => {
                 self.metrics.deliveries.with_label_values(&["pass-on-failed"]).inc();
@@ -495,19 +630,36 @@ impl App {
 
     /// The asking broker answered a push of relayed subscription `sub` with `410 Gone`: it
     /// ended there. Ends it here, audited for the partner it was relayed for. Returns whether it
-    /// was ended (false for any other subscription, which is retried as usual).
+    /// is ended (false for any other subscription, and for one younger than a few delivery
+    /// timeouts, which may still be being stored at the asking broker: those are retried).
     pub(crate) async fn end_gone(&self, sub: &Subscription) -> bool {
-        let Some(PeerLink::RelayedBy { .. }) = &sub.federation else { return false };
-        let Some(remote) = subscriber(self, sub) else { return false };
-        let (id, caller) = (sub.id, Caller::new(remote, format!("delivery:{}:gone", sub.id)));
+        let Some(PeerLink::RelayedBy { peer, .. }) = &sub.federation else { return false };
+        let grace = chrono::Duration::from_std(self.delivery.timeout * 4).unwrap_or_default();
+        if self.now() - sub.created_at < grace {
+            return false;
+        }
+        // Decided for the partner while its peer vouches for it; recorded as the peer otherwise.
+        let principal = subscriber(self, sub).or_else(|| {
+            Some(Principal {
+                client_id: peer.clone(),
+                system_name: peer.clone(),
+                org: vpr_domain::OdsCode::parse(peer).ok()?,
+                org_name: String::new(),
+                org_type: vpr_domain::vocab::OrgType::Icb,
+                scopes: std::collections::BTreeSet::new(),
+                token_id: String::new(),
+            })
+        });
+        let Some(principal) = principal else { return false };
+        let (id, caller) = (sub.id, Caller::new(principal, format!("delivery:{}:gone", sub.id)));
         let ended = self
             .blocking(move |app| {
                 app.store.audited(|tx| {
                     let Some(sub) = tx.delete_subscription(id, app.clock.now())? else {
-                        return Err(AppError::Conflict("already deleted".into()));
+                        return Ok((false, vec![]));
                     };
                     let entry = subscription_audit(app, &caller, AuditAction::Unsubscribe, &sub, 410);
-                    Ok((sub, entry))
+                    Ok::<_, AppError>((true, vec![entry]))
                 })
             })
             .await;

@@ -136,3 +136,35 @@ pub async fn peer_event(
     app.pass_on_peer_event(id, jws, attempt).await?;
     Ok(HttpResponse::NoContent().finish())
 }
+
+/// Resumes (after retries ran out) or replays (`from_event`) the delivery of a subscription a
+/// peer broker relayed here, for its partner. The relay, in the `VPR-Relay` header, names this
+/// subscription and the body.
+#[utoipa::path(
+    tag = "federation",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The subscription's id here"),
+        ("VPR-Relay" = String, Header, description = "The relay (JWS compact) naming this request"),
+    ),
+    request_body(content = crate::docs::RedeliverInputDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Delivery resumes"),
+        (status = 403, description = "The relay is refused", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No subscription relayed by this peer has this id", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "`from_event` is beyond the last event", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["federation"]))
+)]
+#[post("/v1/federation/subscriptions/{id}/redeliver")]
+pub async fn redeliver_relayed(
+    app: web::Data<App>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&app, &req, &[Scope::Federation])?;
+    let id = path_id(&id, "subscription")?;
+    let body = json(&req, payload, MAX_BODY_BYTES).await?;
+    app.redeliver_relayed(&caller, id, header_or_empty(&req, RELAY_HEADER), body).await?;
+    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({"resumed": true})))
+}

@@ -37,7 +37,12 @@ pub fn resource(sub: &Subscription, cohort_size: i64) -> Value {
     let encryption_alg = sub.encryption_jwk.as_deref().and_then(|t| {
         serde_json::from_str(t).ok().and_then(|m| EncryptionKey::from_jwk(&m).ok()).map(|k| k.algorithm().to_owned())
     });
-    let d = &sub.delivery;
+    let mut d = sub.delivery.clone();
+    if matches!(sub.federation, Some(PeerLink::AtPeer { .. })) {
+        // Its events are numbered at the peer: here, those passed on so far.
+        d.last_event_number = d.last_event_number.max(d.delivered_upto);
+    }
+    let d = &d;
     let mut body = json!({
         "id": sub.id,
         "status": sub.status,

@@ -66,6 +66,27 @@ impl Store {
         q.load::<(Row, i64)>(&mut conn)?.into_iter().map(|(r, n)| r.decode(n)).collect()
     }
 
+    /// For a subscription held at a peer broker: event `number` of the peer's was passed on and
+    /// acknowledged (its high-water mark, so a replayed push is not passed on again).
+    pub fn passed_on(&self, id: Uuid, number: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        diesel::update(s::table.filter(s::id.eq(id.to_string())).filter(s::delivered_upto.lt(number)))
+            .set((s::delivered_upto.eq(number), s::last_delivered_at.eq(db_time(now))))
+            .execute(&mut conn)?;
+        Ok(())
+    }
+
+    /// For a subscription held at a peer broker whose events are replayed from `from_event`:
+    /// lowers the high-water mark so they are passed on again.
+    pub fn replay_from(&self, id: Uuid, from_event: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let mark = (from_event - 1).max(0);
+        diesel::update(s::table.filter(s::id.eq(id.to_string())).filter(s::delivered_upto.gt(mark)))
+            .set(s::delivered_upto.eq(mark))
+            .execute(&mut conn)?;
+        Ok(())
+    }
+
     /// Marks active subscriptions past their expiry as expired; returns how many.
     pub fn expire_subscriptions(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;

@@ -86,7 +86,10 @@ impl App {
     pub async fn redeliver(&self, caller: &Caller, id: Uuid, body: Value) -> AppResult<Subscription> {
         let input = vpr_domain::subscription::redeliver(&body).map_err(AppError::Validation)?;
         let sub = self.owned_subscription(caller, id, Facade::Vpr).await?;
-        super::held_here(&sub)?;
+        if let Some(vpr_domain::subscription::PeerLink::AtPeer { peer, subscription_id }) = &sub.federation {
+            // The peer holds its events: it is asked to resume or replay them.
+            return self.redeliver_at_peer(caller, &sub, peer, subscription_id, input.from_event).await;
+        }
         if sub.method != DeliveryMethod::Webhook {
             return Err(AppError::Conflict(
                 "a feed subscription is replayed by reading its feed from any `after`".into(),
