@@ -52,6 +52,7 @@ pub fn audit_entry(app: &App, actor: Actor<'_>, request_id: &str, action: AuditA
         ig_review: None,
         federation: None,
         received_by: None,
+        replay_guard: None,
     }
 }
 

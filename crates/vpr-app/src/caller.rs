@@ -40,6 +40,9 @@ pub struct Access {
     /// For a requester of a neighbouring ICS: the peer broker that relayed the request and
     /// vouches for it.
     pub relayed_by: Option<String>,
+    /// The relay's one-time id, claimed in the same transaction as the read's audit entry (one
+    /// commit, not two); a replay writes nothing and is refused.
+    pub replay_guard: Option<vpr_store::audit::ReplayGuard>,
 }
 
 /// The IG user and role a request acts for.

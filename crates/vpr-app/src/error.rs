@@ -96,6 +96,9 @@ impl From<StoreError> for AppError {
             e @ StoreError::SubscriptionClosed(_) => AppError::Conflict(e.to_string()),
             e @ StoreError::Unavailable(_) => AppError::Unavailable(e.to_string()),
             StoreError::AuditWrite(cause) => AppError::audit_write_failed(cause),
+            StoreError::Replayed => {
+                AppError::RelayRefused { rule: "replay", detail: "this relay was used before".into() }
+            }
             e => AppError::Internal(e.to_string()),
         }
     }

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use vpr_auth::SigningKeyFile;
 
 use super::{
-    free_port, local_lookup_body, lookup_body, run_bodies, seed, start_signed_broker, token, Args, Broker, Phase, Spec,
+    free_port, local_lookup_body, lookup_body, run_bodies, seed, seed_from, start_signed_broker, token, Args, Broker,
+    Phase, Spec,
 };
 
 /// Options of the federation benchmark.
@@ -40,6 +41,14 @@ pub struct FederationArgs {
     /// Distinct subjects seeded at every broker (each with two notices).
     #[arg(long, default_value_t = 200)]
     subjects: u32,
+    /// The asking broker's time budget for its peers (raise it to profile under valgrind).
+    #[arg(long, default_value_t = 300)]
+    budget_ms: u64,
+    /// What the peers hold: `same` (notices about every subject looked up: each relayed look-up
+    /// discloses two notices, the worst case) or `other` (notices about other people: each
+    /// relayed look-up is a governed, audited no-match, as for most subjects at most peers).
+    #[arg(long, value_delimiter = ',', default_value = "same,other")]
+    peer_subjects: Vec<String>,
 }
 
 /// One broker to be: its id, signing key, port and partner, known before any starts.
@@ -72,8 +81,8 @@ impl Planned {
 }
 
 /// The `[federation]` table of `me`, peered with `peers` (each may vouch for its own partner).
-fn federation_toml(dir: &Path, me: &Planned, peers: &[&Planned]) -> Result<String> {
-    let mut out = format!("[federation]\nid = \"{}\"\nlookup_budget_ms = 300\n", me.id);
+fn federation_toml(dir: &Path, me: &Planned, peers: &[&Planned], budget_ms: u64) -> Result<String> {
+    let mut out = format!("[federation]\nid = \"{}\"\nlookup_budget_ms = {budget_ms}\n", me.id);
     for p in peers {
         out.push_str(&format!(
             "[[federation.peers]]\nid = \"{}\"\nname = \"bench peer\"\nbase_url = \"http://127.0.0.1:{}\"\njwks = \"{}\"\n\
@@ -117,12 +126,12 @@ fn agreement_for(agreement: &Path, prefix: &str, dir: &Path) -> Result<PathBuf> 
 }
 
 /// Broker A and `n` peers, started, each seeded; A's token first.
-fn start_set(args: &FederationArgs, n: usize, dir: &Path) -> Result<(Vec<Broker>, String)> {
+fn start_set(args: &FederationArgs, n: usize, dir: &Path, same: bool) -> Result<(Vec<Broker>, String)> {
     let a = Planned::new("XIC01".into(), "X")?;
     let peers: Vec<Planned> =
         (0..n).map(|i| Planned::new(format!("Y{i}IC01"), &format!("Y{i}"))).collect::<Result<_>>()?;
     let start = |me: &Planned, with: Vec<&Planned>| -> Result<Broker> {
-        let extra = federation_toml(dir, me, &with)?;
+        let extra = federation_toml(dir, me, &with, args.budget_ms)?;
         let agreement = agreement_for(&std::fs::canonicalize(&args.agreement)?, &me.prefix, dir)?;
         let spec = Spec { mode: "governed", extra: &extra, signing: &me.key, port: me.port, ods: &me.ods };
         start_signed_broker(&args.broker, &agreement, &args.backend, &spec)
@@ -134,7 +143,11 @@ fn start_set(args: &FederationArgs, n: usize, dir: &Path) -> Result<(Vec<Broker>
     let mut a_token = String::new();
     for (i, b) in brokers.iter().enumerate() {
         let t = token(b)?;
-        seed(b, &t, args.subjects)?;
+        if i == 0 || same {
+            seed(b, &t, args.subjects)?;
+        } else {
+            seed_from(b, &t, 100_000, args.subjects)?;
+        }
         if i == 0 {
             a_token = t;
         }
@@ -143,7 +156,7 @@ fn start_set(args: &FederationArgs, n: usize, dir: &Path) -> Result<(Vec<Broker>
 }
 
 /// One federated look-up must find every peer's notices and no peer missing.
-fn check_answers(a: &Broker, token: &str, n: usize) -> Result<()> {
+fn check_answers(a: &Broker, token: &str, n: usize, same: bool) -> Result<()> {
     let found: Value = reqwest::blocking::Client::new()
         .post(format!("{}/v1/lookups", a.base))
         .bearer_auth(token)
@@ -152,7 +165,8 @@ fn check_answers(a: &Broker, token: &str, n: usize) -> Result<()> {
         .send()?
         .json()?;
     let results = found.get("results").and_then(Value::as_array).context("no results")?;
-    if results.len() != 2 * (n + 1) || found.get("incomplete") != Some(&json!([])) {
+    let expected = if same { 2 * (n + 1) } else { 2 };
+    if results.len() != expected || found.get("incomplete") != Some(&json!([])) {
         bail!("a federated look-up did not reach every peer: {found}");
     }
     Ok(())
@@ -175,22 +189,41 @@ pub fn run(args: FederationArgs) -> Result<()> {
         "federated look-ups on {}: {} client threads, {} s per phase, {} subjects x 2 notices at every broker",
         args.backend, args.clients, args.seconds, args.subjects
     );
+    for held in &args.peer_subjects {
+        let same = match held.as_str() {
+            "same" => true,
+            "other" => false,
+            other => bail!("--peer-subjects: `same` or `other`, not `{other}`"),
+        };
+        let what = if same {
+            "peers hold notices about every subject looked up (each answers two)"
+        } else {
+            "peers hold notices about other people (each answers no match)"
+        };
+        println!("\n{what}");
+        run_set(&args, &look, same)?;
+    }
+    Ok(())
+}
+
+/// Measures every peer count with the peers holding `same` subjects as A, or other ones.
+fn run_set(args: &FederationArgs, look: &Args, same: bool) -> Result<()> {
     println!(
         "{:<6} {:<10} {:>10} {:>8} {:>8} | {:>9} {:>8} {:>8} {:>7}",
         "peers", "look-ups", "max req/s", "p50 ms", "p99 ms", "rate req/s", "p50 ms", "p99 ms", "errors"
     );
     for &n in &args.peers {
         let dir = tempfile::tempdir()?;
-        let (brokers, t) = start_set(&args, n, dir.path())?;
+        let (brokers, t) = start_set(args, n, dir.path(), same)?;
         let a = brokers.first().context("broker A")?;
-        check_answers(a, &t, n)?;
+        check_answers(a, &t, n, same)?;
         let warm = Args { seconds: 2, ..look.clone() };
         run_bodies(&warm, a, &t, None, &local_lookup_body);
         run_bodies(&warm, a, &t, None, &lookup_body);
-        let local_max = run_bodies(&look, a, &t, None, &local_lookup_body);
-        let fed_max = run_bodies(&look, a, &t, None, &lookup_body);
-        let local_rate = run_bodies(&look, a, &t, Some(args.rate), &local_lookup_body);
-        let fed_rate = run_bodies(&look, a, &t, Some(args.rate), &lookup_body);
+        let local_max = run_bodies(look, a, &t, None, &local_lookup_body);
+        let fed_max = run_bodies(look, a, &t, None, &lookup_body);
+        let local_rate = run_bodies(look, a, &t, Some(args.rate), &local_lookup_body);
+        let fed_rate = run_bodies(look, a, &t, Some(args.rate), &lookup_body);
         let row = |what: &str, max: &Phase, at: &Phase| {
             println!(
                 "{n:<6} {what:<10} {:>10.0} {:>8.2} {:>8.2} | {:>9.0} {:>8.2} {:>8.2} {:>7}",

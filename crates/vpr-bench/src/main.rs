@@ -224,9 +224,14 @@ fn nhs(seq: u32) -> String {
 }
 
 fn seed(b: &Broker, token: &str, subjects: u32) -> Result<()> {
+    seed_from(b, token, 0, subjects)
+}
+
+/// Seeds subjects `first..first + subjects`, two notices each.
+fn seed_from(b: &Broker, token: &str, first: u32, subjects: u32) -> Result<()> {
     let http = reqwest::blocking::Client::new();
     let today = chrono::Utc::now().date_naive();
-    for s in 0..subjects {
+    for s in first..first + subjects {
         for category in ["physical-assault", "directed-verbal-abuse"] {
             let body = json!({
                 "subject": {"person": {"nhs_number": nhs(s)}}, "category": category, "risk_level": "high",
@@ -436,6 +441,7 @@ fn audit(args: AuditArgs) -> Result<()> {
             ig_review: None,
             federation: None,
             received_by: None,
+            replay_guard: None,
         };
         let started = Instant::now();
         std::thread::scope(|s| {

@@ -185,6 +185,7 @@ pub fn asserted(req: &HttpRequest) -> Result<Access, AppError> {
         context_ref: header_text(req, "VPR-Context-Ref")?,
         justification: header_text(req, "VPR-Break-Glass")?,
         relayed_by: None,
+        replay_guard: None,
     })
 }
 

@@ -119,6 +119,11 @@ pub struct AuditEntry {
     /// that was given a notice is always told when it is withdrawn or expires.
     #[serde(skip)]
     pub received_by: Option<String>,
+    /// For a request carrying a one-time assertion (a peer's relay): its id, claimed in the
+    /// entry's own transaction. If it was used before, the entry is not written and the append
+    /// fails with [`StoreError::Replayed`], so nothing it decided is disclosed. Not sealed.
+    #[serde(skip)]
+    pub replay_guard: Option<ReplayGuard>,
 }
 
 /// A stored entry, with its sequence number.
@@ -195,10 +200,24 @@ mod hex_bytes {
     }
 }
 
+/// A one-time id to claim with an audit entry: the client (or `relay:<peer>`), the id, until when
+/// it must be remembered, and now (ids expired by then are purged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayGuard {
+    /// Whose id it is.
+    pub client_id: String,
+    /// The id.
+    pub jti: String,
+    /// Remembered until.
+    pub expires_at: chrono::NaiveDateTime,
+    /// Now.
+    pub now: chrono::NaiveDateTime,
+}
+
 /// Group commit for the audit log: requests hand their entries to writer threads, which commit
 /// everything waiting in one durable transaction and then acknowledge each. Every request still
 /// waits for its own entry to be durable; the cost of a commit (an fsync) is shared.
-pub(crate) type AuditWriter = crate::group::GroupCommit<AuditEntry, ()>;
+pub(crate) type AuditWriter = crate::group::GroupCommit<AuditEntry, bool>;
 
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -210,10 +229,7 @@ pub(crate) fn audit_writer(pool: crate::db::DbPool, vault: crate::Vault, writers
         "audit-writer",
         writers,
         MAX_BATCH,
-        std::sync::Arc::new(move |entries: &[&AuditEntry]| {
-            write_batch(&pool, &vault, entries)?;
-            Ok(vec![(); entries.len()])
-        }),
+        std::sync::Arc::new(move |entries: &[&AuditEntry]| write_batch(&pool, &vault, entries)),
     )
 }
 
@@ -300,10 +316,31 @@ fn insert_encoded(conn: &mut DbConnection, encoded: &[Encoded<'_>]) -> Result<()
     record_received(conn, &received)
 }
 
-fn write_batch(pool: &crate::db::DbPool, vault: &crate::Vault, entries: &[&AuditEntry]) -> Result<(), StoreError> {
+/// Writes a batch of entries in one transaction; per entry, whether it was written (false: its
+/// replay guard's id was used before, so it is not).
+fn write_batch(
+    pool: &crate::db::DbPool,
+    vault: &crate::Vault,
+    entries: &[&AuditEntry],
+) -> Result<Vec<bool>, StoreError> {
     let encoded = entries.iter().map(|e| encode(vault, e)).collect::<Result<Vec<_>, _>>()?;
     let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    write_tx(&mut conn, |conn| insert_encoded(conn, &encoded))
+    write_tx(&mut conn, |conn| {
+        let mut written = Vec::with_capacity(encoded.len());
+        let guards: Vec<&ReplayGuard> = entries.iter().filter_map(|e| e.replay_guard.as_ref()).collect();
+        if let Some(now) = guards.iter().map(|g| g.now).min() {
+            crate::tokens::purge_expired(conn, now)?;
+        }
+        for e in entries {
+            written.push(match &e.replay_guard {
+                Some(g) => crate::tokens::claim_one(conn, &(g.client_id.clone(), g.jti.clone(), g.expires_at, g.now))?,
+                None => true,
+            });
+        }
+        let kept: Vec<Encoded<'_>> = encoded.into_iter().zip(&written).filter(|(_, w)| **w).map(|(x, _)| x).collect();
+        insert_encoded(conn, &kept)?;
+        Ok(written)
+    })
 }
 
 /// Inserts entries inside the caller's transaction; any failure is [`StoreError::AuditWrite`].
@@ -377,14 +414,24 @@ impl Store {
     /// Appends an entry durably: returns only once it is committed (group commit). Nothing may
     /// be disclosed unless this returns `Ok`.
     pub fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
-        self.audit_writer.submit(e.clone()).map_err(|e| StoreError::AuditWrite(e.to_string()))
+        match self.audit_writer.submit(e.clone()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::Replayed),
+            Err(e) => Err(StoreError::AuditWrite(e.to_string())),
+        }
     }
 
     /// Appends several entries durably, sharing commits: returns once every one is committed,
     /// or the first failure (some may then be committed, none is disclosed).
     pub fn append_audits(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
-        let written: Result<(), StoreError> = self.audit_writer.submit_many(entries).into_iter().collect();
-        written.map_err(|e| StoreError::AuditWrite(e.to_string()))
+        for written in self.audit_writer.submit_many(entries) {
+            match written {
+                Ok(true) => {}
+                Ok(false) => return Err(StoreError::Replayed),
+                Err(e) => return Err(StoreError::AuditWrite(e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     /// Audit entries after `after_seq`, oldest first, at most `limit`.
@@ -454,6 +501,7 @@ impl Store {
                         ig_review: r.ig_review,
                         federation: r.federation.as_deref().map(parse).transpose()?,
                         received_by: None,
+                        replay_guard: None,
                     },
                 })
             })

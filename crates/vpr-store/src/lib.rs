@@ -50,6 +50,9 @@ pub enum StoreError {
     /// What was asked for does not exist.
     #[error("{0}")]
     NotFound(Missing),
+    /// An entry's replay guard found its id used before: the entry was not written.
+    #[error("this assertion was used before")]
+    Replayed,
     /// The caller's organisation did not publish the notice.
     #[error("only the publishing organisation may change a notice")]
     NotPublisher,

@@ -288,6 +288,7 @@ fn audit_entry(n: usize, at: chrono::DateTime<Utc>) -> audit::AuditEntry {
         ig_review: None,
         federation: None,
         received_by: None,
+        replay_guard: None,
     }
 }
 
@@ -858,5 +859,38 @@ fn a_break_glass_review_commits_with_its_entry_or_not_at_all() {
         assert!(review(store, 3).unwrap(), "{name}");
         assert_eq!(store.break_glass_entries("justified", 10).unwrap().len(), 1, "{name}");
         assert!(!review(store, 4).unwrap(), "{name}: reviewed once only");
+    }
+}
+
+#[test]
+fn a_replay_guard_is_claimed_with_its_entry_and_a_replay_writes_nothing() {
+    let b = backends();
+    for (name, store) in &b.stores {
+        let now = Utc::now();
+        let guard = audit::ReplayGuard {
+            client_id: "relay:YIC01".into(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            expires_at: (now + Duration::seconds(90)).naive_utc(),
+            now: now.naive_utc(),
+        };
+        let before = store.audit_entries(0, 10_000).unwrap().len();
+        let first = audit::AuditEntry { replay_guard: Some(guard.clone()), ..audit_entry(1, now) };
+        store.append_audit(&first).unwrap();
+        let again = audit::AuditEntry { replay_guard: Some(guard.clone()), ..audit_entry(2, now) };
+        assert!(matches!(store.append_audit(&again), Err(StoreError::Replayed)), "{name}");
+        // Two in one batch: the first is written, the second refused.
+        let other = audit::ReplayGuard { jti: uuid::Uuid::new_v4().to_string(), ..guard.clone() };
+        let pair = vec![
+            audit::AuditEntry { replay_guard: Some(other.clone()), ..audit_entry(3, now) },
+            audit::AuditEntry { replay_guard: Some(other.clone()), ..audit_entry(4, now) },
+        ];
+        assert!(matches!(store.append_audits(pair), Err(StoreError::Replayed)), "{name}");
+        let after = store.audit_entries(0, 10_000).unwrap();
+        assert_eq!(after.len(), before + 2, "{name}: the first of each id only");
+        // The id is the same one a separate claim sees.
+        assert!(
+            !store.claim_assertion_jti(&guard.client_id, &guard.jti, guard.expires_at, guard.now).unwrap(),
+            "{name}"
+        );
     }
 }

@@ -17,8 +17,14 @@ pub(crate) type JtiClaim = (String, String, NaiveDateTime, NaiveDateTime);
 /// The claim writer: answers, per claim, whether the id was new.
 pub(crate) type JtiWriter = crate::group::GroupCommit<JtiClaim, bool>;
 
+/// Forgets ids whose time has passed.
+pub(crate) fn purge_expired(conn: &mut DbConnection, now: NaiveDateTime) -> Result<(), StoreError> {
+    diesel::delete(assertion_jtis::table.filter(assertion_jtis::expires_at.lt(now))).execute(conn)?;
+    Ok(())
+}
+
 /// Records one id unless it is there already; true if it was new.
-fn claim_one(conn: &mut DbConnection, (client, jti, until, _): &JtiClaim) -> Result<bool, StoreError> {
+pub(crate) fn claim_one(conn: &mut DbConnection, (client, jti, until, _): &JtiClaim) -> Result<bool, StoreError> {
     let row = (assertion_jtis::client_id.eq(client), assertion_jtis::jti.eq(jti), assertion_jtis::expires_at.eq(until));
     let inserted = match conn {
         DbConnection::Pg(c) => {
@@ -39,7 +45,7 @@ pub(crate) fn jti_writer(pool: crate::db::DbPool, writers: usize) -> JtiWriter {
             let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
             write_tx(&mut conn, |conn| {
                 if let Some(now) = claims.iter().map(|c| c.3).min() {
-                    diesel::delete(assertion_jtis::table.filter(assertion_jtis::expires_at.lt(now))).execute(conn)?;
+                    purge_expired(conn, now)?;
                 }
                 let mut in_batch = HashSet::new();
                 let mut fresh = Vec::with_capacity(claims.len());

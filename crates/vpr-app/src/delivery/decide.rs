@@ -195,6 +195,7 @@ fn notices(
             Some(vpr_domain::subscription::PeerLink::RelayedBy { peer, .. }) => Some(peer.clone()),
             _ => None,
         },
+        replay_guard: None,
     };
     let max_view = match sub.payload {
         Payload::IdOnly => View::Existence,

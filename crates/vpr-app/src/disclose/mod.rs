@@ -17,7 +17,7 @@ use vpr_domain::audit::AuditAction;
 use vpr_policy::{AccessContext, Decision, NoticeFacts, Requester, View};
 use vpr_store::audit::{AuditEntry, AuditedNotice, FederationRecord};
 use vpr_store::directives::DirectiveState;
-use vpr_store::StoredNotice;
+use vpr_store::{StoreError, StoredNotice};
 
 pub use minimise::{minimise, publisher_view, subject_kinds, DisclosedNotice, FullPart, Publisher, Shown, SummaryPart};
 
@@ -133,8 +133,18 @@ pub fn govern(app: &App, caller: &Caller, access: &Access, read: Read) -> AppRes
     let (disclosure, entry) = prepare(app, caller, access, read)?;
     // Guarantee 1: no disclosure without a committed audit entry. (The benchmark switches that
     // skip it are refused outside demo mode.)
-    if let Some(entry) = entry {
-        app.store.append_audit(&entry).map_err(AppError::audit_write_failed)?;
+    match (entry, &access.replay_guard) {
+        (Some(entry), _) => app.store.append_audit(&entry).map_err(|e| match e {
+            StoreError::Replayed => AppError::from(e),
+            e => AppError::audit_write_failed(e),
+        })?,
+        // Unaudited (benchmark) reads still refuse a replayed relay.
+        (None, Some(g)) => {
+            if !app.store.claim_assertion_jti(&g.client_id, &g.jti, g.expires_at, g.now)? {
+                return Err(AppError::from(StoreError::Replayed));
+            }
+        }
+        (None, None) => {}
     }
     Ok(disclosure)
 }
@@ -256,6 +266,7 @@ fn entry_of(
         clauses: clauses.into_iter().collect(),
         ig_review: (access.justification.is_some() && !refused).then(|| "pending".to_owned()),
         received_by: read.recipient.as_ref().map(|r| r.subscription_id.to_string()),
+        replay_guard: access.replay_guard.clone(),
         federation: access
             .relayed_by
             .as_ref()

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use vpr_auth::{Principal, RelayRefused, VerifiedRelay};
 use vpr_domain::audit::AuditAction;
 use vpr_domain::OdsCode;
+use vpr_store::audit::ReplayGuard;
 
 use crate::access::require_scope;
 use crate::audit::record_refusal;
@@ -25,6 +26,26 @@ pub(crate) fn relay_refusal(r: RelayRefused) -> AppError {
 /// replay (once per `jti`, shared by every replica) and that it names what was sent (`digest`,
 /// the hex SHA-256 of the subject or subscription).
 pub(crate) fn checked_relay(app: &App, caller: &Caller, relay: &str, digest: &str) -> AppResult<VerifiedRelay> {
+    let v = verified_relay(app, caller, relay, digest)?;
+    let g = replay_guard(&v, app.clock.now());
+    if !app.store.claim_assertion_jti(&g.client_id, &g.jti, g.expires_at, g.now)? {
+        return Err(relay_refusal(RelayRefused { rule: "replay", detail: "this relay was used before".into() }));
+    }
+    Ok(v)
+}
+
+/// The relay's one-time id, to claim (at the latest with the audit entry of what it asked).
+fn replay_guard(v: &VerifiedRelay, now: chrono::DateTime<chrono::Utc>) -> ReplayGuard {
+    ReplayGuard {
+        client_id: format!("relay:{}", v.peer),
+        jti: v.jti.clone(),
+        expires_at: v.expires_at.naive_utc(),
+        now: now.naive_utc(),
+    }
+}
+
+/// [`checked_relay`] but for the replay, which the caller claims with its audit entry.
+fn verified_relay(app: &App, caller: &Caller, relay: &str, digest: &str) -> AppResult<VerifiedRelay> {
     let peers = app.tokens.peers();
     let now = app.clock.now();
     let leeway = app.tokens.settings().leeway;
@@ -34,15 +55,6 @@ pub(crate) fn checked_relay(app: &App, caller: &Caller, relay: &str, digest: &st
         }
         relay_refusal(r)
     })?;
-    let fresh = app.store.claim_assertion_jti(
-        &format!("relay:{}", v.peer),
-        &v.jti,
-        v.expires_at.naive_utc(),
-        now.naive_utc(),
-    )?;
-    if !fresh {
-        return Err(relay_refusal(RelayRefused { rule: "replay", detail: "this relay was used before".into() }));
-    }
     if digest != v.requester.subject_sha256 {
         return Err(relay_refusal(RelayRefused {
             rule: "subject",
@@ -106,7 +118,7 @@ impl App {
             let input =
                 vpr_domain::validate::relayed_lookup(&body).map_err(|errs| refuse(AppError::Validation(errs)))?;
             let digest = subject_digest(&input.subject);
-            let relay = checked_relay(app, &caller, &input.relay, &digest).map_err(refuse)?;
+            let relay = verified_relay(app, &caller, &input.relay, &digest).map_err(refuse)?;
             let remote = Caller::new(remote_principal(&relay).map_err(refuse)?, caller.request_id.clone());
             let valid = vpr_domain::validate::lookup(&lookup_body(&relay, input.subject))
                 .map_err(|errs| refuse(AppError::Validation(errs)))?;
@@ -118,8 +130,13 @@ impl App {
                 context_ref: r.context_ref.clone(),
                 justification: r.break_glass.as_ref().map(|j| j.trim().to_owned()),
                 relayed_by: Some(relay.peer.clone()),
+                // Claimed with the look-up's audit entry: one commit, not two.
+                replay_guard: Some(replay_guard(&relay, app.clock.now())),
             };
-            app.lookup_governed(&remote, access, &valid.subject, AuditAction::RelayedLookup)
+            app.lookup_governed(&remote, access, &valid.subject, AuditAction::RelayedLookup).map_err(|e| match e {
+                AppError::RelayRefused { .. } => refuse(e),
+                other => other,
+            })
         })
         .await
     }

@@ -558,6 +558,7 @@ impl App {
             context_ref: spec.context_reference.clone(),
             justification: None,
             relayed_by: Some(peer_id.to_owned()),
+            replay_guard: None,
         };
         if let Some(why) = requester_refusal(self, p, &access) {
             return Err(AppError::Forbidden(why));

@@ -116,6 +116,7 @@ fn access_of(i: &vpr_domain::validate::LookupInput) -> Access {
         context_ref: i.context.as_ref().and_then(|c| c.reference.clone()),
         justification: i.break_glass.as_ref().map(|b| b.justification.trim().to_owned()),
         relayed_by: None,
+        replay_guard: None,
     }
 }
 
