@@ -284,6 +284,36 @@ fn the_neighbours_agreement_refuses_what_it_does_not_allow_and_forged_pushes_are
     assert_eq!(status, 410);
     assert!(receiver.hits().is_empty());
 
+    // B's IG leads decide it there; A's copy follows (reported at once, and with every push).
+    let ig = b.token("icb-ig");
+    let decide = |decision: &str| {
+        let held = at_b(&b)["id"].as_str().unwrap().to_owned();
+        let r = b.post_json(
+            &ig,
+            &format!("/v1/subscriptions/{held}/approval"),
+            &json!({
+                "decision": decision, "note": "border dispatch cover agreed with the neighbouring ICB",
+                "reviewer": {"user_id": "ig-9", "role": "ig-lead"}
+            }),
+        );
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    };
+    let status_at_a = || json_of(a.get(&a.token("amb-cad"), &format!("/v1/subscriptions/{id}")))["status"].clone();
+    let wait_status = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while status_at_a() != want {
+            assert!(Instant::now() < deadline, "A's copy is {} not {want}\n{}", status_at_a(), b.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    decide("approve");
+    wait_status("active");
+    decide("revoke");
+    wait_status("revoked");
+    let decided = entries_with(&a, "subscription-approval");
+    assert_eq!(decided.len(), 2, "{decided:#?}");
+    assert_eq!(decided[0]["organisation"]["ods_code"], "YIC01");
+
     // Deleted at A while B is up: ended at B at once.
     let r = a.delete(&a.token("amb-cad"), &format!("/v1/subscriptions/{id}"));
     assert_eq!(r.status(), 200);

@@ -55,6 +55,9 @@ fn redelivery_digest(subscription_id: &str, from_event: Option<i64>) -> String {
     subject_digest(&json!(["redeliver", subscription_id, from_event]))
 }
 
+/// The event type by which a peer reports a subscription's new status (not passed on).
+pub const STATUS_EVENT: &str = "subscription-status";
+
 /// The header carrying the relay when a subscription is ended.
 pub const RELAY_HEADER: &str = "VPR-Relay";
 
@@ -367,6 +370,15 @@ impl App {
         if !(sub.status.receives() || sub.status == SubscriptionStatus::Pending) {
             return Err(AppError::Gone(format!("the subscription is `{}` here", sub.status)));
         }
+        // The peer's IG leads decide it: its status there, as the peer reports it, is taken here.
+        let reported = claims.get("subscription").and_then(|s| s.get("status")).and_then(Value::as_str);
+        let sub = match reported.and_then(SubscriptionStatus::from_code) {
+            Some(status) if status != sub.status => self.take_peer_status(sub, &peer, status).await?,
+            _ => sub,
+        };
+        if claims.get("event").and_then(|e| e.get("type")).and_then(Value::as_str) == Some(STATUS_EVENT) {
+            return Ok(None);
+        }
         // The partner, as the registry describes it now; if it is gone for now, the peer retries.
         let partner = subscriber(self, &sub).ok_or_else(|| {
             AppError::Unavailable("the subscribing system is not in the registry with the `subscriptions` scope".into())
@@ -449,6 +461,75 @@ impl App {
                     not.why
                 )))
             }
+        }
+    }
+
+    /// Takes the status the peer holding `sub` reports (its IG leads approved, rejected or
+    /// revoked it there), audited as the peer's decision. A status this copy cannot move to
+    /// (e.g. it was deleted here meanwhile) leaves it as it is.
+    async fn take_peer_status(
+        &self,
+        sub: Subscription,
+        peer: &str,
+        status: SubscriptionStatus,
+    ) -> AppResult<Subscription> {
+        let from: &[SubscriptionStatus] = match status {
+            SubscriptionStatus::Active | SubscriptionStatus::Rejected => &[SubscriptionStatus::Pending],
+            SubscriptionStatus::Revoked => SubscriptionStatus::REVOCABLE,
+            _ => return Ok(sub),
+        };
+        let Ok(org) = vpr_domain::OdsCode::parse(peer) else { return Ok(sub) };
+        let principal = Principal {
+            client_id: peer.to_owned(),
+            system_name: peer.to_owned(),
+            org,
+            org_name: String::new(),
+            org_type: vpr_domain::vocab::OrgType::Icb,
+            scopes: std::collections::BTreeSet::new(),
+            token_id: String::new(),
+        };
+        let caller = Caller::new(principal, format!("peer-status:{}", sub.id));
+        let (id, peer) = (sub.id, peer.to_owned());
+        let changed = self
+            .blocking(move |app| {
+                let now = app.clock.now();
+                let record = json!({"decided_by": "peer", "peer": peer, "decision": status, "at": now,
+                                    "previous": sub.approval});
+                app.store.audited(|tx| {
+                    let Some(moved) = tx.set_subscription_status(id, from, status, Some(&record), now)? else {
+                        return Ok::<_, AppError>((sub.clone(), vec![]));
+                    };
+                    let entry = AuditEntry {
+                        context_ref: Some(format!("subscription={id};decision={status};owner={}", moved.owner_ods)),
+                        ..subscription_audit(app, &caller, AuditAction::SubscriptionApproval, &moved, 200)
+                    };
+                    Ok((moved, vec![entry]))
+                })
+            })
+            .await?;
+        Ok(changed)
+    }
+
+    /// Tells the peer that relayed `sub` here its new status (this ICS's IG leads decided it),
+    /// with an event signed by this broker. Best effort: every later push carries it too.
+    pub(crate) async fn report_status_to_peer(&self, sub: &Subscription) {
+        let Some(url) = sub.endpoint.as_deref() else { return };
+        let claims = json!({
+            "iss": self.tokens.settings().issuer,
+            "aud": sub.owner_system,
+            "sub": sub.id,
+            "iat": self.now().timestamp(),
+            "jti": Uuid::new_v4(),
+            "subscription": {"id": sub.id, "status": sub.status},
+            "event": {"type": STATUS_EVENT, "status": sub.status, "approval": sub.approval},
+        });
+        let body = match self.tokens.keys().sign_event(&claims) {
+            Ok(b) => b,
+            Err(e) => return tracing::warn!(subscription = %sub.id, error = %e, "cannot sign the status report"),
+        };
+        let sent = post(self, &self.federation.partner_client, url, sub.id, None, Outgoing::jose(body), None).await;
+        if let Err(not) = sent {
+            tracing::warn!(subscription = %sub.id, error = %not.why, "the peer could not be told the subscription's new status; its next push carries it");
         }
     }
 

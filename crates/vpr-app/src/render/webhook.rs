@@ -18,7 +18,7 @@ pub fn webhook_body(app: &App, sub: &Subscription, event: &DecidedEvent, audit_i
         "sub": sub.id,
         "iat": app.clock.now().timestamp(),
         "jti": event.event.event_id,
-        "subscription": {"id": sub.id, "tag": sub.tag},
+        "subscription": {"id": sub.id, "tag": sub.tag, "status": sub.status},
         "audit_id": audit_id,
         "event": event.to_json(),
     });

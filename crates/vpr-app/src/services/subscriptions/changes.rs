@@ -71,6 +71,10 @@ impl App {
             })
             .await?;
         self.outbox.changed();
+        if let Some(vpr_domain::subscription::PeerLink::RelayedBy { .. }) = &sub.federation {
+            // The partner's broker is told (best effort; a later push carries the status too).
+            self.report_status_to_peer(&sub).await;
+        }
         Ok(sub)
     }
 
