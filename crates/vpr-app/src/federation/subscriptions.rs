@@ -20,7 +20,6 @@ use vpr_auth::{Principal, RelayedRequester, Scope};
 use vpr_domain::audit::AuditAction;
 use vpr_domain::subscription::{PeerLink, SubscriptionSpec, SubscriptionStatus, Topic};
 use vpr_domain::FieldError;
-use vpr_policy::Requester;
 use vpr_store::audit::{AuditEntry, FederationRecord, PeerRecord};
 use vpr_store::subscriptions::{NewSubscription, Subscription};
 
@@ -31,7 +30,7 @@ use crate::audit::{caller_entry, record_refusal};
 use crate::caller::{Access, Caller};
 use crate::delivery::{post, subscriber, Outgoing};
 use crate::error::{AppError, AppResult};
-use crate::services::subscriptions::{admission_decision, subscription_audit};
+use crate::services::subscriptions::subscription_audit;
 use crate::App;
 
 /// The path a peer pushes a subscription's events to, at the asking broker.
@@ -219,34 +218,45 @@ impl App {
         }
     }
 
+    /// A request to peer `peer_id`'s `path` with this broker's token there and a fresh relay
+    /// for `who` in the `VPR-Relay` header, within the delivery timeout.
+    async fn relayed_request(
+        &self,
+        method: reqwest::Method,
+        peer_id: &str,
+        path: &str,
+        who: &RelayedRequester,
+        request_id: &str,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let peers = self.tokens.peers();
+        let peer = peers.get(peer_id).ok_or("not a configured peer")?;
+        let token = token_for(self, peer).await?;
+        let relay =
+            self.tokens.keys().sign_relay(&peers.own_id, peer_id, who, self.now()).map_err(|e| e.to_string())?;
+        Ok(self
+            .federation
+            .client
+            .request(method, format!("{}{path}", peer.base_url))
+            .timeout(self.delivery.timeout)
+            .bearer_auth(token)
+            .header(RELAY_HEADER, relay)
+            .header("X-Request-Id", request_id))
+    }
+
     /// Tells the peer holding `sub` that it ended here. Best effort: if the peer cannot be told
     /// now, its next push is answered `410 Gone` and it ends the subscription then.
     pub(crate) async fn end_at_peer(&self, caller: &Caller, sub: &Subscription, peer_id: &str, peer_sub: &str) {
-        let peers = self.tokens.peers();
-        let Some(peer) = peers.get(peer_id) else { return };
         let mut who = relayed_for(&caller.principal, sub.id, &sub.role, &sub.purpose, sub.context_ref.as_deref());
         who.subject_sha256 = ending_digest(peer_sub);
-        let own = &peers.own_id;
-        let outcome = match (token_for(self, peer).await, self.tokens.keys().sign_relay(own, peer_id, &who, self.now()))
-        {
-            (Ok(token), Ok(relay)) => self
-                .federation
-                .client
-                .delete(format!("{}/v1/federation/subscriptions/{peer_sub}", peer.base_url))
-                .timeout(self.delivery.timeout)
-                .bearer_auth(token)
-                .header(RELAY_HEADER, relay)
-                .header("X-Request-Id", &caller.request_id)
-                .send()
-                .await
-                .map_err(|e| short(&e))
-                .and_then(|r| match r.status().as_u16() {
+        let path = format!("/v1/federation/subscriptions/{peer_sub}");
+        let outcome =
+            match self.relayed_request(reqwest::Method::DELETE, peer_id, &path, &who, &caller.request_id).await {
+                Ok(request) => request.send().await.map_err(|e| short(&e)).and_then(|r| match r.status().as_u16() {
                     200..=299 | 404 | 410 => Ok(()),
                     s => Err(format!("it answered {s}")),
                 }),
-            (Err(why), _) => Err(why),
-            (_, Err(e)) => Err(e.to_string()),
-        };
+                Err(why) => Err(why),
+            };
         if let Err(why) = outcome {
             tracing::warn!(subscription = %sub.id, peer = peer_id, error = %why, "the peer could not be told the subscription ended; its next push will be answered 410");
         }
@@ -264,28 +274,16 @@ impl App {
     ) -> AppResult<Subscription> {
         let unreachable =
             |why: String| AppError::BadGateway(format!("peer broker `{peer_id}` could not be asked: {why}"));
-        let peers = self.tokens.peers();
-        let peer = peers.get(peer_id).ok_or_else(|| unreachable("not a configured peer".into()))?;
         let mut who = relayed_for(&caller.principal, sub.id, &sub.role, &sub.purpose, sub.context_ref.as_deref());
         who.subject_sha256 = redelivery_digest(peer_sub, from_event);
-        let token = token_for(self, peer).await.map_err(unreachable)?;
-        let relay = self
-            .tokens
-            .keys()
-            .sign_relay(&peers.own_id, peer_id, &who, self.now())
-            .map_err(|e| unreachable(e.to_string()))?;
+        let path = format!("/v1/federation/subscriptions/{peer_sub}/redeliver");
+        let request = self.relayed_request(reqwest::Method::POST, peer_id, &path, &who, &caller.request_id).await;
+        let request = request.map_err(unreachable)?;
         if let Some(f) = from_event {
             let id = sub.id;
             self.blocking(move |app| Ok(app.store.replay_from(id, f)?)).await?;
         }
-        let response = self
-            .federation
-            .client
-            .post(format!("{}/v1/federation/subscriptions/{peer_sub}/redeliver", peer.base_url))
-            .timeout(self.delivery.timeout)
-            .bearer_auth(token)
-            .header(RELAY_HEADER, relay)
-            .header("X-Request-Id", &caller.request_id)
+        let response = request
             .json(&from_event.map_or_else(|| json!({}), |f| json!({"from_event": f})))
             .send()
             .await
@@ -644,38 +642,15 @@ impl App {
         if let Some(why) = requester_refusal(self, p, &access) {
             return Err(AppError::Forbidden(why));
         }
-        let requester = Requester {
-            org: p.org.as_str().to_owned(),
-            org_type: p.org_type,
-            role: spec.role.clone(),
-            system: p.client_id.clone(),
-            via: Some(peer_id.to_owned()),
-        };
-        let (status, approval) = admission_decision(self, &requester, spec);
         let peers = self.tokens.peers();
         let peer = peers.get(peer_id).ok_or_else(|| AppError::Forbidden("not a peer broker".into()))?;
         Ok(NewSubscription {
-            id: Uuid::new_v4(),
-            owner_ods: p.org.as_str().to_owned(),
-            owner_system: p.client_id.clone(),
-            status,
-            purpose: spec.purpose.clone(),
-            role: spec.role.clone(),
-            context_ref: spec.context_reference.clone(),
-            topic: spec.topic,
-            criteria: spec.criteria.clone(),
-            payload: spec.payload,
-            channel: "vpr".into(),
-            method: spec.method,
             // Always the peer's configured address, whatever the request said.
             endpoint: Some(format!("{}{}", peer.base_url, events_path(asking_id))),
             encryption_jwk: None,
             tag: None,
-            expires_at: spec.expires_at,
-            heartbeat_seconds: None,
-            approval,
-            cohort: self.cohort_keys(spec),
             federation: Some(PeerLink::RelayedBy { peer: peer_id.to_owned(), asking_id: asking_id.to_string() }),
+            ..self.admitted(Uuid::new_v4(), p, Some(peer_id), spec)
         })
     }
 

@@ -120,11 +120,7 @@ fn admission_problems(app: &App, caller: &Caller, spec: &SubscriptionSpec) -> Ve
 
 /// Whether the agreement lets `requester`'s subscription start outright: its status and
 /// approval record.
-pub(crate) fn admission_decision(
-    app: &App,
-    requester: &Requester,
-    spec: &SubscriptionSpec,
-) -> (SubscriptionStatus, Value) {
+fn admission_decision(app: &App, requester: &Requester, spec: &SubscriptionSpec) -> (SubscriptionStatus, Value) {
     let facts = SubscriptionFacts {
         topic: spec.topic.code().to_owned(),
         subject_kinds: spec.criteria.subject_kinds.iter().map(|k| k.code().to_owned()).collect(),
@@ -171,20 +167,31 @@ impl App {
         if !errs.is_empty() {
             return Err(AppError::Validation(errs));
         }
-        let p = &caller.principal;
+        Ok(self.admitted(id, &caller.principal, None, spec))
+    }
+
+    /// The subscription `spec` of `owner` (relayed by peer `via`, if any) as admitted: started
+    /// outright if the agreement allows it, otherwise held for an IG lead; with its cohort's
+    /// blind indexes. Nothing is stored.
+    pub(crate) fn admitted(
+        &self,
+        id: Uuid,
+        owner: &vpr_auth::Principal,
+        via: Option<&str>,
+        spec: &SubscriptionSpec,
+    ) -> NewSubscription {
         let requester = Requester {
-            org: p.org.as_str().to_owned(),
-            org_type: p.org_type,
+            org: owner.org.as_str().to_owned(),
+            org_type: owner.org_type,
             role: spec.role.clone(),
-            system: p.client_id.clone(),
-            via: None,
+            system: owner.client_id.clone(),
+            via: via.map(str::to_owned),
         };
         let (status, approval) = admission_decision(self, &requester, spec);
-        let cohort = self.cohort_keys(spec);
-        Ok(NewSubscription {
+        NewSubscription {
             id,
-            owner_ods: caller.org().to_owned(),
-            owner_system: caller.principal.client_id.clone(),
+            owner_ods: owner.org.as_str().to_owned(),
+            owner_system: owner.client_id.clone(),
             status,
             purpose: spec.purpose.clone(),
             role: spec.role.clone(),
@@ -200,9 +207,9 @@ impl App {
             expires_at: spec.expires_at,
             heartbeat_seconds: None,
             approval,
-            cohort,
+            cohort: self.cohort_keys(spec),
             federation: None,
-        })
+        }
     }
 
     /// The blind indexes of a subscription's cohort, when it has one.
