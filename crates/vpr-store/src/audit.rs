@@ -326,16 +326,16 @@ fn write_batch(
     let encoded = entries.iter().map(|e| encode(vault, e)).collect::<Result<Vec<_>, _>>()?;
     let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
     write_tx(&mut conn, |conn| {
-        let mut written = Vec::with_capacity(encoded.len());
-        let guards: Vec<&ReplayGuard> = entries.iter().filter_map(|e| e.replay_guard.as_ref()).collect();
-        if let Some(now) = guards.iter().map(|g| g.now).min() {
-            crate::tokens::purge_expired(conn, now)?;
-        }
-        for e in entries {
-            written.push(match &e.replay_guard {
-                Some(g) => crate::tokens::claim_one(conn, &(g.client_id.clone(), g.jti.clone(), g.expires_at, g.now))?,
-                None => true,
-            });
+        let mut written = vec![true; entries.len()];
+        // Claimed in one order by every writer, so two batches never wait on each other's ids.
+        let mut guarded: Vec<(usize, &ReplayGuard)> =
+            entries.iter().enumerate().filter_map(|(i, e)| e.replay_guard.as_ref().map(|g| (i, g))).collect();
+        guarded.sort_by(|a, b| (&a.1.client_id, &a.1.jti).cmp(&(&b.1.client_id, &b.1.jti)));
+        for (i, g) in guarded {
+            let claim = (g.client_id.clone(), g.jti.clone(), g.expires_at, g.now);
+            if let Some(w) = written.get_mut(i) {
+                *w = crate::tokens::claim_one(conn, &claim)?;
+            }
         }
         let kept: Vec<Encoded<'_>> = encoded.into_iter().zip(&written).filter(|(_, w)| **w).map(|(x, _)| x).collect();
         insert_encoded(conn, &kept)?;

@@ -23,8 +23,12 @@ pub(crate) fn purge_expired(conn: &mut DbConnection, now: NaiveDateTime) -> Resu
     Ok(())
 }
 
-/// Records one id unless it is there already; true if it was new.
+/// Records one id unless it is there already; true if it was new. An id whose time has passed by
+/// the time it is claimed is refused: its first use may have been purged already.
 pub(crate) fn claim_one(conn: &mut DbConnection, (client, jti, until, _): &JtiClaim) -> Result<bool, StoreError> {
+    if *until <= chrono::Utc::now().naive_utc() {
+        return Ok(false);
+    }
     let row = (assertion_jtis::client_id.eq(client), assertion_jtis::jti.eq(jti), assertion_jtis::expires_at.eq(until));
     let inserted = match conn {
         DbConnection::Pg(c) => {

@@ -305,11 +305,13 @@ impl App {
         if self.tokens.peers().get(caller.org()).is_none() {
             return Err(AppError::Forbidden("only a peer broker may ask this".into()));
         }
-        let input = vpr_domain::subscription::redeliver(&body).map_err(AppError::Validation)?;
         let caller = caller.clone();
         self.blocking(move |app| {
+            let refuse = |e: AppError| record_refusal(app, &caller, AuditAction::SubscriptionChange, e);
+            let input =
+                vpr_domain::subscription::redeliver(&body).map_err(|errs| refuse(AppError::Validation(errs)))?;
             let digest = redelivery_digest(&id.to_string(), input.from_event);
-            let relay = checked_relay(app, &caller, &relay, &digest)?;
+            let relay = checked_relay(app, &caller, &relay, &digest).map_err(refuse)?;
             let sub = app.store.subscription(id)?.filter(|s| {
                 matches!(&s.federation, Some(PeerLink::RelayedBy { peer, .. }) if *peer == relay.peer)
                     && s.owner_ods == relay.requester.org
@@ -376,6 +378,11 @@ impl App {
         };
         if claims.get("event").and_then(|e| e.get("type")).and_then(Value::as_str) == Some(STATUS_EVENT) {
             return Ok(None);
+        }
+        // Only what the peer has started is passed on (a subscription it has not, or no longer,
+        // lets receive is told so).
+        if !sub.status.receives() {
+            return Err(AppError::Gone(format!("the subscription is `{}` here", sub.status)));
         }
         // The partner, as the registry describes it now; if it is gone for now, the peer retries.
         let partner = subscriber(self, &sub).ok_or_else(|| {
@@ -471,12 +478,19 @@ impl App {
         peer: &str,
         status: SubscriptionStatus,
     ) -> AppResult<Subscription> {
-        let from: &[SubscriptionStatus] = match status {
-            SubscriptionStatus::Active | SubscriptionStatus::Rejected => &[SubscriptionStatus::Pending],
-            SubscriptionStatus::Revoked => SubscriptionStatus::REVOCABLE,
+        let (from, decision): (&[SubscriptionStatus], &str) = match status {
+            SubscriptionStatus::Active => (&[SubscriptionStatus::Pending], "approve"),
+            SubscriptionStatus::Rejected => (&[SubscriptionStatus::Pending], "reject"),
+            // A report of its approval may have been lost on the way: revoked from pending too.
+            SubscriptionStatus::Revoked => {
+                (&[SubscriptionStatus::Pending, SubscriptionStatus::Active, SubscriptionStatus::Expired], "revoke")
+            }
             _ => return Ok(sub),
         };
-        let Ok(org) = vpr_domain::OdsCode::parse(peer) else { return Ok(sub) };
+        let Ok(org) = vpr_domain::OdsCode::parse(peer) else {
+            tracing::warn!(peer, "a peer's id is not an ODS code: its status report is ignored");
+            return Ok(sub);
+        };
         let principal = Principal {
             client_id: peer.to_owned(),
             system_name: peer.to_owned(),
@@ -491,14 +505,14 @@ impl App {
         let changed = self
             .blocking(move |app| {
                 let now = app.clock.now();
-                let record = json!({"decided_by": "peer", "peer": peer, "decision": status, "at": now,
+                let record = json!({"decided_by": "peer", "peer": peer, "decision": decision, "at": now,
                                     "previous": sub.approval});
                 app.store.audited(|tx| {
                     let Some(moved) = tx.set_subscription_status(id, from, status, Some(&record), now)? else {
                         return Ok::<_, AppError>((sub.clone(), vec![]));
                     };
                     let entry = AuditEntry {
-                        context_ref: Some(format!("subscription={id};decision={status};owner={}", moved.owner_ods)),
+                        context_ref: Some(format!("subscription={id};decision={decision};owner={}", moved.owner_ods)),
                         ..subscription_audit(app, &caller, AuditAction::SubscriptionApproval, &moved, 200)
                     };
                     Ok((moved, vec![entry]))
@@ -509,39 +523,47 @@ impl App {
     }
 
     /// Tells the peer that relayed `sub` here its new status (this ICS's IG leads decided it),
-    /// with an event signed by this broker. Best effort: every later push carries it too.
-    pub(crate) async fn report_status_to_peer(&self, sub: &Subscription) {
-        let Some(url) = sub.endpoint.as_deref() else { return };
-        let claims = json!({
-            "iss": self.tokens.settings().issuer,
-            "aud": sub.owner_system,
-            "sub": sub.id,
-            "iat": self.now().timestamp(),
-            "jti": Uuid::new_v4(),
-            "subscription": {"id": sub.id, "status": sub.status},
-            "event": {"type": STATUS_EVENT, "status": sub.status, "approval": sub.approval},
+    /// with an event signed by this broker, in the background: tried a few times over about a
+    /// minute (every later push carries the status too). Only the status crosses the border.
+    pub(crate) fn report_status_to_peer(&self, sub: &Subscription) {
+        let (app, sub) = (self.clone(), sub.clone());
+        tokio::spawn(async move {
+            let Some(url) = sub.endpoint.clone() else { return };
+            let mut wait = std::time::Duration::from_secs(1);
+            for attempt in 1..=6 {
+                let claims = json!({
+                    "iss": app.tokens.settings().issuer,
+                    "aud": sub.owner_system,
+                    "sub": sub.id,
+                    "iat": app.now().timestamp(),
+                    "jti": Uuid::new_v4(),
+                    "subscription": {"id": sub.id, "status": sub.status},
+                    "event": {"type": STATUS_EVENT, "status": sub.status},
+                });
+                let body = match app.tokens.keys().sign_event(&claims) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return tracing::warn!(subscription = %sub.id, error = %e, "cannot sign the status report")
+                    }
+                };
+                let client = &app.federation.partner_client;
+                match post(&app, client, &url, sub.id, None, Outgoing::jose(body), None).await {
+                    Ok(()) => return,
+                    Err(not) if not.gone => return,
+                    Err(not) => {
+                        tracing::info!(subscription = %sub.id, attempt, error = %not.why, "the peer was not told the subscription's new status yet")
+                    }
+                }
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            tracing::warn!(subscription = %sub.id, "the peer could not be told the subscription's new status; its next push carries it");
         });
-        let body = match self.tokens.keys().sign_event(&claims) {
-            Ok(b) => b,
-            Err(e) => return tracing::warn!(subscription = %sub.id, error = %e, "cannot sign the status report"),
-        };
-        let sent = post(self, &self.federation.partner_client, url, sub.id, None, Outgoing::jose(body), None).await;
-        if let Err(not) = sent {
-            tracing::warn!(subscription = %sub.id, error = %not.why, "the peer could not be told the subscription's new status; its next push carries it");
-        }
     }
 
-    /// The audit entry of an event passed on (and, for a subscription the peer's IG has since
-    /// approved, its start here), committed together. Returns the entry's id.
+    /// The audit entry of an event passed on. Returns the entry's id.
     fn record_pass_on(&self, caller: &Caller, sub: &Subscription, record: PeerRecord) -> AppResult<Uuid> {
-        let now = self.clock.now();
-        self.store.audited(|tx| {
-            if sub.status == SubscriptionStatus::Pending {
-                // The peer pushes only what it has let start: it was approved there.
-                let approval = json!({"decided_by": "peer", "note": "the peer broker started it (its IG leads approved it)",
-                                      "at": now, "previous": sub.approval});
-                tx.set_subscription_status(sub.id, &[SubscriptionStatus::Pending], SubscriptionStatus::Active, Some(&approval), now)?;
-            }
+        self.store.audited(|_| {
             let decision = if record.notices.is_empty() { "withheld" } else { "permit" };
             let entry = AuditEntry {
                 actor_user: Some(format!("subscription:{}", sub.id)),

@@ -73,7 +73,7 @@ impl App {
         self.outbox.changed();
         if let Some(vpr_domain::subscription::PeerLink::RelayedBy { .. }) = &sub.federation {
             // The partner's broker is told (best effort; a later push carries the status too).
-            self.report_status_to_peer(&sub).await;
+            self.report_status_to_peer(&sub);
         }
         Ok(sub)
     }
