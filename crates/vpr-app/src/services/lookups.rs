@@ -226,9 +226,20 @@ impl App {
                 .await;
         }
         let subject = body.get("subject").cloned().unwrap_or(Value::Null);
-        let (valid, access) = {
-            let caller = caller.clone();
-            self.blocking(move |app| app.valid_lookup(&caller, &body)).await?
+        // Validated here (no store work unless it is refused), so the peers are asked at once.
+        let (valid, access) = match vpr_domain::validate::lookup(&body) {
+            Ok(valid) => {
+                let access = access_of(&valid.input);
+                (valid, access)
+            }
+            Err(errs) => {
+                let caller = caller.clone();
+                return Err(self
+                    .blocking(move |app| {
+                        Ok(record_refusal(app, &caller, AuditAction::Lookup, AppError::Validation(errs)))
+                    })
+                    .await?);
+            }
         };
         // A requester refused here is not vouched for to anyone.
         let peers = requester_refusal(self, &caller.principal, &access).is_none().then(|| {
