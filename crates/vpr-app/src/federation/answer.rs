@@ -17,6 +17,16 @@ use crate::federation::ask::subject_digest;
 use crate::services::lookups::LookupResult;
 use crate::App;
 
+/// Refuses a caller that is not a peer broker holding the `federation` scope; `what` names what
+/// only a peer may do.
+pub(crate) fn require_peer(app: &App, caller: &Caller, what: &str) -> AppResult<()> {
+    require_scope(&caller.principal, vpr_auth::Scope::Federation)?;
+    if app.tokens.peers().get(caller.org()).is_none() {
+        return Err(AppError::Forbidden(format!("only a peer broker may {what}")));
+    }
+    Ok(())
+}
+
 /// The refusal of a relay, naming the rule it broke (`/relay`).
 pub(crate) fn relay_refusal(r: RelayRefused) -> AppError {
     AppError::RelayRefused { rule: r.rule, detail: r.detail }
@@ -108,10 +118,7 @@ impl App {
     /// a permitted answer is audited as a `relayed-lookup` by the remote partner, naming the
     /// peer that relayed it. Never relays on.
     pub async fn answer_relayed_lookup(&self, caller: &Caller, body: Value) -> AppResult<LookupResult> {
-        require_scope(&caller.principal, vpr_auth::Scope::Federation)?;
-        if self.tokens.peers().get(caller.org()).is_none() {
-            return Err(AppError::Forbidden("only a peer broker may relay a look-up".into()));
-        }
+        require_peer(self, caller, "relay a look-up")?;
         let caller = caller.clone();
         self.blocking(move |app| {
             let refuse = |e: AppError| record_refusal(app, &caller, AuditAction::RelayedLookup, e);

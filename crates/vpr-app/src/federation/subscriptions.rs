@@ -16,16 +16,16 @@
 
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
-use vpr_auth::{Principal, RelayedRequester, Scope};
+use vpr_auth::{Principal, RelayedRequester};
 use vpr_domain::audit::AuditAction;
 use vpr_domain::subscription::{PeerLink, SubscriptionSpec, SubscriptionStatus, Topic};
 use vpr_domain::FieldError;
 use vpr_store::audit::{AuditEntry, FederationRecord, PeerRecord};
 use vpr_store::subscriptions::{NewSubscription, Subscription};
 
-use super::answer::{checked_relay, remote_principal};
+use super::answer::{checked_relay, remote_principal, require_peer};
 use super::ask::{audited_remote, cut_to_view, problem_detail, read_capped, short, subject_digest, token_for};
-use crate::access::{requester_refusal, require_scope};
+use crate::access::requester_refusal;
 use crate::audit::{caller_entry, record_refusal};
 use crate::caller::{Access, Caller};
 use crate::delivery::{post, subscriber, Outgoing};
@@ -301,10 +301,7 @@ impl App {
     /// Resumes or replays, for the peer broker `caller`, the delivery of a subscription it
     /// relayed here (its partner asked there). The relay must be fresh and name this request.
     pub async fn redeliver_relayed(&self, caller: &Caller, id: Uuid, relay: String, body: Value) -> AppResult<()> {
-        require_scope(&caller.principal, Scope::Federation)?;
-        if self.tokens.peers().get(caller.org()).is_none() {
-            return Err(AppError::Forbidden("only a peer broker may ask this".into()));
-        }
+        require_peer(self, caller, "resume or replay a relayed subscription")?;
         let caller = caller.clone();
         self.blocking(move |app| {
             let refuse = |e: AppError| record_refusal(app, &caller, AuditAction::SubscriptionChange, e);
@@ -587,10 +584,7 @@ impl App {
     /// this agreement for the remote partner (outright, or held for this ICS's IG leads), and
     /// stored with its entry. Every refusal is audited. Its events are pushed to the peer.
     pub async fn answer_relayed_subscription(&self, caller: &Caller, body: Value) -> AppResult<Subscription> {
-        require_scope(&caller.principal, Scope::Federation)?;
-        if self.tokens.peers().get(caller.org()).is_none() {
-            return Err(AppError::Forbidden("only a peer broker may relay a subscription".into()));
-        }
+        require_peer(self, caller, "relay a subscription")?;
         let caller = caller.clone();
         self.blocking(move |app| {
             let refuse = |e: AppError| record_refusal(app, &caller, AuditAction::Subscribe, e);
@@ -679,10 +673,7 @@ impl App {
     /// Ends, for the peer broker `caller`, a subscription it relayed here (its partner ended it
     /// there). The relay must be fresh and name this subscription; the end is audited.
     pub async fn end_relayed_subscription(&self, caller: &Caller, id: Uuid, relay: String) -> AppResult<Subscription> {
-        require_scope(&caller.principal, Scope::Federation)?;
-        if self.tokens.peers().get(caller.org()).is_none() {
-            return Err(AppError::Forbidden("only a peer broker may end a relayed subscription".into()));
-        }
+        require_peer(self, caller, "end a relayed subscription")?;
         let caller = caller.clone();
         self.blocking(move |app| {
             let refuse = |e: AppError| record_refusal(app, &caller, AuditAction::Unsubscribe, e);
