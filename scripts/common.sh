@@ -17,3 +17,31 @@ ensure_system_libraries() {
         fi
     fi
 }
+
+# The demo OpenID Provider's packages (examples/demo-oidc, npm `oidc-provider`), installed
+# from its lockfile when missing or when the lockfile changed.
+ensure_demo_oidc() {
+    local dir=examples/demo-oidc
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        echo "Node.js and npm are needed for the demo OpenID Provider (e.g. apt-get install nodejs npm)" >&2
+        exit 1
+    fi
+    if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-from" 2>/dev/null; then
+        echo "installing the demo OpenID Provider's packages (npm ci in $dir)"
+        (cd "$dir" && npm ci --silent --no-audit --no-fund)
+        cp "$dir/package-lock.json" "$dir/node_modules/.installed-from"
+    fi
+}
+
+# Debian's Chromium and ChromeDriver, for the console's browser tests.
+ensure_browser() {
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            echo "installing chromium and chromium-driver"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+        else
+            echo "missing chromium and chromium-driver (install them, e.g. with apt-get)" >&2
+            exit 1
+        fi
+    fi
+}

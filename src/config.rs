@@ -38,9 +38,54 @@ pub struct Config {
     #[serde(default)]
     pub federation: Option<FederationConfig>,
     #[serde(default)]
+    pub console: Option<ConsoleConfig>,
+    #[serde(default)]
     pub benchmark_ungoverned_reads: bool,
     #[serde(default)]
     pub benchmark_unaudited_reads: bool,
+}
+
+/// The console's sign-in at the ICS's OpenID Provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub issuer: String,
+    pub client_id: String,
+    #[serde(default = "default_client_auth")]
+    pub client_auth: String,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default = "default_org_claim")]
+    pub org_claim: String,
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    #[serde(default = "default_console_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_idle_minutes")]
+    pub idle_timeout_minutes: u64,
+    #[serde(default = "default_absolute_hours")]
+    pub absolute_lifetime_hours: u64,
+}
+
+fn default_client_auth() -> String {
+    "client_secret_basic".into()
+}
+fn default_org_claim() -> String {
+    "ods_code".into()
+}
+fn default_role_claim() -> String {
+    "console_role".into()
+}
+fn default_console_scopes() -> Vec<String> {
+    vec!["profile".into(), "vpr".into()]
+}
+fn default_idle_minutes() -> u64 {
+    15
+}
+fn default_absolute_hours() -> u64 {
+    8
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +309,12 @@ impl Config {
         cfg.keys.data_keys = base.join(&cfg.keys.data_keys);
         cfg.keys.signing_keys = cfg.keys.signing_keys.iter().map(|p| base.join(p)).collect();
         cfg.delivery.ca_file = cfg.delivery.ca_file.as_ref().map(|p| base.join(p));
+        if let Some(c) = &mut cfg.console {
+            c.client_secret_file = c.client_secret_file.as_ref().map(|p| base.join(p));
+            if let Ok(secret) = std::env::var("VPR_CONSOLE_CLIENT_SECRET") {
+                c.client_secret = Some(secret);
+            }
+        }
         if let Some(f) = &mut cfg.federation {
             for peer in &mut f.peers {
                 peer.jwks = peer.jwks.as_ref().map(|j| base.join(j));
@@ -287,11 +338,20 @@ impl Config {
             bail!("`benchmark_unaudited_reads` switches off the audit: it is refused outside demo mode");
         }
         let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
-        if !self.demo
-            && self.public_url.starts_with("http://")
-            && !loopback.iter().any(|p| self.public_url.starts_with(p))
-        {
+        let plain = |url: &str| url.starts_with("http://") && !loopback.iter().any(|p| url.starts_with(p));
+        if !self.demo && plain(&self.public_url) {
             bail!("`public_url` must be https outside demo mode (plain http is allowed only on loopback)");
+        }
+        if let Some(c) = &self.console {
+            if !self.demo && plain(&c.issuer) {
+                bail!("`console.issuer` must be https outside demo mode (plain http is allowed only on loopback)");
+            }
+            if c.client_auth == "client_secret_basic" && c.client_secret.is_none() && c.client_secret_file.is_none() {
+                bail!("`console.client_secret` (or `client_secret_file`, or VPR_CONSOLE_CLIENT_SECRET) is required with `client_secret_basic`");
+            }
+            if !self.demo && c.client_secret.as_deref().is_some_and(|s| s.starts_with("demo-only")) {
+                bail!("`console.client_secret` is a demo-only secret: it is refused outside demo mode");
+            }
         }
         Ok(())
     }

@@ -175,6 +175,9 @@ fn check_registry_against_agreement(registry: &Registry, agreement: &Agreement) 
         }
     }
     for s in registry.systems() {
+        if s.client_id == vpr_app::services::people::CONSOLE_CLIENT {
+            problems.push(format!("system `{}`: that client id is the console's own", s.client_id));
+        }
         let Some(p) = registry.partner(s.ods_code.as_str()) else { continue };
         for role in &s.roles {
             if !agreement.role_allowed(role, p.org_type) {
@@ -294,6 +297,39 @@ fn delivery_settings(cfg: &Config, max_subscription_days: i64) -> Result<vpr_app
     })
 }
 
+/// The console's settings, with its client secret read from its file if given there.
+fn console_settings(cfg: &Config) -> Result<Option<vpr_http::console::ConsoleSettings>> {
+    use vpr_http::console::{ClientAuth, ConsoleSettings};
+    let Some(c) = &cfg.console else { return Ok(None) };
+    let client_auth = if c.client_auth == "private_key_jwt" {
+        ClientAuth::PrivateKeyJwt
+    } else {
+        let secret = match (&c.client_secret, &c.client_secret_file) {
+            (Some(s), _) => s.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read `console.client_secret_file` `{}`", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => bail!("`console.client_secret` is required with `client_secret_basic`"),
+        };
+        if !cfg.demo && secret.starts_with("demo-only") {
+            bail!("`console.client_secret` is a demo-only secret: it is refused outside demo mode");
+        }
+        ClientAuth::Secret(secret)
+    };
+    Ok(Some(ConsoleSettings {
+        issuer: c.issuer.clone(),
+        client_id: c.client_id.clone(),
+        client_auth,
+        public_url: cfg.public_url.clone(),
+        org_claim: c.org_claim.clone(),
+        role_claim: c.role_claim.clone(),
+        scopes: c.scopes.clone(),
+        idle_timeout: Duration::from_secs(c.idle_timeout_minutes * 60),
+        absolute_lifetime: Duration::from_secs(c.absolute_lifetime_hours * 3600),
+    }))
+}
+
 /// Runs the HTTP edge and the workers until shutdown or until a worker ends; then stops the
 /// workers within the grace period. A worker that ended or did not stop cleanly is an error.
 async fn run_app(
@@ -314,7 +350,8 @@ async fn run_app(
     let mut workers = vpr_app::tasks::start(&app, schedule, client, delivery);
     let http_workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
-    let server = vpr_http::run(app, &cfg.listen, http_workers, grace)?;
+    let console = vpr_http::console::Console::new(console_settings(cfg)?, cfg.demo).map_err(anyhow::Error::msg)?;
+    let server = vpr_http::run(app, console, &cfg.listen, http_workers, grace)?;
     let handle = server.handle();
     let mut failed = None;
     tokio::select! {

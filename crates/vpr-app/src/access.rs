@@ -11,6 +11,13 @@ use crate::App;
 /// decide subscriptions that wait for approval.
 pub const IG_ROLES: [&str; 3] = ["ig-lead", "caldicott-guardian", "dpo"];
 
+/// The client id the console acts under in audit entries (`actor_system`); no partner system
+/// may be registered under it.
+pub const CONSOLE_CLIENT: &str = "vpr-console";
+
+/// The roles a person may hold in the console: the IG roles, and VPR leads.
+pub const CONSOLE_ROLES: [&str; 4] = [IG_ROLES[0], IG_ROLES[1], IG_ROLES[2], "vpr-lead"];
+
 /// Why a system may not act in a role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoleRefusal {
@@ -23,7 +30,13 @@ pub enum RoleRefusal {
 /// Whether the system holds `role` in the registry and the agreement gives that role to its
 /// organisation's type: the one check behind every role a caller asserts.
 pub fn may_act_as(app: &App, principal: &Principal, role: &str) -> Result<(), RoleRefusal> {
-    let holds = app.tokens.registry().system(&principal.client_id).is_some_and(|s| s.roles.iter().any(|r| r == role));
+    // The console acts in the role the person's identity provider asserted, checked at sign-in;
+    // it never passes a role a person typed.
+    let holds = if principal.client_id == CONSOLE_CLIENT {
+        CONSOLE_ROLES.contains(&role)
+    } else {
+        app.tokens.registry().system(&principal.client_id).is_some_and(|s| s.roles.iter().any(|r| r == role))
+    };
     if !holds {
         return Err(RoleRefusal::NotHeld);
     }

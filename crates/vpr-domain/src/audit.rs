@@ -63,6 +63,10 @@ vocabulary! {
         AuditEventExport = "audit-event-export",
         /// Audit entries pruned under retention.
         AuditRetention = "audit-retention",
+        /// A person signed in to the console (or was refused).
+        ConsoleSignIn = "console-sign-in",
+        /// A person signed out of the console.
+        ConsoleSignOut = "console-sign-out",
     }
 }
 

@@ -86,15 +86,24 @@ pub fn openapi() -> OpenApiDoc {
 
 /// Binds the server; it serves until SIGINT/SIGTERM, then stops accepting and lets in-flight
 /// requests finish within `grace`. Await the returned server to run it.
-pub fn run(app: Application, listen: &str, workers: usize, grace: Duration) -> std::io::Result<actix_web::dev::Server> {
+pub fn run(
+    app: Application,
+    console: crate::console::Console,
+    listen: &str,
+    workers: usize,
+    grace: Duration,
+) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(app);
+    let console = web::Data::new(console);
     let doc = web::Data::new(openapi());
     let server = HttpServer::new(move || {
         App::new()
             .into_utoipa_app()
             .configure(routes)
             .into_app()
+            .configure(crate::console::routes)
             .app_data(data.clone())
+            .app_data(console.clone())
             .app_data(doc.clone())
             .app_data(crate::middleware::query_config())
             .app_data(crate::middleware::json_config())

@@ -5,5 +5,6 @@ pub mod directives;
 pub mod ig;
 pub mod lookups;
 pub mod notices;
+pub mod people;
 pub mod proofs;
 pub mod subscriptions;

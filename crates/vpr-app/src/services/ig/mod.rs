@@ -117,9 +117,19 @@ impl App {
         } else {
             ig_only(self, &caller.principal, role, "the audit log")
         };
-        checked
-            .map(|()| Reviewer { user: user.trim().to_owned(), role: role.to_owned() })
-            .map_err(|refusal| record_refusal(self, caller, action, refusal))
+        checked.map(|()| Reviewer { user: user.trim().to_owned(), role: role.to_owned() }).map_err(|refusal| {
+            // The refusal names whom the request was for, as asserted.
+            let entry = AuditEntry {
+                decision: "refused".to_owned(),
+                actor_user: Some(user.trim().to_owned()).filter(|u| !u.is_empty()),
+                actor_role: Some(role.to_owned()).filter(|r| !r.is_empty()),
+                ..caller_entry(self, caller, action, refusal.status())
+            };
+            match self.store.append_audit(&entry) {
+                Ok(()) => refusal,
+                Err(e) => AppError::audit_write_failed(e),
+            }
+        })
     }
 
     /// [`App::reviewer`] from async code (the refusal's entry is written off the runtime).

@@ -1,0 +1,472 @@
+//! The IG and VPR console, as the people who govern the sharing use it: a real browser (Debian's
+//! headless Chromium, through ChromeDriver) signing in at the real demo OpenID Provider (npm
+//! `oidc-provider`, examples/demo-oidc) against a running broker — and, over plain HTTP, every
+//! way a sign-in or a form can be forged. On both databases. Screenshots of the pages are kept
+//! in `$CARGO_TARGET_DIR/console-screenshots/`.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client as Http;
+use serde_json::Value;
+
+use crate::both_backends;
+use crate::support::*;
+
+/// The demo users (examples/demo-oidc/users.json): username, subject, name.
+const IG_LEAD: (&str, &str, &str) = ("ig-lead", "nma-073498e39ae8fbbb", "Alex Thornbury");
+const VPR_LEAD: (&str, &str, &str) = ("vpr-lead", "nma-3b8e7bc6be25b51d", "Jordan Ashcombe");
+const OUTSIDER: (&str, &str, &str) = ("outsider", "nma-e2fe831900494096", "Riley Outram");
+const PASSWORD: &str = "demo-password";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The demo OpenID Provider, run for one test with its test hooks on.
+struct Provider {
+    child: Child,
+    issuer: String,
+}
+
+impl Provider {
+    /// Starts it for a console at `console_base`; `None` (skipped) if Node.js or the provider's
+    /// packages are missing outside CI.
+    fn start(console_base: &str) -> Option<Self> {
+        let dir = repo().join("examples/demo-oidc");
+        if !dir.join("node_modules/oidc-provider").exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "the demo OpenID Provider is not installed (scripts/test runs npm ci in examples/demo-oidc)"
+            );
+            eprintln!("SKIPPED: the demo OpenID Provider is not installed (npm ci in examples/demo-oidc)");
+            return None;
+        }
+        let port = free_port();
+        let issuer = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new("node")
+            .arg(dir.join("provider.mjs"))
+            .env("PORT", port.to_string())
+            .env("ISSUER", &issuer)
+            .env("CONSOLE_BASE", console_base)
+            .env("OIDC_TEST_HOOKS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("the OpenID Provider did not start");
+        Some(Self { child, issuer })
+    }
+
+    /// Arms a test hook: the next ID token carries a wrong `aud` or `nonce`.
+    fn arm(&self, hook: &str, name: &str, value: &str) {
+        let r = Http::new().post(format!("{}/test/{hook}", self.issuer)).form(&[(name, value)]).send().unwrap();
+        assert!(r.status().is_success(), "arming {hook}: {}", r.status());
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A broker with the console signing in at a fresh demo OpenID Provider.
+fn console_broker(backend: Backend) -> Option<(TestBroker, Provider)> {
+    let b = TestBroker::unstarted('X', backend, |_| {})?;
+    let op = Provider::start(&b.base)?;
+    let issuer = op.issuer.clone();
+    b.edit_config(|cfg| {
+        cfg.insert("demo".into(), toml::Value::Boolean(true));
+        let console: toml::Table = toml::from_str(&format!(
+            "issuer = \"{issuer}\"\nclient_id = \"vpr-console\"\nclient_secret = \"demo-only-console-secret-not-for-production\"\nidle_timeout_minutes = 15"
+        ))
+        .unwrap();
+        cfg.insert("console".into(), toml::Value::Table(console));
+    });
+    b.spawn();
+    Some((b, op))
+}
+
+/// The value a `Set-Cookie` of `r` gives cookie `name`.
+fn set_cookie(r: &Response, name: &str) -> Option<String> {
+    r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
+        let first = c.split(';').next()?;
+        let (k, v) = first.split_once('=')?;
+        (k.trim() == name && !v.is_empty()).then(|| v.to_owned())
+    })
+}
+
+fn location(r: &Response) -> String {
+    r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
+const SESSION: &str = "__Host-vpr-console";
+const SIGN_IN: &str = "__Host-vpr-console-sign-in";
+
+/// A sign-in driven over HTTP as a browser would: the broker's redirect, the provider's own
+/// login form, its redirect back. Returns the callback URL and the sign-in cookie, before the
+/// broker is given them.
+fn reach_callback(b: &TestBroker, op: &Provider, username: &str) -> (String, String) {
+    let r = b.http.get(b.url("/console/sign-in")).send().unwrap();
+    assert_eq!(r.status(), 303, "sign-in redirects to the identity provider");
+    let bound = set_cookie(&r, SIGN_IN).expect("a sign-in cookie");
+    let mut next = location(&r);
+    assert!(next.starts_with(&op.issuer), "to the provider: {next}");
+    assert!(next.contains("code_challenge_method=S256") && next.contains("nonce=") && next.contains("state="));
+    let browser = Http::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for _ in 0..10 {
+        let r = browser.get(&next).send().unwrap();
+        if r.status().is_redirection() {
+            next = absolute(&op.issuer, &location(&r));
+            if next.starts_with(&b.base) {
+                return (next, bound);
+            }
+            continue;
+        }
+        let page = r.text().unwrap();
+        let action = page.split("action=\"").nth(1).and_then(|s| s.split('"').next()).expect("the login form");
+        let r = browser
+            .post(absolute(&op.issuer, action))
+            .form(&[("username", username), ("password", PASSWORD)])
+            .send()
+            .unwrap();
+        assert!(r.status().is_redirection(), "the provider accepted the login: {}", r.status());
+        next = absolute(&op.issuer, &location(&r));
+    }
+    panic!("the provider never sent the browser back");
+}
+
+fn absolute(base: &str, url: &str) -> String {
+    if url.starts_with("http") {
+        url.to_owned()
+    } else {
+        format!("{base}{url}")
+    }
+}
+
+/// Gives the broker the callback: its answer.
+fn callback(b: &TestBroker, url: &str, bound: &str) -> Response {
+    b.http.get(url).header("cookie", format!("{SIGN_IN}={bound}")).send().unwrap()
+}
+
+/// Signs `username` in over HTTP; returns the session cookie.
+fn sign_in(b: &TestBroker, op: &Provider, username: &str) -> String {
+    let (url, bound) = reach_callback(b, op, username);
+    let r = callback(b, &url, &bound);
+    assert_eq!(r.status(), 303, "signed in: {}", r.text().unwrap_or_default());
+    set_cookie(&r, SESSION).expect("a session cookie")
+}
+
+fn page(b: &TestBroker, session: &str, path: &str) -> Response {
+    b.http.get(b.url(path)).header("cookie", format!("{SESSION}={session}")).send().unwrap()
+}
+
+/// The CSRF token of a page's sign-out form.
+fn csrf_of(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"").nth(1).and_then(|s| s.split('"').next()).expect("a csrf field").to_owned()
+}
+
+fn entries(b: &TestBroker, action: &str) -> Vec<Value> {
+    b.audit_entries_via_review().into_iter().filter(|e| e["action"] == action).collect()
+}
+
+both_backends!(forged_and_refused_sign_ins, |backend| {
+    let Some((b, op)) = console_broker(backend) else { return };
+    // No session: to sign-in, coming back to the page asked for.
+    let r = b.http.get(b.url("/console/audit")).send().unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), "/console/sign-in?return_to=%2Fconsole%2Faudit");
+    // A callback this browser did not start (forged state), with or without a sign-in cookie.
+    let r = b.http.get(b.url("/console/callback?code=made-up&state=forged")).send().unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("was not started here"));
+    let (url, bound) = reach_callback(&b, &op, IG_LEAD.0);
+    let other = set_cookie(&b.http.get(b.url("/console/sign-in")).send().unwrap(), SIGN_IN).unwrap();
+    assert_eq!(callback(&b, &url, &other).status(), 400, "a state bound to another browser");
+    // The real one still works once; its code replayed does not.
+    let r = callback(&b, &url, &bound);
+    assert_eq!(r.status(), 303);
+    assert!(set_cookie(&r, SESSION).is_some());
+    let r = callback(&b, &url, &bound);
+    assert_eq!(r.status(), 400, "a replayed code");
+    assert!(set_cookie(&r, SESSION).is_none());
+    // ID tokens with the wrong nonce or audience (the provider's test hooks).
+    op.arm("next-id-token-nonce", "nonce", "not-the-console-nonce");
+    let (url, bound) = reach_callback(&b, &op, IG_LEAD.0);
+    let r = callback(&b, &url, &bound);
+    assert_eq!(r.status(), 400, "wrong nonce");
+    assert!(r.text().unwrap().contains("could not be verified"));
+    op.arm("next-id-token-audience", "aud", "someone-else");
+    let (url, bound) = reach_callback(&b, &op, IG_LEAD.0);
+    assert_eq!(callback(&b, &url, &bound).status(), 400, "wrong audience");
+    assert!(b.log().contains("audience"), "the log says why");
+    // A person whose organisation is not in the registry: refused, and audited.
+    let (url, bound) = reach_callback(&b, &op, OUTSIDER.0);
+    let r = callback(&b, &url, &bound);
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("not an organisation of this ICS"));
+    let refused = entries(&b, "console-sign-in");
+    assert!(refused.iter().any(|e| e["user"] == OUTSIDER.1 && e["decision"] == "refused"), "{refused:?}");
+    assert!(refused
+        .iter()
+        .any(|e| e["user"] == IG_LEAD.1 && e["decision"] == "permit" && e["system"] == "vpr-console"));
+});
+
+both_backends!(forms_need_the_csrf_token_and_roles_are_kept_apart, |backend| {
+    let Some((b, op)) = console_broker(backend) else { return };
+    let session = sign_in(&b, &op, IG_LEAD.0);
+    let home = page(&b, &session, "/console");
+    assert_eq!(home.status(), 200);
+    let csrf = csrf_of(&home.text().unwrap());
+    for form in [vec![], vec![("csrf", "not-the-token")]] {
+        let r = b
+            .http
+            .post(b.url("/console/sign-out"))
+            .header("cookie", format!("{SESSION}={session}"))
+            .form(&form)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403, "a form without the session's CSRF token");
+        assert_eq!(page(&b, &session, "/console").status(), 200, "and nothing changed: still signed in");
+    }
+    let r = b
+        .http
+        .post(b.url("/console/sign-out"))
+        .header("cookie", format!("{SESSION}={session}"))
+        .header("origin", "http://evil.example")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "a form posted from another site");
+    // A VPR lead may not search the audit: a clear page, and the refusal audited.
+    let vpr = sign_in(&b, &op, VPR_LEAD.0);
+    let r = page(&b, &vpr, "/console/audit");
+    assert_eq!(r.status(), 403);
+    let text = r.text().unwrap();
+    assert!(text.contains("You do not have access") && text.contains("information governance roles only"), "{text}");
+    let refused = entries(&b, "audit-search");
+    assert!(refused.iter().any(|e| e["user"] == VPR_LEAD.1 && e["decision"] == "refused" && e["role"] == "vpr-lead"));
+    assert_eq!(page(&b, &vpr, "/console/break-glass").status(), 403, "nor open the break-glass queue");
+    let refused = entries(&b, "break-glass-queue");
+    assert!(refused.iter().any(|e| e["user"] == VPR_LEAD.1 && e["decision"] == "refused"));
+    // Nor record an outcome, even with the form's token.
+    let vpr_csrf = csrf_of(&page(&b, &vpr, "/console").text().unwrap());
+    let r = b
+        .http
+        .post(b.url(&format!("/console/break-glass/{}", uuid::Uuid::new_v4())))
+        .header("cookie", format!("{SESSION}={vpr}"))
+        .form(&[("csrf", vpr_csrf.as_str()), ("outcome", "appropriate"), ("note", "no")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The session cookie is HttpOnly, Secure and SameSite, for the host only.
+    let (url, bound) = reach_callback(&b, &op, IG_LEAD.0);
+    let r = callback(&b, &url, &bound);
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(SESSION))
+        .unwrap()
+        .to_owned();
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    assert!(!cookie.contains("Domain"));
+});
+
+/// ChromeDriver driving headless Chromium, for one test.
+struct Browser {
+    driver: Child,
+    runtime: tokio::runtime::Runtime,
+    client: fantoccini::Client,
+    shots: PathBuf,
+}
+
+impl Browser {
+    fn start(name: &str) -> Option<Self> {
+        let (chromium, chromedriver) = (Path::new("/usr/bin/chromium"), Path::new("/usr/bin/chromedriver"));
+        if !chromium.exists() || !chromedriver.exists() {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "chromium and chromium-driver are not installed");
+            eprintln!("SKIPPED: chromium and chromium-driver are not installed");
+            return None;
+        }
+        let port = free_port();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let caps: serde_json::Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "goog:chromeOptions": {"binary": chromium, "args": [
+                "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1100",
+            ]}
+        }))
+        .unwrap();
+        let started = Instant::now();
+        let client = loop {
+            let connect = runtime.block_on(
+                fantoccini::ClientBuilder::native()
+                    .capabilities(caps.clone())
+                    .connect(&format!("http://127.0.0.1:{port}")),
+            );
+            match connect {
+                Ok(c) => break c,
+                Err(e) if started.elapsed() > Duration::from_secs(30) => panic!("chromedriver: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo().join("target"));
+        let shots = target.join("console-screenshots").join(name);
+        std::fs::create_dir_all(&shots).unwrap();
+        Some(Self { driver, runtime, client, shots })
+    }
+
+    fn goto(&self, url: &str) {
+        self.runtime.block_on(self.client.goto(url)).unwrap();
+    }
+
+    fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.runtime
+            .block_on(self.client.wait().at_most(Duration::from_secs(15)).for_element(fantoccini::Locator::Css(css)))
+            .unwrap_or_else(|e| panic!("no `{css}` on {}: {e}", self.url()))
+    }
+
+    fn text(&self, css: &str) -> String {
+        let e = self.find(css);
+        self.runtime.block_on(e.text()).unwrap()
+    }
+
+    fn fill(&self, css: &str, value: &str) {
+        let e = self.find(css);
+        self.runtime.block_on(e.send_keys(value)).unwrap();
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.find(css);
+        self.runtime.block_on(e.click()).unwrap();
+    }
+
+    fn url(&self) -> String {
+        self.runtime.block_on(self.client.current_url()).map(|u| u.to_string()).unwrap_or_default()
+    }
+
+    fn wait_url(&self, part: &str) {
+        let started = Instant::now();
+        while !self.url().contains(part) {
+            assert!(started.elapsed() < Duration::from_secs(15), "never reached `{part}`: at {}", self.url());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn cookie(&self, name: &str) -> Option<String> {
+        let all = self.runtime.block_on(self.client.get_all_cookies()).unwrap();
+        all.into_iter().find(|c| c.name() == name).map(|c| c.value().to_owned())
+    }
+
+    fn screenshot(&self, name: &str) {
+        let png = self.runtime.block_on(self.client.screenshot()).unwrap();
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let _ = self.runtime.block_on(client.close());
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser, |backend| {
+    let Some((b, op)) = console_broker(backend) else { return };
+    let name = format!("{backend:?}").to_lowercase();
+    let Some(browser) = Browser::start(&name) else { return };
+    // Some activity to find: an emergency department's break-glass look-up.
+    let lookup = serde_json::json!({"purpose": "direct-care", "requester": {"user_id": "ed-1", "role": "ed-clinician"},
+        "subject": {"person": {"nhs_number": "9990000018"}},
+        "break_glass": {"justification": "Unconscious patient brought in by ambulance, no history available"}});
+    assert_eq!(b.post_json(&b.token("acute-ed"), "/v1/lookups", &lookup).status(), 200);
+    // A page opened without a session goes to the provider's own login page.
+    browser.goto(&b.url("/console/audit"));
+    browser.find("#username");
+    assert!(browser.url().starts_with(&op.issuer), "at the provider: {}", browser.url());
+    browser.screenshot("provider-login");
+    browser.fill("#username", IG_LEAD.0);
+    browser.fill("#password", PASSWORD);
+    browser.click("#sign-in");
+    // Back at the page first asked for, signed in.
+    browser.wait_url("/console/audit");
+    assert_eq!(browser.text("#page-heading"), "Audit search");
+    assert!(browser.text("#signed-in-as").contains(IG_LEAD.2));
+    browser.screenshot("audit-form");
+    browser.fill("#reference", "SAR-2026-0001");
+    browser.fill("#organisation", "XAC01");
+    browser.click("#search");
+    browser.wait_url("reference=SAR-2026-0001");
+    assert!(browser.text("#results-heading").starts_with("1 entry"), "{}", browser.text("#results-heading"));
+    assert!(browser.text("#results").contains("lookup"));
+    browser.screenshot("audit-results");
+    // The search is audited, naming the person.
+    let searches = entries(&b, "audit-search");
+    let mine = searches.iter().find(|e| e["user"] == IG_LEAD.1).expect("the console's search is audited");
+    assert_eq!(mine["system"], "vpr-console");
+    assert_eq!(mine["role"], "ig-lead");
+    assert_eq!(mine["organisation"]["ods_code"], "XIC01");
+    assert!(mine["context_reference"].as_str().unwrap().starts_with("SAR-2026-0001 | "));
+    // The break-glass queue: record an outcome.
+    let queue: Value = b.as_ig(b.http.get(b.url("/v1/audit/break-glass"))).send().unwrap().json().unwrap();
+    let id = queue["entries"][0]["audit_id"].as_str().expect("a pending break-glass access").to_owned();
+    browser.goto(&b.url("/console/break-glass"));
+    assert!(browser.text(&format!("#access-{id}")).contains("Unconscious patient"));
+    browser.click(&format!("#outcome-{id}-appropriate"));
+    browser.fill(&format!("#note-{id}"), "Checked with the ED consultant: justified.");
+    browser.screenshot("break-glass");
+    browser.click(&format!("#record-{id}"));
+    std::thread::sleep(Duration::from_millis(500));
+    browser.screenshot("break-glass-recorded");
+    browser.wait_url("recorded=");
+    assert!(browser.text("#recorded").contains(&id));
+    let reviewed: Value =
+        b.as_ig(b.http.get(b.url("/v1/audit/break-glass?status=appropriate"))).send().unwrap().json().unwrap();
+    assert_eq!(reviewed["entries"][0]["audit_id"], id.as_str());
+    let outcome = entries(&b, "break-glass-review");
+    assert!(outcome
+        .iter()
+        .any(|e| e["user"] == IG_LEAD.1 && e["decision"] == "appropriate" && e["system"] == "vpr-console"));
+    browser.goto(&b.url("/console"));
+    browser.screenshot("home");
+    // Sign out: at the broker, then at the provider; the session is gone.
+    let session = browser.cookie(SESSION).expect("the session cookie");
+    browser.click("#sign-out");
+    browser.wait_url("/console/signed-out");
+    assert_eq!(browser.text("#page-heading"), "You have signed out");
+    browser.screenshot("signed-out");
+    assert_eq!(page(&b, &session, "/console").status(), 303, "the old session cookie no longer works");
+    assert!(entries(&b, "console-sign-out").iter().any(|e| e["user"] == IG_LEAD.1));
+    browser.goto(&b.url("/console"));
+    browser.find("#username");
+    assert!(browser.url().starts_with(&op.issuer), "signed out at the provider too");
+});
