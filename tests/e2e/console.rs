@@ -429,6 +429,19 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     assert!(browser.text("#results-heading").starts_with("1 entry"), "{}", browser.text("#results-heading"));
     assert!(browser.text("#results").contains("lookup"));
     browser.screenshot("audit-results");
+    // The same entries as a download (with the browser's own session).
+    let href = {
+        let link = browser.find("#export-csv");
+        browser.runtime.block_on(link.attr("href")).unwrap().expect("a download link")
+    };
+    let session = browser.cookie(SESSION).expect("the session cookie");
+    let csv = page(&b, &session, &href);
+    assert_eq!(csv.status(), 200);
+    assert!(content_type(&csv).starts_with("text/csv"));
+    let csv = csv.text().unwrap();
+    assert!(csv.starts_with("seq,leaf_index,audit_id"), "{csv}");
+    assert_eq!(csv.lines().count(), 2, "the header and the one look-up: {csv}");
+    assert!(entries(&b, "audit-export").iter().any(|e| e["user"] == IG_LEAD.1 && e["system"] == "vpr-console"));
     // The search is audited, naming the person.
     let searches = entries(&b, "audit-search");
     let mine = searches.iter().find(|e| e["user"] == IG_LEAD.1).expect("the console's search is audited");
@@ -459,7 +472,6 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     browser.goto(&b.url("/console"));
     browser.screenshot("home");
     // Sign out: at the broker, then at the provider; the session is gone.
-    let session = browser.cookie(SESSION).expect("the session cookie");
     browser.click("#sign-out");
     browser.wait_url("/console/signed-out");
     assert_eq!(browser.text("#page-heading"), "You have signed out");

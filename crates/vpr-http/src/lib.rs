@@ -1,6 +1,7 @@
 //! The broker's HTTP edge: authenticate and parse a request, call the application service
 //! (`vpr_app`), render its answer (VPR JSON, FHIR, problem+json). No decision is made here.
 
+pub mod audit_view;
 pub mod console;
 pub mod docs;
 pub mod error;

@@ -65,6 +65,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/sign-out", web::post().to(sign_out))
             .route("/signed-out", web::get().to(signed_out))
             .route("/audit", web::get().to(pages::audit))
+            .route("/audit/export", web::get().to(pages::audit_export))
             .route("/break-glass", web::get().to(break_glass::queue))
             .route("/break-glass/{id}", web::post().to(break_glass::record))
             .route("/assets/{name}", web::get().to(assets::asset))

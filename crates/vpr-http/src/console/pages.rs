@@ -7,6 +7,8 @@ use vpr_domain::audit::AuditAction;
 use vpr_domain::validate::audit_query_params;
 use vpr_store::audit::StoredAuditEntry;
 
+use crate::audit_view::Format;
+
 use super::view::{html, AuditPage, Card, Field, FieldProblem, HomePage, Row};
 use super::{ctx, signed_in, Console};
 
@@ -217,6 +219,41 @@ pub(super) async fn audit(app: web::Data<App>, console: web::Data<Console>, req:
             page.export_ndjson = format!("/console/audit/export?{}", with_param(&given, "format", "ndjson"));
             html(StatusCode::OK, &page, &c.form_origin())
         }
+        Err(e) => c.failure(&s, "/console/audit", &e),
+    }
+}
+
+/// `GET /console/audit/export?format=csv|ndjson&...`: every entry matching the filters, as a
+/// download, audited as `audit-export` before any entry is read.
+pub(super) async fn audit_export(app: web::Data<App>, console: web::Data<Console>, req: HttpRequest) -> HttpResponse {
+    let c = ctx(&app, &console, &req);
+    let (s, caller, who) = match signed_in(&c, "/console/audit") {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let given: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+    let format = match given.iter().find(|(k, _)| k == "format").map(|(_, v)| v.as_str()) {
+        Some("ndjson") => Format::Ndjson,
+        _ => Format::Csv,
+    };
+    let filters: Vec<(String, String)> = given.iter().filter(|(k, _)| k != "format" && k != "limit").cloned().collect();
+    let who = match app.check_reviewer(&caller, who.user, who.role, AuditAction::AuditExport).await {
+        Ok(w) => w,
+        Err(e) => return c.failure(&s, "/console/audit", &e),
+    };
+    let q = match api_params(&filters).map_err(|_| ()).and_then(|p| audit_query_params(&p).map_err(|_| ())) {
+        Ok(q) => q,
+        Err(()) => {
+            let bad = vpr_app::AppError::Validation(vec![vpr_domain::FieldError::new(
+                "/filters",
+                "invalid",
+                "the filters are not valid: search first, then download",
+            )]);
+            return c.failure(&s, "/console/audit", &bad);
+        }
+    };
+    match app.begin_export(&caller, who, q).await {
+        Ok(started) => crate::audit_view::export(&app, started, format),
         Err(e) => c.failure(&s, "/console/audit", &e),
     }
 }
