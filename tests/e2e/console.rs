@@ -256,6 +256,26 @@ both_backends!(forms_need_the_csrf_token_and_roles_are_kept_apart, |backend| {
         .send()
         .unwrap();
     assert_eq!(r.status(), 403, "a form posted from another site");
+    let sar = |form: &[(&str, &str)]| {
+        b.http
+            .post(b.url("/console/subject-access"))
+            .header("cookie", format!("{SESSION}={session}"))
+            .form(form)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(sar(&[("reference", "SAR-1"), ("nhs_number", "9990000018")]).status(), 403, "no CSRF token");
+    let r = sar(&[("csrf", csrf.as_str()), ("reference", "SAR-1")]);
+    assert_eq!(r.status(), 422);
+    assert!(r.text().unwrap().contains("Enter at least one identifier"));
+    let r = sar(&[("csrf", csrf.as_str()), ("reference", "SAR-1"), ("nhs_number", "9990000019")]);
+    assert_eq!(r.status(), 422, "an NHS number with a wrong check digit");
+    assert!(r.text().unwrap().contains("href=\"#nhs_number\""), "the error names the field");
+    let r = sar(&[("csrf", csrf.as_str()), ("reference", "SAR-1"), ("nhs_number", "9990000018"), ("show", "json")]);
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-disposition"].to_str().unwrap().contains("subject-access-report.json"));
+    let report: Value = r.json().unwrap();
+    assert_eq!(report["reference"], "SAR-1");
     // A VPR lead may not search the audit: a clear page, and the refusal audited.
     let vpr = sign_in(&b, &op, VPR_LEAD.0);
     let r = page(&b, &vpr, "/console/audit");
@@ -385,8 +405,18 @@ impl Browser {
         all.into_iter().find(|c| c.name() == name).map(|c| c.value().to_owned())
     }
 
+    /// A screenshot of the whole page (the window stretched to the page's height for it).
     fn screenshot(&self, name: &str) {
+        let height = self
+            .runtime
+            .block_on(self.client.execute("return document.documentElement.scrollHeight", vec![]))
+            .ok()
+            .and_then(|v| v.as_u64())
+            .unwrap_or(1100)
+            .clamp(600, 6000);
+        let _ = self.runtime.block_on(self.client.set_window_size(1280, u32::try_from(height).unwrap_or(1100)));
         let png = self.runtime.block_on(self.client.screenshot()).unwrap();
+        let _ = self.runtime.block_on(self.client.set_window_size(1280, 1100));
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 }
@@ -404,7 +434,9 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     let Some((b, op)) = console_broker(backend) else { return };
     let name = format!("{backend:?}").to_lowercase();
     let Some(browser) = Browser::start(&name) else { return };
-    // Some activity to find: an emergency department's break-glass look-up.
+    // Some activity to find: a notice, and an emergency department's break-glass look-up of it.
+    let notice = json_of(b.publish(&b.token("amb-cad"), &person_notice("9990000018")));
+    let notice_id = notice["id"].as_str().unwrap().to_owned();
     let lookup = serde_json::json!({"purpose": "direct-care", "requester": {"user_id": "ed-1", "role": "ed-clinician"},
         "subject": {"person": {"nhs_number": "9990000018"}},
         "break_glass": {"justification": "Unconscious patient brought in by ambulance, no history available"}});
@@ -469,6 +501,18 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     assert!(outcome
         .iter()
         .any(|e| e["user"] == IG_LEAD.1 && e["decision"] == "appropriate" && e["system"] == "vpr-console"));
+    // A subject access report for the person, on screen.
+    browser.goto(&b.url("/console/subject-access"));
+    browser.fill("#reference", "SAR-2026-0002");
+    browser.fill("#nhs_number", "999 000 0018");
+    browser.click("#make-report");
+    assert_eq!(browser.text("#report-heading"), "Report SAR-2026-0002");
+    assert!(browser.text("#sar-notices").contains(&notice_id));
+    assert!(browser.text("#sar-disclosures").contains("XAC01"), "the ED's break-glass disclosure");
+    assert!(!browser.url().contains("9990000018"), "identifiers never in the URL");
+    browser.screenshot("subject-access");
+    let reports = entries(&b, "subject-access-report");
+    assert!(reports.iter().any(|e| e["user"] == IG_LEAD.1 && e["purpose"] == "subject-access"));
     browser.goto(&b.url("/console"));
     browser.screenshot("home");
     // Sign out: at the broker, then at the provider; the session is gone.

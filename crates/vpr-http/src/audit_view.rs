@@ -243,3 +243,43 @@ pub fn export(app: &web::Data<App>, export: AuditExport, format: Format) -> Http
         .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"vpr-audit.{ext}\"")))
         .streaming(body)
 }
+
+/// The report's disclosures as CSV.
+pub fn report_csv(disclosures: &[Value]) -> Result<web::Bytes, ApiError> {
+    const COLS: [&str; 14] = [
+        "at",
+        "audit_id",
+        "notice_id",
+        "notice_version",
+        "organisation",
+        "organisation_name",
+        "role",
+        "user",
+        "purpose",
+        "lawful_basis",
+        "clauses",
+        "view",
+        "break_glass",
+        "context_reference",
+    ];
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    };
+    let records: Vec<Vec<String>> = disclosures
+        .iter()
+        .map(|d| {
+            COLS.iter()
+                .map(|c| match *c {
+                    "organisation" => text(d.pointer("/organisation/ods_code").unwrap_or(&Value::Null)),
+                    "organisation_name" => text(d.pointer("/organisation/name").unwrap_or(&Value::Null)),
+                    other => text(d.get(other).unwrap_or(&Value::Null)),
+                })
+                .map(|c| cell(&c))
+                .collect()
+        })
+        .collect();
+    csv_bytes(Some(&COLS), &records)
+}

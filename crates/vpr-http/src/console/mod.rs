@@ -8,6 +8,7 @@ mod break_glass;
 mod oidc;
 mod pages;
 mod session;
+mod subject_access;
 mod view;
 
 use actix_web::http::{header, StatusCode};
@@ -66,6 +67,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/signed-out", web::get().to(signed_out))
             .route("/audit", web::get().to(pages::audit))
             .route("/audit/export", web::get().to(pages::audit_export))
+            .route("/subject-access", web::get().to(subject_access::form))
+            .route("/subject-access", web::post().to(subject_access::make))
             .route("/break-glass", web::get().to(break_glass::queue))
             .route("/break-glass/{id}", web::post().to(break_glass::record))
             .route("/assets/{name}", web::get().to(assets::asset))

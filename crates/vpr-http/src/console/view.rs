@@ -57,6 +57,7 @@ pub fn menu(session: &Session, here: &str) -> Vec<Link> {
     if session.person.is_ig() {
         links.push(Link::to("/console/audit", "Audit search"));
         links.push(Link::to("/console/break-glass", "Break-glass review"));
+        links.push(Link::to("/console/subject-access", "Subject access"));
     }
     for l in &mut links {
         l.current = l.href == here;
@@ -252,4 +253,41 @@ pub struct BreakGlassPage {
     pub error: Option<FieldProblem>,
     /// The access whose outcome was just recorded.
     pub recorded: Option<String>,
+}
+
+/// A subject access report as the page shows it.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The request's reference.
+    pub reference: String,
+    /// When it was made.
+    pub generated_at: String,
+    /// The agreement in force.
+    pub agreement_version: String,
+    /// Whether it was cut short.
+    pub truncated: bool,
+    /// Notices: id, publisher, category, status, published.
+    pub notices: Vec<(String, String, String, String, String)>,
+    /// Organisations disclosed to.
+    pub recipients: Vec<String>,
+    /// Disclosures: when, to, role, purpose, what, lawful basis.
+    pub disclosures: Vec<(String, String, String, String, String, String)>,
+    /// Searches that disclosed nothing.
+    pub searches: usize,
+}
+
+/// The subject access page.
+#[derive(Template)]
+#[template(path = "console/subject_access.html")]
+pub struct SubjectAccessPage {
+    /// Frame.
+    pub chrome: Chrome,
+    /// The session's CSRF token.
+    pub csrf: String,
+    /// The identifiers and reference.
+    pub fields: Vec<Field>,
+    /// Problems with them.
+    pub errors: Vec<FieldProblem>,
+    /// The report made.
+    pub report: Option<Report>,
 }

@@ -13,7 +13,7 @@ use vpr_domain::audit::AuditAction;
 use vpr_domain::validate::{audit_query, audit_query_params, AuditQuery};
 use vpr_domain::FieldError;
 
-use crate::audit_view::{cell, csv_bytes, entry_json, export, Format};
+use crate::audit_view::{cell, csv_bytes, entry_json, export, report_csv, Format};
 use crate::docs::{AuditQueryDoc, ProblemDoc};
 use crate::error::ApiError;
 use crate::extract::{authenticate, header_or_empty, json, Query, MAX_BODY_BYTES};
@@ -240,44 +240,4 @@ pub async fn subject_access_report(
             .body(report_csv(&report.disclosures)?));
     }
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(report))
-}
-
-/// The report's disclosures as CSV.
-fn report_csv(disclosures: &[Value]) -> Result<web::Bytes, ApiError> {
-    const COLS: [&str; 14] = [
-        "at",
-        "audit_id",
-        "notice_id",
-        "notice_version",
-        "organisation",
-        "organisation_name",
-        "role",
-        "user",
-        "purpose",
-        "lawful_basis",
-        "clauses",
-        "view",
-        "break_glass",
-        "context_reference",
-    ];
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
-        other => other.to_string(),
-    };
-    let records: Vec<Vec<String>> = disclosures
-        .iter()
-        .map(|d| {
-            COLS.iter()
-                .map(|c| match *c {
-                    "organisation" => text(d.pointer("/organisation/ods_code").unwrap_or(&Value::Null)),
-                    "organisation_name" => text(d.pointer("/organisation/name").unwrap_or(&Value::Null)),
-                    other => text(d.get(other).unwrap_or(&Value::Null)),
-                })
-                .map(|c| cell(&c))
-                .collect()
-        })
-        .collect();
-    csv_bytes(Some(&COLS), &records)
 }
