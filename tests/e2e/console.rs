@@ -285,6 +285,8 @@ both_backends!(forms_need_the_csrf_token_and_roles_are_kept_apart, |backend| {
     let refused = entries(&b, "audit-search");
     assert!(refused.iter().any(|e| e["user"] == VPR_LEAD.1 && e["decision"] == "refused" && e["role"] == "vpr-lead"));
     assert_eq!(page(&b, &vpr, "/console/break-glass").status(), 403, "nor open the break-glass queue");
+    assert_eq!(page(&b, &vpr, "/console/subscriptions").status(), 403, "nor decide subscriptions");
+    assert_eq!(page(&b, &vpr, "/console/subject-access").status(), 403, "nor make subject access reports");
     let refused = entries(&b, "break-glass-queue");
     assert!(refused.iter().any(|e| e["user"] == VPR_LEAD.1 && e["decision"] == "refused"));
     // Nor record an outcome, even with the form's token.
@@ -513,6 +515,30 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     browser.screenshot("subject-access");
     let reports = entries(&b, "subject-access-report");
     assert!(reports.iter().any(|e| e["user"] == IG_LEAD.1 && e["purpose"] == "subject-access"));
+    // A police subscription the agreement does not allow outright: approve it.
+    let police = b.token("police");
+    let sub = b.subscribe(
+        &police,
+        &serde_json::json!({
+            "purpose": "crime-prevention", "role": "police-officer", "criteria": {"postcodes": ["LS"]},
+            "payload": "view", "delivery": {"method": "feed"}, "tag": "console-approval",
+            "expires_at": (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339(),
+        }),
+    );
+    assert_eq!(sub["status"], "pending-approval");
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    browser.goto(&b.url("/console/subscriptions"));
+    assert!(browser.text(&format!("#subscription-{sub_id}")).contains("crime-prevention"));
+    browser.click(&format!("#decision-{sub_id}-approve"));
+    browser.fill(&format!("#note-{sub_id}"), "Border district patrols; reviewed with the Caldicott guardian.");
+    browser.screenshot("approvals");
+    browser.click(&format!("#decide-{sub_id}"));
+    browser.wait_url("decided=");
+    assert!(browser.text("#decided").contains(&sub_id));
+    let now = json_of(b.get(&police, &format!("/v1/subscriptions/{sub_id}")));
+    assert_eq!(now["status"], "active", "{now:#}");
+    let decisions = entries(&b, "subscription-approval");
+    assert!(decisions.iter().any(|e| e["user"] == IG_LEAD.1 && e["system"] == "vpr-console"));
     browser.goto(&b.url("/console"));
     browser.screenshot("home");
     // Sign out: at the broker, then at the provider; the session is gone.

@@ -11,7 +11,7 @@ use vpr_store::audit::StoredAuditEntry;
 
 use super::session::Session;
 use super::view::{html, Access, BreakGlassPage, FieldProblem, Link};
-use super::{csrf_ok, csrf_refused, ctx, redirect, signed_in, Console, Ctx};
+use super::{ctx, form_for, redirect, signed_in, Console, Ctx};
 
 const HERE: &str = "/console/break-glass";
 
@@ -27,12 +27,7 @@ const OUTCOMES: [(&str, &str); 3] =
 
 fn access(s: &StoredAuditEntry) -> Access {
     let e = &s.entry;
-    let who =
-        [Some(e.actor_org.as_str()), Some(e.actor_system.as_str()), e.actor_user.as_deref(), e.actor_role.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" · ");
+    let who = super::view::actor(e);
     let seen = if e.notices.is_empty() {
         "nothing".to_owned()
     } else {
@@ -96,7 +91,7 @@ async fn queue_page(
         items: entries.iter().map(access).collect(),
         outcomes: OUTCOMES.iter().map(|(v, l)| ((*v).to_owned(), (*l).to_owned())).collect(),
         recorded,
-        error: error.clone(),
+        errors: error.iter().cloned().collect(),
     };
     let code = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     html(code, &page, &c.form_origin())
@@ -137,15 +132,15 @@ pub(super) async fn record(
     form: web::Form<OutcomeForm>,
 ) -> HttpResponse {
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who, id) = match form_for(
+        &c,
+        HERE,
+        form.csrf.as_deref(),
+        &id,
+        vpr_app::AppError::Conflict("no pending break-glass access has this id".into()),
+    ) {
         Ok(x) => x,
         Err(r) => return *r,
-    };
-    if !csrf_ok(&c, &s, form.csrf.as_deref()) {
-        return csrf_refused(&c, Some(c.who(&s, HERE)));
-    }
-    let Ok(id) = uuid::Uuid::parse_str(&id) else {
-        return c.failure(&s, HERE, &vpr_app::AppError::Conflict("no pending break-glass access has this id".into()));
     };
     let body = json!({
         "outcome": form.outcome.clone().unwrap_or_default(),

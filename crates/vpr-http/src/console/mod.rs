@@ -3,6 +3,7 @@
 //! services as the API, with the person as the caller; every page that shows notice or audit
 //! data is decided and audited before it renders.
 
+mod approvals;
 mod assets;
 mod break_glass;
 mod oidc;
@@ -69,6 +70,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/audit/export", web::get().to(pages::audit_export))
             .route("/subject-access", web::get().to(subject_access::form))
             .route("/subject-access", web::post().to(subject_access::make))
+            .route("/subscriptions", web::get().to(approvals::list))
+            .route("/subscriptions/{id}", web::post().to(approvals::decide))
             .route("/break-glass", web::get().to(break_glass::queue))
             .route("/break-glass/{id}", web::post().to(break_glass::record))
             .route("/assets/{name}", web::get().to(assets::asset))
@@ -389,6 +392,25 @@ fn csrf_ok(c: &Ctx<'_>, s: &Session, given: Option<&str>) -> bool {
         None => true,
     };
     origin_ok && given.is_some_and(|g| session::same_token(g, &s.csrf))
+}
+
+/// A form posted to `here` about one record: the session (else sign-in), the CSRF token
+/// checked (else a refusal, nothing changed), and the record's id (else `missing`'s page).
+pub(crate) fn form_for(
+    c: &Ctx<'_>,
+    here: &str,
+    csrf: Option<&str>,
+    id: &str,
+    missing: AppError,
+) -> Result<(Session, Caller, Reviewer, uuid::Uuid), Box<HttpResponse>> {
+    let (s, caller, who) = signed_in(c, here)?;
+    if !csrf_ok(c, &s, csrf) {
+        return Err(Box::new(csrf_refused(c, Some(c.who(&s, here)))));
+    }
+    match uuid::Uuid::parse_str(id) {
+        Ok(id) => Ok((s, caller, who, id)),
+        Err(_) => Err(Box::new(c.failure(&s, here, &missing))),
+    }
 }
 
 /// The page for a form refused for its CSRF token: nothing was changed.

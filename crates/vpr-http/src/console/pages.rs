@@ -126,12 +126,7 @@ const PAGE: i64 = 50;
 
 fn row(e: &StoredAuditEntry) -> Row {
     let a = &e.entry;
-    let who =
-        [Some(a.actor_org.as_str()), Some(a.actor_system.as_str()), a.actor_user.as_deref(), a.actor_role.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" · ");
+    let who = super::view::actor(a);
     let notices = a
         .notices
         .iter()

@@ -58,6 +58,7 @@ pub fn menu(session: &Session, here: &str) -> Vec<Link> {
         links.push(Link::to("/console/audit", "Audit search"));
         links.push(Link::to("/console/break-glass", "Break-glass review"));
         links.push(Link::to("/console/subject-access", "Subject access"));
+        links.push(Link::to("/console/subscriptions", "Approvals"));
     }
     for l in &mut links {
         l.current = l.href == here;
@@ -249,8 +250,8 @@ pub struct BreakGlassPage {
     pub items: Vec<Access>,
     /// The outcomes, `(value, label)`.
     pub outcomes: Vec<(String, String)>,
-    /// A problem with the form just sent.
-    pub error: Option<FieldProblem>,
+    /// Problems with the form just sent.
+    pub errors: Vec<FieldProblem>,
     /// The access whose outcome was just recorded.
     pub recorded: Option<String>,
 }
@@ -290,4 +291,50 @@ pub struct SubjectAccessPage {
     pub errors: Vec<FieldProblem>,
     /// The report made.
     pub report: Option<Report>,
+}
+
+/// A subscription waiting for IG's decision.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    /// Id.
+    pub id: String,
+    /// The subscribing organisation and system.
+    pub owner: String,
+    /// Purpose and role.
+    pub purpose: String,
+    /// Topic and criteria, in words.
+    pub what: String,
+    /// Delivery method (and where).
+    pub delivery: String,
+    /// When it was asked for.
+    pub created: String,
+    /// When it ends.
+    pub expires: String,
+    /// Why the agreement did not approve it by itself.
+    pub why: String,
+}
+
+/// The subscriptions awaiting approval.
+#[derive(Template)]
+#[template(path = "console/subscriptions.html")]
+pub struct SubscriptionsPage {
+    /// Frame.
+    pub chrome: Chrome,
+    /// The session's CSRF token.
+    pub csrf: String,
+    /// The subscriptions waiting.
+    pub items: Vec<Waiting>,
+    /// Problems with the form just sent.
+    pub errors: Vec<FieldProblem>,
+    /// The subscription just decided.
+    pub decided: Option<String>,
+}
+
+/// Who acted, as one line: organisation, system, user and role.
+pub fn actor(e: &vpr_store::audit::AuditEntry) -> String {
+    [Some(e.actor_org.as_str()), Some(e.actor_system.as_str()), e.actor_user.as_deref(), e.actor_role.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
