@@ -276,6 +276,36 @@ both_backends!(forms_need_the_csrf_token_and_roles_are_kept_apart, |backend| {
     assert!(r.headers()["content-disposition"].to_str().unwrap().contains("subject-access-report.json"));
     let report: Value = r.json().unwrap();
     assert_eq!(report["reference"], "SAR-1");
+    // Another site cannot make the browser run an audited read: it is asked to go on first.
+    let before = entries(&b, "audit-search").len();
+    let r = b
+        .http
+        .get(b.url("/console/audit?reference=from-elsewhere&action=lookup"))
+        .header("cookie", format!("{SESSION}={session}"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().unwrap();
+    assert!(
+        text.contains("Continue to the console")
+            && text.contains("href=\"/console/audit?reference=from-elsewhere&#38;action=lookup\""),
+        "{text}"
+    );
+    let searches = entries(&b, "audit-search");
+    assert!(
+        !searches.iter().any(|e| e["context_reference"].as_str().is_some_and(|c| c.starts_with("from-elsewhere"))),
+        "nothing was searched"
+    );
+    assert!(searches.len() >= before);
+    let r = b
+        .http
+        .get(b.url("/console/audit?reference=from-here&action=lookup"))
+        .header("cookie", format!("{SESSION}={session}"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .unwrap();
+    assert!(r.text().unwrap().contains("results-heading"), "from the console's own pages it runs");
     // A VPR lead may not search the audit: a clear page, and the refusal audited.
     let vpr = sign_in(&b, &op, VPR_LEAD.0);
     let r = page(&b, &vpr, "/console/audit");

@@ -109,6 +109,9 @@ pub(super) async fn queue(app: web::Data<App>, console: web::Data<Console>, req:
         Ok(x) => x,
         Err(r) => return *r,
     };
+    if let Some(ask) = super::from_elsewhere(&c, &s, HERE) {
+        return ask;
+    }
     let q = web::Query::<QueueQuery>::from_query(req.query_string()).ok();
     let status = q.as_ref().and_then(|q| q.status.clone()).filter(|st| STATUSES.iter().any(|(code, _)| code == st));
     let recorded = q.and_then(|q| q.recorded.clone()).filter(|r| uuid::Uuid::parse_str(r).is_ok());

@@ -206,6 +206,27 @@ pub(crate) fn signed_in(c: &Ctx<'_>, here: &str) -> Result<(Session, Caller, Rev
     }
 }
 
+/// For a page whose opening reads and audits data: when another site sent the browser here
+/// (`Sec-Fetch-Site: cross-site`), a page asking the person to go on, so that no other site can
+/// make someone's browser run an audited read in their name.
+pub(crate) fn from_elsewhere(c: &Ctx<'_>, s: &Session, here: &str) -> Option<HttpResponse> {
+    let site = c.req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok())?;
+    if site != "cross-site" {
+        return None;
+    }
+    let target = match c.req.query_string() {
+        "" => c.req.path().to_owned(),
+        q => format!("{}?{q}", c.req.path()),
+    };
+    Some(c.message(
+        StatusCode::OK,
+        Some(c.who(s, here)),
+        "Continue to the console",
+        vec!["You followed a link from another site. Opening this page is recorded in the audit log under your name, so the console asks you first.".into()],
+        Some(Link::to(&target, "Continue")),
+    ))
+}
+
 fn form_urlencoded(s: &str) -> String {
     serde_urlencoded::to_string([("", s)]).map(|t| t.trim_start_matches('=').to_owned()).unwrap_or_default()
 }

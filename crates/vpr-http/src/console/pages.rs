@@ -180,6 +180,9 @@ pub(super) async fn audit(app: web::Data<App>, console: web::Data<Console>, req:
     if given.iter().all(|(_, v)| v.trim().is_empty()) {
         return html(StatusCode::OK, &page, &c.form_origin());
     }
+    if let Some(ask) = super::from_elsewhere(&c, &s, "/console/audit") {
+        return ask;
+    }
     let params = api_params(&given).and_then(|mut p| {
         if !p.iter().any(|(k, _)| k == "limit") {
             p.push(("limit".into(), PAGE.to_string()));
@@ -227,6 +230,9 @@ pub(super) async fn audit_export(app: web::Data<App>, console: web::Data<Console
         Err(r) => return *r,
     };
     let given: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+    if let Some(ask) = super::from_elsewhere(&c, &s, "/console/audit") {
+        return ask;
+    }
     let format = match given.iter().find(|(k, _)| k == "format").map(|(_, v)| v.as_str()) {
         Some("ndjson") => Format::Ndjson,
         _ => Format::Csv,
