@@ -314,6 +314,11 @@ impl Config {
             if let Ok(secret) = std::env::var("VPR_CONSOLE_CLIENT_SECRET") {
                 c.client_secret = Some(secret);
             }
+            if let (None, Some(path)) = (&c.client_secret, &c.client_secret_file) {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read `console.client_secret_file` `{}`", path.display()))?;
+                c.client_secret = Some(text.trim().to_owned());
+            }
         }
         if let Some(f) = &mut cfg.federation {
             for peer in &mut f.peers {
@@ -346,7 +351,7 @@ impl Config {
             if !self.demo && plain(&c.issuer) {
                 bail!("`console.issuer` must be https outside demo mode (plain http is allowed only on loopback)");
             }
-            if c.client_auth == "client_secret_basic" && c.client_secret.is_none() && c.client_secret_file.is_none() {
+            if c.client_auth == "client_secret_basic" && c.client_secret.is_none() {
                 bail!("`console.client_secret` (or `client_secret_file`, or VPR_CONSOLE_CLIENT_SECRET) is required with `client_secret_basic`");
             }
             if !self.demo && c.client_secret.as_deref().is_some_and(|s| s.starts_with("demo-only")) {
@@ -429,5 +434,30 @@ mod tests {
         assert!(load(&both).unwrap_err().to_string().contains("/federation/peers/0"));
         let neither = peer("https://west.example", "").replace("jwks = \"west.jwks.json\"\n", "");
         assert!(load(&neither).unwrap_err().to_string().contains("/federation/peers/0"));
+    }
+
+    #[test]
+    fn an_invalid_console_entry_is_refused() {
+        let console = |issuer: &str, secret: &str| {
+            format!("[console]\nissuer = \"{issuer}\"\nclient_id = \"vpr-console\"\nclient_secret = \"{secret}\"")
+        };
+        let ok = load(&console("https://login.example", "a-real-secret-of-some-length")).unwrap();
+        let c = ok.console.unwrap();
+        assert_eq!(
+            (c.org_claim.as_str(), c.role_claim.as_str(), c.idle_timeout_minutes),
+            ("ods_code", "console_role", 15)
+        );
+        let plain = load(&console("http://login.example", "a-real-secret-of-some-length")).unwrap_err().to_string();
+        assert!(plain.contains("console.issuer") && plain.contains("https"), "{plain}");
+        let demo = load(&console("https://login.example", "demo-only-console-secret")).unwrap_err().to_string();
+        assert!(demo.contains("demo-only"), "{demo}");
+        assert!(load(&format!("demo = true\n{}", console("http://127.0.0.1:8090", "demo-only-console-secret"))).is_ok());
+        let no_secret = load("[console]\nissuer = \"https://login.example\"\nclient_id = \"vpr-console\"").unwrap_err();
+        assert!(no_secret.to_string().contains("client_secret"), "{no_secret}");
+        let short = load(&console("https://login.example", "short")).unwrap_err().to_string();
+        assert!(short.contains("/console/client_secret"), "{short}");
+        let unknown =
+            load(&format!("{}\ncolour = \"red\"", console("https://login.example", "a-real-secret-of-some-length")));
+        assert!(unknown.unwrap_err().to_string().contains("/console"));
     }
 }

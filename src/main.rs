@@ -297,24 +297,17 @@ fn delivery_settings(cfg: &Config, max_subscription_days: i64) -> Result<vpr_app
     })
 }
 
-/// The console's settings, with its client secret read from its file if given there.
+/// The console's settings.
 fn console_settings(cfg: &Config) -> Result<Option<vpr_http::console::ConsoleSettings>> {
     use vpr_http::console::{ClientAuth, ConsoleSettings};
     let Some(c) = &cfg.console else { return Ok(None) };
     let client_auth = if c.client_auth == "private_key_jwt" {
         ClientAuth::PrivateKeyJwt
     } else {
-        let secret = match (&c.client_secret, &c.client_secret_file) {
-            (Some(s), _) => s.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read `console.client_secret_file` `{}`", path.display()))?
-                .trim()
-                .to_owned(),
-            (None, None) => bail!("`console.client_secret` is required with `client_secret_basic`"),
+        // Read from its file, and checked (not demo-only outside demo mode), by `Config::load`.
+        let Some(secret) = c.client_secret.clone() else {
+            bail!("`console.client_secret` is required with `client_secret_basic`")
         };
-        if !cfg.demo && secret.starts_with("demo-only") {
-            bail!("`console.client_secret` is a demo-only secret: it is refused outside demo mode");
-        }
         ClientAuth::Secret(secret)
     };
     Ok(Some(ConsoleSettings {

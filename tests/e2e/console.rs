@@ -271,6 +271,10 @@ both_backends!(forms_need_the_csrf_token_and_roles_are_kept_apart, |backend| {
     let r = sar(&[("csrf", csrf.as_str()), ("reference", "SAR-1"), ("nhs_number", "9990000019")]);
     assert_eq!(r.status(), 422, "an NHS number with a wrong check digit");
     assert!(r.text().unwrap().contains("href=\"#nhs_number\""), "the error names the field");
+    let r =
+        sar(&[("csrf", csrf.as_str()), ("reference", "SAR-1"), ("nhs_number", "9990000018"), ("from", "2026-13-45")]);
+    assert_eq!(r.status(), 422, "a date that is not one");
+    assert!(r.text().unwrap().contains("href=\"#from\""), "the error names the field");
     let r = sar(&[("csrf", csrf.as_str()), ("reference", "SAR-1"), ("nhs_number", "9990000018"), ("show", "json")]);
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-disposition"].to_str().unwrap().contains("subject-access-report.json"));

@@ -77,7 +77,24 @@ pub fn record_refusal(app: &App, caller: &Caller, action: AuditAction, refusal: 
 /// Records a refusal answered with `status` (for refusals an edge makes itself, such as a body
 /// that is not JSON).
 pub fn record_refused(app: &App, caller: &Caller, action: AuditAction, status: u16) -> Result<(), AppError> {
-    let entry = AuditEntry { decision: "refused".to_owned(), ..caller_entry(app, caller, action, status) };
+    record_refused_for(app, caller, None, action, status)
+}
+
+/// [`record_refused`] naming the end user and role the request was for, as asserted.
+pub fn record_refused_for(
+    app: &App,
+    caller: &Caller,
+    who: Option<&crate::caller::Reviewer>,
+    action: AuditAction,
+    status: u16,
+) -> Result<(), AppError> {
+    let asserted = |v: &str| Some(v.trim().to_owned()).filter(|v| !v.is_empty());
+    let entry = AuditEntry {
+        decision: "refused".to_owned(),
+        actor_user: who.and_then(|w| asserted(&w.user)),
+        actor_role: who.and_then(|w| asserted(&w.role)),
+        ..caller_entry(app, caller, action, status)
+    };
     app.store.append_audit(&entry).map_err(AppError::audit_write_failed)
 }
 

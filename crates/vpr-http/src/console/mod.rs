@@ -12,9 +12,10 @@ mod session;
 mod subject_access;
 mod view;
 
+use actix_web::cookie::time::Duration as CookieDuration;
+use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use vpr_app::services::people::Person;
 use vpr_app::{App, AppError, Caller, Reviewer};
 use vpr_domain::audit::AuditAction;
 
@@ -153,15 +154,26 @@ fn ctx<'a>(app: &'a web::Data<App>, console: &'a web::Data<Console>, req: &'a Ht
     Ctx { app: app.get_ref(), console: console.get_ref(), req }
 }
 
-/// A cookie set by the console: HttpOnly, Secure, SameSite=Lax (the identity provider's
-/// redirect back is a top-level navigation), for the whole host (`__Host-`).
-fn cookie(name: &str, value: &str, max_age: Option<std::time::Duration>) -> String {
-    let age = max_age.map(|d| format!("; Max-Age={}", d.as_secs())).unwrap_or_default();
-    format!("{name}={value}; Path=/; HttpOnly; Secure; SameSite=Lax{age}")
-}
-
-fn clear_cookie(name: &str) -> String {
-    format!("{name}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0")
+/// Sets a console cookie on `r`: HttpOnly, Secure, SameSite=Lax (the identity provider's
+/// redirect back is a top-level navigation), for the whole host (`__Host-`); `None` as the value
+/// removes it.
+fn set_cookie(r: &mut HttpResponse, name: &'static str, value: Option<&str>, max_age: Option<std::time::Duration>) {
+    let mut c = Cookie::build(name, value.unwrap_or_default().to_owned())
+        .path("/")
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Lax)
+        .finish();
+    match (value, max_age) {
+        (None, _) => c.make_removal(),
+        (Some(_), Some(age)) => {
+            c.set_max_age(CookieDuration::seconds(i64::try_from(age.as_secs()).unwrap_or(i64::MAX)))
+        }
+        (Some(_), None) => {}
+    }
+    if let Err(e) = r.add_cookie(&c) {
+        tracing::error!(error = %e, cookie = name, "a console cookie could not be set");
+    }
 }
 
 fn cookie_value(req: &HttpRequest, name: &str) -> Option<String> {
@@ -278,9 +290,7 @@ async fn sign_in(app: web::Data<App>, console: web::Data<Console>, req: HttpRequ
         Ok(a) => {
             enabled.sessions.begin(&a.state, PendingSignIn::new(a.verifier, a.nonce, return_to));
             let mut r = redirect(&a.url);
-            if let Ok(v) = header::HeaderValue::from_str(&cookie(SIGN_IN_COOKIE, &a.state, Some(SIGN_IN_LIFETIME))) {
-                r.headers_mut().append(header::SET_COOKIE, v);
-            }
+            set_cookie(&mut r, SIGN_IN_COOKIE, Some(&a.state), Some(SIGN_IN_LIFETIME));
             r
         }
         Err(e) => {
@@ -318,9 +328,7 @@ async fn callback(app: web::Data<App>, console: web::Data<Console>, req: HttpReq
             vec![why.to_owned(), format!("Reference: {}", crate::extract::request_id(&req))],
             Some(Link::to("/console/sign-in", "Sign in again")),
         );
-        if let Ok(v) = header::HeaderValue::from_str(&clear_cookie(SIGN_IN_COOKIE)) {
-            r.headers_mut().append(header::SET_COOKIE, v);
-        }
+        set_cookie(&mut r, SIGN_IN_COOKIE, None, None);
         r
     };
     let Ok(q) = web::Query::<CallbackQuery>::from_query(req.query_string()) else {
@@ -391,11 +399,8 @@ async fn finish_sign_in(
         return Err("The sign-in could not be recorded, so it was refused.".into());
     }
     let mut r = redirect(&pending.return_to);
-    for v in [cookie(SESSION_COOKIE, &cookie_v, None), clear_cookie(SIGN_IN_COOKIE)] {
-        if let Ok(v) = header::HeaderValue::from_str(&v) {
-            r.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
+    set_cookie(&mut r, SESSION_COOKIE, Some(&cookie_v), None);
+    set_cookie(&mut r, SIGN_IN_COOKIE, None, None);
     Ok(r)
 }
 
@@ -470,9 +475,7 @@ async fn sign_out(
     }
     let to = enabled.provider.sign_out_url(&s.id_token, &session::random_token()).await;
     let mut r = redirect(to.as_deref().unwrap_or("/console/signed-out"));
-    if let Ok(v) = header::HeaderValue::from_str(&clear_cookie(SESSION_COOKIE)) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
+    set_cookie(&mut r, SESSION_COOKIE, None, None);
     r
 }
 
@@ -486,9 +489,4 @@ async fn signed_out(app: web::Data<App>, console: web::Data<Console>, req: HttpR
         vec!["Your console session has ended.".into()],
         Some(Link::to("/console/sign-in", "Sign in again")),
     )
-}
-
-/// The person a session is for (used by pages to word things).
-pub(crate) fn person(s: &Session) -> &Person {
-    &s.person
 }

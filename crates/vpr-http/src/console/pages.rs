@@ -19,7 +19,7 @@ pub(super) async fn home(app: web::Data<App>, console: web::Data<Console>, req: 
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let p = super::person(&s);
+    let p = &s.person;
     let mut cards = Vec::new();
     if p.is_ig() {
         cards.push(Card {
@@ -92,6 +92,17 @@ fn fields(given: &[(String, String)]) -> Vec<Field> {
     ]
 }
 
+/// A date field (`YYYY-MM-DD`) as the review API's bound: `from` the start of the day, `to` the
+/// start of the next day, so the day is included.
+pub(super) fn day_bound(name: &str, value: &str) -> Result<String, FieldProblem> {
+    let d = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| FieldProblem {
+        field: name.to_owned(),
+        message: format!("Enter the {name} date as a real date"),
+    })?;
+    let d = if name == "to" { d.succ_opt().unwrap_or(d) } else { d };
+    Ok(format!("{}T00:00:00Z", d.format("%Y-%m-%d")))
+}
+
 /// The form's values as the review API's parameters: empty ones dropped, dates as the start of
 /// the day (`to`: of the next day, so the day is included), paging kept.
 fn api_params(given: &[(String, String)]) -> Result<Vec<(String, String)>, Vec<FieldProblem>> {
@@ -103,13 +114,9 @@ fn api_params(given: &[(String, String)]) -> Result<Vec<(String, String)>, Vec<F
             continue;
         }
         match k.as_str() {
-            "from" | "to" => match chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-                Ok(d) => {
-                    let d = if k == "to" { d.succ_opt().unwrap_or(d) } else { d };
-                    out.push((k.clone(), format!("{}T00:00:00Z", d.format("%Y-%m-%d"))));
-                }
-                Err(_) => problems
-                    .push(FieldProblem { field: k.clone(), message: format!("Enter the {k} date as a real date") }),
+            "from" | "to" => match day_bound(k, v) {
+                Ok(at) => out.push((k.clone(), at)),
+                Err(p) => problems.push(p),
             },
             _ => out.push((k.clone(), v.to_owned())),
         }

@@ -10,6 +10,7 @@ use vpr_app::App;
 use vpr_domain::audit::AuditAction;
 use vpr_domain::validate::audit_query;
 
+use super::pages::day_bound;
 use super::view::{html, Field, FieldProblem, Report, SubjectAccessPage};
 use super::{csrf_ok, csrf_refused, ctx, signed_in, Console, Ctx};
 
@@ -46,8 +47,9 @@ fn fields(given: &[(String, String)], problems: &[FieldProblem]) -> Vec<Field> {
         .collect()
 }
 
-/// The review API's body for the form: the subject from whichever identifiers were given.
-fn body_of(given: &[(String, String)]) -> Value {
+/// The review API's body for the form: the subject from whichever identifiers were given (a
+/// date that is not one is a problem in `problems`).
+fn body_of(given: &[(String, String)], problems: &mut Vec<FieldProblem>) -> Value {
     let get =
         |name: &str| given.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_owned()).filter(|v| !v.is_empty());
     let mut person = Map::new();
@@ -79,10 +81,13 @@ fn body_of(given: &[(String, String)]) -> Value {
     if let Some(r) = get("reference") {
         body.insert("reference".into(), json!(r));
     }
-    for (name, next_day) in [("from", false), ("to", true)] {
-        if let Some(d) = get(name).and_then(|v| chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d").ok()) {
-            let d = if next_day { d.succ_opt().unwrap_or(d) } else { d };
-            body.insert(name.into(), json!(format!("{}T00:00:00Z", d.format("%Y-%m-%d"))));
+    for name in ["from", "to"] {
+        match get(name).map(|v| day_bound(name, &v)) {
+            Some(Ok(at)) => {
+                body.insert(name.into(), json!(at));
+            }
+            Some(Err(p)) => problems.push(p),
+            None => {}
         }
     }
     Value::Object(body)
@@ -202,7 +207,7 @@ pub(super) async fn make(
     if !given.iter().any(|(k, v)| k == "reference" && !v.trim().is_empty()) {
         problems.push(FieldProblem { field: "reference".into(), message: "Enter the request's reference".into() });
     }
-    let body = body_of(&given);
+    let body = body_of(&given, &mut problems);
     if body.get("subject").is_none() {
         problems.push(FieldProblem { field: "nhs_number".into(), message: "Enter at least one identifier".into() });
     }

@@ -16,7 +16,7 @@ use vpr_store::review::{AuditQuery as StoreQuery, SubjectKeys, SummaryRow};
 pub use report::{SubjectAccessReport, MAX_REPORT_ENTRIES};
 
 use crate::access::ig_only;
-use crate::audit::{caller_entry, record_refusal, MANAGEMENT_PURPOSE};
+use crate::audit::{caller_entry, record_refusal, record_refused_for, MANAGEMENT_PURPOSE};
 use crate::caller::{Caller, Reviewer};
 use crate::disclose::subject_keys;
 use crate::error::{AppError, AppResult};
@@ -117,19 +117,15 @@ impl App {
         } else {
             ig_only(self, &caller.principal, role, "the audit log")
         };
-        checked.map(|()| Reviewer { user: user.trim().to_owned(), role: role.to_owned() }).map_err(|refusal| {
+        let who = Reviewer { user: user.trim().to_owned(), role: role.to_owned() };
+        match checked {
+            Ok(()) => Ok(who),
             // The refusal names whom the request was for, as asserted.
-            let entry = AuditEntry {
-                decision: "refused".to_owned(),
-                actor_user: Some(user.trim().to_owned()).filter(|u| !u.is_empty()),
-                actor_role: Some(role.to_owned()).filter(|r| !r.is_empty()),
-                ..caller_entry(self, caller, action, refusal.status())
-            };
-            match self.store.append_audit(&entry) {
-                Ok(()) => refusal,
-                Err(e) => AppError::audit_write_failed(e),
-            }
-        })
+            Err(refusal) => match record_refused_for(self, caller, Some(&who), action, refusal.status()) {
+                Ok(()) => Err(refusal),
+                Err(e) => Err(e),
+            },
+        }
     }
 
     /// [`App::reviewer`] from async code (the refusal's entry is written off the runtime).
