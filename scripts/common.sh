@@ -21,13 +21,18 @@ ensure_system_libraries() {
 # The demo OpenID Provider's packages (examples/demo-oidc, npm `oidc-provider`), installed
 # from its lockfile when missing or when the lockfile changed.
 ensure_demo_oidc() {
-    local dir=examples/demo-oidc
+    npm_ci_once examples/demo-oidc "the demo OpenID Provider"
+}
+
+# `npm ci` in $1 (for $2) when its lockfile changed since the last install.
+npm_ci_once() {
+    local dir=$1
     if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-        echo "Node.js and npm are needed for the demo OpenID Provider (e.g. apt-get install nodejs npm)" >&2
+        echo "Node.js and npm are needed for $2 (e.g. apt-get install nodejs npm)" >&2
         exit 1
     fi
     if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-from" 2>/dev/null; then
-        echo "installing the demo OpenID Provider's packages (npm ci in $dir)"
+        echo "installing the packages of $2 (npm ci in $dir)"
         (cd "$dir" && npm ci --silent --no-audit --no-fund)
         cp "$dir/package-lock.json" "$dir/node_modules/.installed-from"
     fi
@@ -44,4 +49,5 @@ ensure_browser() {
             exit 1
         fi
     fi
+    npm_ci_once tests/browser "the browser tests' accessibility check (axe-core)"
 }

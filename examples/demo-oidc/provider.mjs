@@ -42,7 +42,7 @@ const usersBySub = new Map(users.map((u) => [u.sub, u]));
 const usersByName = new Map(users.map((u) => [u.username, u]));
 
 // Both demo clients are first-party: consent is recorded automatically, no consent page.
-const FIRST_PARTY = new Set(['vpr-console', 'other-app']);
+const FIRST_PARTY = new Set(['vpr-console', 'vpr-console-pkjwt', 'other-app']);
 
 const SUPPORTED_SCOPES = ['openid', 'profile', 'email', 'vpr'];
 
@@ -52,6 +52,20 @@ const clients = [
     client_name: 'VPR broker IG console (demo)',
     client_secret: 'demo-only-console-secret-not-for-production',
     token_endpoint_auth_method: 'client_secret_basic', // client_secret_post is accepted too
+    redirect_uris: [`${CONSOLE_BASE}/console/callback`],
+    post_logout_redirect_uris: [`${CONSOLE_BASE}/console/signed-out`],
+    response_types: ['code'],
+    grant_types: ['authorization_code'],
+    id_token_signed_response_alg: 'RS256',
+  },
+  {
+    // The console authenticating with private_key_jwt instead of a secret: its assertion is
+    // signed with the broker's own key, which this provider reads from the broker's JWKS.
+    client_id: 'vpr-console-pkjwt',
+    client_name: 'VPR broker IG console, private_key_jwt (demo)',
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES256',
+    jwks_uri: `${CONSOLE_BASE}/.well-known/jwks.json`,
     redirect_uris: [`${CONSOLE_BASE}/console/callback`],
     post_logout_redirect_uris: [`${CONSOLE_BASE}/console/signed-out`],
     response_types: ['code'],
@@ -203,7 +217,7 @@ const configuration = {
   conformIdTokenClaims: false,
 
   responseTypes: ['code'],
-  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   pkce: { methods: ['S256'], required: () => true }, // every client, confidential ones too
   allowOmittingSingleRegisteredRedirectUri: false,
   clientBasedCORS: () => false, // the console talks to this server from its back end only

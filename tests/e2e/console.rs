@@ -90,15 +90,21 @@ impl Drop for Provider {
 
 /// A broker with the console signing in at a fresh demo OpenID Provider.
 fn console_broker(backend: Backend) -> Option<(TestBroker, Provider)> {
+    console_broker_as(
+        backend,
+        "client_id = \"vpr-console\"\nclient_secret = \"demo-only-console-secret-not-for-production\"",
+    )
+}
+
+/// The same, the console's client configured as `client`.
+fn console_broker_as(backend: Backend, client: &str) -> Option<(TestBroker, Provider)> {
     let b = TestBroker::unstarted('X', backend, |_| {})?;
     let op = Provider::start(&b.base)?;
     let issuer = op.issuer.clone();
     b.edit_config(|cfg| {
         cfg.insert("demo".into(), toml::Value::Boolean(true));
-        let console: toml::Table = toml::from_str(&format!(
-            "issuer = \"{issuer}\"\nclient_id = \"vpr-console\"\nclient_secret = \"demo-only-console-secret-not-for-production\"\nidle_timeout_minutes = 15"
-        ))
-        .unwrap();
+        let console: toml::Table =
+            toml::from_str(&format!("issuer = \"{issuer}\"\n{client}\nidle_timeout_minutes = 15")).unwrap();
         cfg.insert("console".into(), toml::Value::Table(console));
     });
     b.spawn();
@@ -229,6 +235,28 @@ both_backends!(forged_and_refused_sign_ins, |backend| {
         .iter()
         .any(|e| e["user"] == IG_LEAD.1 && e["decision"] == "permit" && e["system"] == "vpr-console"));
 });
+
+/// The console authenticates to the provider with `private_key_jwt`: an assertion signed with
+/// the broker's own key, which the provider reads from the broker's JWKS. No secret is shared.
+#[test]
+fn the_console_can_authenticate_with_private_key_jwt() {
+    let client = "client_id = \"vpr-console-pkjwt\"\nclient_auth = \"private_key_jwt\"";
+    let Some((b, op)) = console_broker_as(Backend::Sqlite, client) else { return };
+    let session = sign_in(&b, &op, IG_LEAD.0);
+    assert_eq!(page(&b, &session, "/console").status(), 200);
+    // The provider refuses a code for this client without the assertion: the secret client's
+    // configuration signs in nowhere here.
+    let Some((b2, op2)) = console_broker_as(
+        Backend::Sqlite,
+        "client_id = \"vpr-console-pkjwt\"\nclient_secret = \"demo-only-console-secret-not-for-production\"",
+    ) else {
+        return;
+    };
+    let (url, bound) = reach_callback(&b2, &op2, IG_LEAD.0);
+    let r = callback(&b2, &url, &bound);
+    assert_eq!(r.status(), 400, "a secret instead of the signed assertion");
+    assert!(b2.log().contains("refused the code"), "the log says why");
+}
 
 both_backends!(forms_need_the_csrf_token_and_roles_are_kept_apart, |backend| {
     let Some((b, op)) = console_broker(backend) else { return };
@@ -441,6 +469,21 @@ impl Browser {
         all.into_iter().find(|c| c.name() == name).map(|c| c.value().to_owned())
     }
 
+    /// Runs axe-core (tests/browser, injected through WebDriver) on the page: no WCAG 2.0, 2.1
+    /// or 2.2 A or AA violation may be found.
+    fn axe(&self, page: &str) {
+        let source = std::fs::read_to_string(repo().join("tests/browser/node_modules/axe-core/axe.min.js"))
+            .expect("axe-core (scripts/test runs npm ci in tests/browser)");
+        self.runtime.block_on(self.client.execute(&format!("{source}\nreturn typeof axe;"), vec![])).unwrap();
+        let run = "const done = arguments[arguments.length - 1];
+            axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa']}})
+              .then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                  nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))))
+              .catch(e => done([{id: 'axe-error', help: String(e)}]));";
+        let violations = self.runtime.block_on(self.client.execute_async(run, vec![])).unwrap();
+        assert_eq!(violations, serde_json::json!([]), "axe-core found WCAG violations on the {page} page");
+    }
+
     /// A screenshot of the whole page (the window stretched to the page's height for it).
     fn screenshot(&self, name: &str) {
         let height = self
@@ -490,6 +533,7 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     assert_eq!(browser.text("#page-heading"), "Audit search");
     assert!(browser.text("#signed-in-as").contains(IG_LEAD.2));
     browser.screenshot("audit-form");
+    browser.axe("audit search");
     browser.fill("#reference", "SAR-2026-0001");
     browser.fill("#organisation", "XAC01");
     browser.click("#search");
@@ -497,6 +541,8 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     assert!(browser.text("#results-heading").starts_with("1 entry"), "{}", browser.text("#results-heading"));
     assert!(browser.text("#results").contains("lookup"));
     browser.screenshot("audit-results");
+    browser.axe("audit results");
+    let results = browser.url();
     // The same entries as a download (with the browser's own session).
     let href = {
         let link = browser.find("#export-csv");
@@ -517,6 +563,22 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     assert_eq!(mine["role"], "ig-lead");
     assert_eq!(mine["organisation"]["ods_code"], "XIC01");
     assert!(mine["context_reference"].as_str().unwrap().starts_with("SAR-2026-0001 | "));
+    // The entry's detail, with its inclusion proof checked against the latest checkpoint.
+    b.wait_sealed();
+    browser.goto(&results);
+    browser.click("#results a.nhsuk-link");
+    browser.wait_url("/console/audit/entries/");
+    assert!(browser.text("#proof-result").contains("Proven"), "{}", browser.text("#proof-result"));
+    assert!(browser.text("#entry-facts").contains("ed-clinician"));
+    browser.screenshot("audit-entry");
+    browser.axe("audit entry");
+    assert!(entries(&b, "audit-entry").iter().any(|e| e["user"] == IG_LEAD.1));
+    // The log's integrity: the latest checkpoint, signed, consistent with the one before.
+    browser.goto(&b.url("/console/integrity"));
+    assert!(browser.text("#latest-signature").contains("Verified"));
+    browser.screenshot("integrity");
+    browser.axe("log integrity");
+    assert!(entries(&b, "log-integrity").iter().any(|e| e["user"] == IG_LEAD.1));
     // The break-glass queue: record an outcome.
     let queue: Value = b.as_ig(b.http.get(b.url("/v1/audit/break-glass"))).send().unwrap().json().unwrap();
     let id = queue["entries"][0]["audit_id"].as_str().expect("a pending break-glass access").to_owned();
@@ -525,6 +587,7 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     browser.click(&format!("#outcome-{id}-appropriate"));
     browser.fill(&format!("#note-{id}"), "Checked with the ED consultant: justified.");
     browser.screenshot("break-glass");
+    browser.axe("break-glass");
     browser.click(&format!("#record-{id}"));
     std::thread::sleep(Duration::from_millis(500));
     browser.screenshot("break-glass-recorded");
@@ -547,6 +610,7 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     assert!(browser.text("#sar-disclosures").contains("XAC01"), "the ED's break-glass disclosure");
     assert!(!browser.url().contains("9990000018"), "identifiers never in the URL");
     browser.screenshot("subject-access");
+    browser.axe("subject access");
     let reports = entries(&b, "subject-access-report");
     assert!(reports.iter().any(|e| e["user"] == IG_LEAD.1 && e["purpose"] == "subject-access"));
     // A police subscription the agreement does not allow outright: approve it.
@@ -566,6 +630,7 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     browser.click(&format!("#decision-{sub_id}-approve"));
     browser.fill(&format!("#note-{sub_id}"), "Border district patrols; reviewed with the Caldicott guardian.");
     browser.screenshot("approvals");
+    browser.axe("approvals");
     browser.click(&format!("#decide-{sub_id}"));
     browser.wait_url("decided=");
     assert!(browser.text("#decided").contains(&sub_id));
@@ -573,8 +638,39 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     assert_eq!(now["status"], "active", "{now:#}");
     let decisions = entries(&b, "subscription-approval");
     assert!(decisions.iter().any(|e| e["user"] == IG_LEAD.1 && e["system"] == "vpr-console"));
+    // A consent recorded with its evidence, then listed.
+    browser.goto(&b.url("/console/consents/new"));
+    browser.click("#submit");
+    assert!(
+        browser.text("#error-summary").contains("Choose what is being recorded"),
+        "nothing sent is nothing recorded"
+    );
+    browser.axe("consent form with errors");
+    let select = |css: &str, value: &str| {
+        let e = browser.find(css);
+        browser.runtime.block_on(e.select_by_value(value)).unwrap();
+    };
+    select("#record", "consent-given");
+    select("#purpose", "social-care-support");
+    browser.fill("#nhs_number", "999 000 0018");
+    browser.fill("#evidence_reference", "Signed form SC-2026-114, scanned to the case file");
+    browser.screenshot("consent-form");
+    browser.click("#submit");
+    browser.wait_url("recorded=");
+    assert!(browser.text("#records").contains("SC-2026-114"));
+    browser.screenshot("consents");
+    browser.axe("consents");
+    assert!(entries(&b, "consent").iter().any(|e| e["user"] == IG_LEAD.1 && e["system"] == "vpr-console"));
+    // The figures, small numbers suppressed: one notice and one disclosure are each "<8".
+    browser.goto(&b.url("/console/figures"));
+    assert!(browser.text("#notices-by-partner").contains("<8"), "{}", browser.text("#notices-by-partner"));
+    assert!(browser.text("#disclosures-by-partner").contains("<8"));
+    browser.screenshot("figures");
+    browser.axe("figures");
+    assert!(entries(&b, "statistics").iter().any(|e| e["user"] == IG_LEAD.1));
     browser.goto(&b.url("/console"));
     browser.screenshot("home");
+    browser.axe("home");
     // Sign out: at the broker, then at the provider; the session is gone.
     browser.click("#sign-out");
     browser.wait_url("/console/signed-out");
@@ -585,4 +681,131 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     browser.goto(&b.url("/console"));
     browser.find("#username");
     assert!(browser.url().starts_with(&op.issuer), "signed out at the provider too");
+    // Every entry the console wrote names the person, in their role at their organisation.
+    let written: Vec<Value> =
+        b.audit_entries_via_review().into_iter().filter(|e| e["system"] == "vpr-console").collect();
+    assert!(written.len() >= 15, "{} console entries", written.len());
+    for e in &written {
+        assert!(e["user"] == IG_LEAD.1 && e["role"] == "ig-lead" && e["organisation"]["ods_code"] == "XIC01", "{e}");
+    }
+});
+
+/// A valid NHS number (fictional 999 range) for `seq`.
+fn nhs(seq: u32) -> String {
+    (0..100u32)
+        .find_map(|t| {
+            let stem = format!("999{:06}", (seq * 7 + t) % 1_000_000);
+            let sum: u32 = stem.bytes().zip((2..=10).rev()).map(|(d, w)| u32::from(d - b'0') * w).sum();
+            let check = (11 - sum % 11) % 11;
+            (check != 10).then(|| format!("{stem}{check}"))
+        })
+        .unwrap()
+}
+
+/// Publishes `n` of the ambulance trust's notices from `first`, with `category`; their ids.
+fn publish_many(b: &TestBroker, first: u32, n: u32, category: &str) -> Vec<String> {
+    let t = b.token("amb-cad");
+    (first..first + n)
+        .map(|i| {
+            let mut body = person_notice(&nhs(i));
+            body["category"] = serde_json::json!(category);
+            let r = b.publish(&t, &body);
+            assert_eq!(r.status(), 201);
+            json_of(r)["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+fn statistics(b: &TestBroker, client: &str, role: &str, query: &str) -> Response {
+    b.http
+        .get(b.url(&format!("/v1/statistics{query}")))
+        .bearer_auth(b.token(client))
+        .header("VPR-User-Id", "lead-1")
+        .header("VPR-User-Role", role)
+        .send()
+        .unwrap()
+}
+
+/// The figure for `key` this month in the table of `measure` by `by`.
+fn figure(stats: &Value, measure: &str, by: &str, key: &str) -> Value {
+    let t = stats["tables"].as_array().unwrap().iter().find(|t| t["measure"] == measure && t["by"] == by).unwrap();
+    let row = t["rows"].as_array().unwrap().iter().find(|r| r["key"] == key).unwrap_or_else(|| panic!("{key}: {t}"));
+    row["counts"].as_array().unwrap().last().unwrap().clone()
+}
+
+both_backends!(a_vpr_lead_sees_notices_due_who_saw_them_and_figures_with_small_numbers_suppressed, |backend| {
+    let Some((b, op)) = console_broker(backend) else { return };
+    // Twelve assaults and one verbal-abuse notice from the ambulance trust; one due for review
+    // in ten days, one expired unreviewed; the emergency department looks one up.
+    let assaults = publish_many(&b, 1, 12, "physical-assault");
+    let verbal = publish_many(&b, 40, 1, "directed-verbal-abuse");
+    b.exec(&format!("UPDATE notices SET review_date = '{}' WHERE id = '{}'", day(10), assaults[0]));
+    b.exec(&format!("UPDATE notices SET review_date = '{}' WHERE id = '{}'", day(-1), assaults[1]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json_of(b.get(&b.token("amb-cad"), &format!("/v1/notices/{}", assaults[1])))["status"] != "expired" {
+        assert!(Instant::now() < deadline, "the notice did not expire");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lookup = serde_json::json!({"purpose": "direct-care", "requester": {"user_id": "ed-1", "role": "ed-clinician"},
+        "subject": {"person": {"nhs_number": nhs(3)}}});
+    assert_eq!(b.post_json(&b.token("acute-ed"), "/v1/lookups", &lookup).status(), 200);
+    let vpr = sign_in(&b, &op, VPR_LEAD.0);
+    let r = page(&b, &vpr, "/console/notices");
+    assert_eq!(r.status(), 200);
+    let text = r.text().unwrap();
+    let due = text.split("id=\"expired-heading\"").next().unwrap();
+    assert!(due.contains(&assaults[0]), "due in ten days");
+    assert!(!due.contains(&assaults[2]) && !due.contains(&verbal[0]), "not due for months");
+    assert!(text.split("id=\"expired-heading\"").nth(1).unwrap().contains(&assaults[1]), "expired");
+    assert!(entries(&b, "notices-due")
+        .iter()
+        .any(|e| e["user"] == VPR_LEAD.1 && e["organisation"]["ods_code"] == "XAM01"));
+    // Who saw the looked-up notice: the ED clinician, for direct care.
+    let r = page(&b, &vpr, &format!("/console/notices/{}/access-log", assaults[2]));
+    assert_eq!(r.status(), 200);
+    let text = r.text().unwrap();
+    assert!(text.contains("ed-clinician") && text.contains("direct-care"), "{text}");
+    assert!(entries(&b, "access-log").iter().any(|e| e["user"] == VPR_LEAD.1 && e["system"] == "vpr-console"));
+    // Another organisation's notice's access log is not theirs to see.
+    let theirs = json_of(b.publish(&b.token("acute-ed"), &person_notice(&nhs(60))));
+    let r = page(&b, &vpr, &format!("/console/notices/{}/access-log", theirs["id"].as_str().unwrap()));
+    assert_eq!(r.status(), 403);
+    // The figures: the ambulance trust's 13 notices (shown rounded, 15), 13 assaults (12 and the
+    // ED's one: 15); the ED's one notice, one verbal abuse and one disclosure (each 1 to 7: "<8").
+    let r = page(&b, &vpr, "/console/figures");
+    assert_eq!(r.status(), 200);
+    let text = r.text().unwrap();
+    assert!(text.contains("id=\"notices-by-partner\"") && text.contains("&lt;8") && text.contains("<svg"), "{text}");
+    assert!(text.contains("HES and ECDS"), "the rule is named");
+    assert!(entries(&b, "statistics").iter().any(|e| e["user"] == VPR_LEAD.1 && e["role"] == "vpr-lead"));
+    let stats = json_of(statistics(&b, "amb-cad", "vpr-lead", ""));
+    assert_eq!(stats["months"].as_array().unwrap().len(), 12);
+    assert_eq!(figure(&stats, "notices", "partner", "XAM01"), 15);
+    assert_eq!(figure(&stats, "notices", "partner", "XAC01"), "<8");
+    assert_eq!(figure(&stats, "notices", "category", "physical-assault"), 15);
+    assert_eq!(figure(&stats, "notices", "category", "directed-verbal-abuse"), "<8");
+    assert_eq!(figure(&stats, "disclosures", "partner", "XAC01"), "<8");
+    assert_eq!(figure(&stats, "disclosures", "purpose", "direct-care"), "<8");
+    assert!(!stats.to_string().contains("\"counts\":[0,0,0,0,0,0,0,0,0,0,0,13"), "no raw count leaves the broker");
+    let csv = statistics(&b, "amb-cad", "vpr-lead", "?format=csv");
+    assert!(content_type(&csv).starts_with("text/csv"));
+    let csv = csv.text().unwrap();
+    assert!(csv.starts_with("measure,by,key,label,month,count"));
+    assert!(
+        csv.lines().any(|l| l.starts_with("notices,category,directed-verbal-abuse,") && l.ends_with(",<8")),
+        "{csv}"
+    );
+    // Not for a role that is neither a VPR lead nor IG (audited), and bad months are named.
+    let r = statistics(&b, "acute-ed", "ed-clinician", "");
+    assert_eq!(r.status(), 403);
+    assert!(entries(&b, "statistics").iter().any(|e| e["decision"] == "refused" && e["role"] == "ed-clinician"));
+    let r = statistics(&b, "amb-cad", "vpr-lead", "?from=2026-13");
+    assert_eq!(r.status(), 422);
+    assert_eq!(json_of(r)["errors"][0]["pointer"], "/from");
+    let r = statistics(&b, "amb-cad", "vpr-lead", "?from=2020-01&to=2026-01");
+    assert_eq!(json_of(r)["errors"][0]["rule"], "month-range");
+    // The IG pages stay closed to a VPR lead.
+    for p in ["/console/consents", "/console/integrity", "/console/consents/new"] {
+        assert_eq!(page(&b, &vpr, p).status(), 403, "{p}");
+    }
 });

@@ -55,6 +55,9 @@ const ROWS: &[Row] = &[
     ("/v1/audit/summary", "to", "yesterday", ""),
     ("/v1/audit/summary", "format", "xml", ""),
     ("/v1/audit/break-glass", "status", "unknown", ""),
+    ("/v1/statistics", "from", "2026-13", ""),
+    ("/v1/statistics", "to", "last-month", ""),
+    ("/v1/statistics", "format", "xml", ""),
     // Proofs over the sealed log.
     ("/v1/audit/proofs/inclusion", "leaf_index", "x", "tree_size={size}"),
     ("/v1/audit/proofs/inclusion", "leaf_index", "-1", "tree_size={size}"),
@@ -188,6 +191,9 @@ fn as_caller(b: &TestBroker, template: &str, url: &str) -> RequestBuilder {
             .header("VPR-User-Id", "user-1")
             .header("VPR-User-Role", "ambulance-dispatcher"),
         t if t.starts_with("/fhir/R4/Subscription/") => get.bearer_auth(b.token("acute-ed")),
+        "/v1/statistics" => {
+            get.bearer_auth(b.token("amb-cad")).header("VPR-User-Id", "lead-1").header("VPR-User-Role", "vpr-lead")
+        }
         _ => get.bearer_auth(b.token("amb-cad")),
     }
 }

@@ -90,7 +90,7 @@ pub const PARTNERS: &[PartnerRow] = &[
         "XAM01",
         "ambulance-trust",
         &["notices:write", "notices:read", "lookups", "subscriptions"],
-        &["ambulance-dispatcher", "ambulance-clinician"],
+        &["ambulance-dispatcher", "ambulance-clinician", "vpr-lead"],
     ),
     (
         "gp-green",

@@ -67,6 +67,17 @@ vocabulary! {
         ConsoleSignIn = "console-sign-in",
         /// A person signed out of the console.
         ConsoleSignOut = "console-sign-out",
+        /// The figures (notices and disclosures per partner, category, purpose and month, small
+        /// numbers suppressed) were read.
+        Statistics = "statistics",
+        /// A publisher's notices due for review, and its expired ones, were listed.
+        NoticesDue = "notices-due",
+        /// One audit entry was shown with its inclusion proof.
+        AuditEntryRead = "audit-entry",
+        /// The log's latest checkpoints were shown, checked for consistency.
+        LogIntegrity = "log-integrity",
+        /// Consents and objections were listed.
+        DirectivesList = "directives-list",
     }
 }
 

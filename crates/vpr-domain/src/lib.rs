@@ -4,6 +4,7 @@
 //! configuration, so partner client code can use the same types the broker does.
 
 pub mod audit;
+pub mod figures;
 pub mod ids;
 pub mod notice;
 pub mod subscription;

@@ -283,3 +283,15 @@ pub fn report_csv(disclosures: &[Value]) -> Result<web::Bytes, ApiError> {
         .collect();
     csv_bytes(Some(&COLS), &records)
 }
+
+/// The figures as one CSV file: `measure, by, key, label, month, count`, protected counts
+/// (`<8` where suppressed), each table's totals as the key `total`.
+pub fn figures_csv(figures: &vpr_app::services::statistics::Figures) -> Result<web::Bytes, ApiError> {
+    let records: Vec<Vec<String>> = figures
+        .tables
+        .iter()
+        .flat_map(|t| t.records(&figures.months))
+        .map(|r| r.iter().map(|c| cell(c)).collect())
+        .collect();
+    csv_bytes(Some(&["measure", "by", "key", "label", "month", "count"]), &records)
+}

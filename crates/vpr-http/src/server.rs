@@ -11,7 +11,9 @@ use vpr_app::App as Application;
 
 pub use crate::docs::OpenApiDoc;
 use crate::error::ApiError;
-use crate::handlers::{access_log, audit, directives, federation, lookups, notices, oauth, ops, review, subscriptions};
+use crate::handlers::{
+    access_log, audit, directives, federation, lookups, notices, oauth, ops, review, statistics, subscriptions,
+};
 
 /// Every route the broker serves. The OpenAPI document is generated from this same function.
 pub fn routes(cfg: &mut ServiceConfig) {
@@ -46,6 +48,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(review::search)
         .service(review::summary)
         .service(review::subject_access_report)
+        .service(statistics::statistics)
         .service(access_log::feed)
         .service(subscriptions::create)
         .service(subscriptions::list)

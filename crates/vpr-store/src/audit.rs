@@ -239,7 +239,8 @@ struct Encoded<'e> {
     entry: &'e AuditEntry,
     id: String,
     justification: Option<Vec<u8>>,
-    notice_refs: Vec<String>,
+    /// Each notice the entry names, and whether it was disclosed.
+    notice_refs: Vec<(String, bool)>,
     subject_refs: Vec<&'e str>,
     received: Vec<(String, String)>,
 }
@@ -255,7 +256,7 @@ fn encode<'e>(vault: &crate::Vault, e: &'e AuditEntry) -> Result<Encoded<'e>, St
     let mut notice_refs = Vec::new();
     let mut received = Vec::new();
     for n in e.notices.iter().filter(|n| seen.insert(n.id.as_str())) {
-        notice_refs.push(n.id.clone());
+        notice_refs.push((n.id.clone(), n.decision == "permit"));
         if let (Some(sub), "permit") = (&e.received_by, n.decision.as_str()) {
             received.push((sub.clone(), n.id.clone()));
         }
@@ -303,7 +304,11 @@ fn insert_encoded(conn: &mut DbConnection, encoded: &[Encoded<'_>]) -> Result<()
     }
     let notice_refs: Vec<_> = encoded
         .iter()
-        .flat_map(|x| x.notice_refs.iter().map(|n| (nrefs::notice_id.eq(n), nrefs::audit_id.eq(&x.id))))
+        .flat_map(|x| {
+            x.notice_refs.iter().map(|(n, disclosed)| {
+                (nrefs::notice_id.eq(n), nrefs::audit_id.eq(&x.id), nrefs::disclosed.eq(*disclosed))
+            })
+        })
         .collect();
     let subject_refs: Vec<_> = encoded
         .iter()

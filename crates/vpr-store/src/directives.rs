@@ -138,3 +138,98 @@ impl Tx<'_> {
         Ok(id)
     }
 }
+
+/// A recorded consent or objection, as IG lists it (the subject only as blind indexes, which
+/// are not shown).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectiveRecord {
+    /// Its id.
+    pub id: Uuid,
+    /// `consent` or `objection`.
+    pub kind: String,
+    /// The purpose it concerns.
+    pub purpose: String,
+    /// Its status.
+    pub status: String,
+    /// Where the evidence is kept.
+    pub evidence_reference: String,
+    /// Why, if a reason was recorded.
+    pub reason: Option<String>,
+    /// From when.
+    pub effective_from: NaiveDate,
+    /// Until when.
+    pub expires_on: Option<NaiveDate>,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// By which organisation.
+    pub recorded_by_org: String,
+    /// By whom.
+    pub recorded_by_user: String,
+}
+
+type RecordColumns = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<Vec<u8>>,
+    NaiveDate,
+    Option<NaiveDate>,
+    chrono::NaiveDateTime,
+    String,
+    String,
+);
+
+impl Store {
+    /// The newest `limit` consents and objections recorded, newest first; with `blind`, only
+    /// those recorded for a subject with one of these blind indexes.
+    pub fn recent_directives(&self, blind: Option<&[String]>, limit: i64) -> Result<Vec<DirectiveRecord>, StoreError> {
+        let mut conn = self.conn()?;
+        let mut q = sd::table
+            .select((
+                sd::record_id,
+                sd::kind,
+                sd::purpose,
+                sd::status,
+                sd::evidence_reference,
+                sd::reason,
+                sd::effective_from,
+                sd::expires_on,
+                sd::recorded_at,
+                sd::recorded_by_org,
+                sd::recorded_by_user,
+            ))
+            .distinct()
+            .order((sd::recorded_at.desc(), sd::record_id.desc()))
+            .limit(limit)
+            .into_boxed();
+        if let Some(blind) = blind {
+            q = q.filter(sd::blind_index.eq_any(blind.to_vec()));
+        }
+        let rows: Vec<RecordColumns> = q.load(&mut conn)?;
+        rows.into_iter()
+            .map(
+                |(id, kind, purpose, status, evidence_reference, reason, effective_from, expires_on, at, org, user)| {
+                    let reason = reason
+                        .map(|r| self.vault().open(&r, &format!("directive/{id}/reason")))
+                        .transpose()?
+                        .map(|b| String::from_utf8_lossy(&b).into_owned());
+                    Ok(DirectiveRecord {
+                        id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        kind,
+                        purpose,
+                        status,
+                        evidence_reference,
+                        reason,
+                        effective_from,
+                        expires_on,
+                        recorded_at: at.and_utc(),
+                        recorded_by_org: org,
+                        recorded_by_user: user,
+                    })
+                },
+            )
+            .collect()
+    }
+}

@@ -11,6 +11,7 @@ pub mod notices;
 pub mod review;
 pub mod schema;
 pub mod seal;
+pub mod statistics;
 pub mod subscriptions;
 #[cfg(any(test, feature = "testdb"))]
 pub mod testdb;

@@ -606,3 +606,75 @@ fn record_notice_event(
         .execute(conn)?;
     Ok(())
 }
+
+/// A notice as its publisher's lists show it: what it is and where it stands, never its
+/// subject or content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeHead {
+    /// Its id.
+    pub id: Uuid,
+    /// Status.
+    pub status: String,
+    /// The current version.
+    pub version: i64,
+    /// Category.
+    pub category: String,
+    /// Risk level.
+    pub risk_level: String,
+    /// When it is due for review.
+    pub review_date: NaiveDate,
+    /// When it was first published.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+type HeadColumns = (String, String, i64, String, String, NaiveDate, NaiveDateTime, NaiveDateTime);
+
+impl Store {
+    /// `publisher`'s notices with `status`, reviewed by `review_by` when given (soonest due
+    /// first), else most recently changed first; at most `limit`.
+    pub fn publisher_notices(
+        &self,
+        publisher: &str,
+        status: NoticeStatus,
+        review_by: Option<NaiveDate>,
+        limit: i64,
+    ) -> Result<Vec<NoticeHead>, StoreError> {
+        let mut conn = self.conn()?;
+        let mut q = notices::table
+            .filter(notices::publisher_ods.eq(publisher))
+            .filter(notices::status.eq(status.code()))
+            .select((
+                notices::id,
+                notices::status,
+                notices::current_version,
+                notices::category,
+                notices::risk_level,
+                notices::review_date,
+                notices::created_at,
+                notices::updated_at,
+            ))
+            .limit(limit)
+            .into_boxed();
+        q = match review_by {
+            Some(by) => q.filter(notices::review_date.le(by)).order((notices::review_date.asc(), notices::id.asc())),
+            None => q.order((notices::updated_at.desc(), notices::id.asc())),
+        };
+        let rows: Vec<HeadColumns> = q.load(&mut conn)?;
+        rows.into_iter()
+            .map(|(id, status, version, category, risk_level, review_date, created, updated)| {
+                Ok(NoticeHead {
+                    id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    status,
+                    version,
+                    category,
+                    risk_level,
+                    review_date,
+                    created_at: created.and_utc(),
+                    updated_at: updated.and_utc(),
+                })
+            })
+            .collect()
+    }
+}

@@ -58,6 +58,7 @@ diesel::table! {
     audit_notice_refs (notice_id, audit_id) {
         notice_id -> Text,
         audit_id -> Text,
+        disclosed -> Bool,
     }
 }
 

@@ -206,6 +206,28 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The newest `limit` checkpoints, newest first.
+    pub fn checkpoints(&self, limit: i64) -> Result<Vec<Checkpoint>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(i64, String, NaiveDateTime, String)> = cp::table
+            .order(cp::tree_size.desc())
+            .limit(limit)
+            .select((cp::tree_size, cp::root_hash, cp::signed_at, cp::jws))
+            .load(&mut conn)?;
+        Ok(rows
+            .into_iter()
+            .map(|(tree_size, root_hash, at, jws)| Checkpoint { tree_size, root_hash, signed_at: at.and_utc(), jws })
+            .collect())
+    }
+
+    /// Entries written but not yet sealed into the tree.
+    pub fn unsealed_count(&self) -> Result<i64, StoreError> {
+        let mut conn = self.conn()?;
+        Ok(ae::table.filter(ae::leaf_index.is_null()).count().get_result(&mut conn)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -370,3 +370,29 @@ pub fn verify_export(input: impl std::io::BufRead, open: OpenCheckpoint<'_>) -> 
     }
     Ok(verifier.finish(0))
 }
+/// One entry as the log holds it: decoded, with the leaf hash recomputed from its stored
+/// content and the one stored when it was sealed (both `None` until it is sealed).
+#[derive(Debug, Clone)]
+pub struct SealedEntry {
+    /// The entry.
+    pub entry: crate::audit::StoredAuditEntry,
+    /// Its leaf hash, recomputed from what is stored now (for a pruned entry, the stored one).
+    pub recomputed: Option<Hash>,
+    /// The leaf hash stored when it was sealed.
+    pub stored: Option<Hash>,
+}
+
+impl Store {
+    /// The entry with this id, with its leaf hashes, if there is one.
+    pub fn sealed_entry(&self, id: uuid::Uuid) -> Result<Option<SealedEntry>, StoreError> {
+        let mut conn = self.conn()?;
+        let row: Option<AuditRow> = ae::table.filter(ae::id.eq(id.to_string())).first(&mut conn).optional()?;
+        let Some(row) = row else { return Ok(None) };
+        let sealed = row.leaf_index.is_some();
+        let recomputed = if sealed { Verifier::leaf_of(&row) } else { None };
+        let stored = row.leaf_hash.as_deref().and_then(parse_hash);
+        let entry =
+            self.decode(vec![row])?.pop().ok_or_else(|| StoreError::Corrupt("an entry did not decode".into()))?;
+        Ok(Some(SealedEntry { entry, recomputed, stored }))
+    }
+}

@@ -7,11 +7,11 @@ use serde_json::Value;
 use uuid::Uuid;
 use vpr_domain::audit::AuditAction;
 use vpr_store::audit::AuditEntry;
-use vpr_store::directives::{DirectiveKind, NewDirective};
+use vpr_store::directives::{DirectiveKind, DirectiveRecord, NewDirective};
 
 use crate::access::is_ig_role;
-use crate::audit::{caller_entry, record_refusal};
-use crate::caller::Caller;
+use crate::audit::{caller_entry, record_refusal, MANAGEMENT_PURPOSE};
+use crate::caller::{Caller, Reviewer};
 use crate::disclose::subject_keys;
 use crate::error::{AppError, AppResult};
 use crate::App;
@@ -102,6 +102,36 @@ impl App {
                 evidence_reference: input.evidence_reference.clone(),
                 recorded_at: now,
             })
+        })
+        .await
+    }
+}
+
+impl App {
+    /// The newest consents and objections (at most `limit`), for an IG reviewer; with a
+    /// subject, only that subject's. Audited as `directives-list` before they are returned.
+    pub async fn list_directives(
+        &self,
+        caller: &Caller,
+        who: Reviewer,
+        subject: Option<vpr_domain::notice::Subject>,
+        limit: i64,
+    ) -> AppResult<Vec<DirectiveRecord>> {
+        let caller = caller.clone();
+        self.blocking(move |app| {
+            let keys = subject.as_ref().map(|s| subject_keys(app, s));
+            let records = app.store.recent_directives(keys.as_ref().map(|(blind, _)| blind.as_slice()), limit)?;
+            let audit = AuditEntry {
+                actor_user: Some(who.user.clone()),
+                actor_role: Some(who.role.clone()),
+                purpose: Some(MANAGEMENT_PURPOSE.into()),
+                subject_refs: keys.map(|(_, refs)| refs).unwrap_or_default(),
+                context_ref: Some(format!("listed={}", records.len())),
+                decision: "permit".into(),
+                ..caller_entry(app, &caller, AuditAction::DirectivesList, 200)
+            };
+            app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
+            Ok(records)
         })
         .await
     }

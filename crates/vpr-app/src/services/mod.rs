@@ -7,4 +7,5 @@ pub mod lookups;
 pub mod notices;
 pub mod people;
 pub mod proofs;
+pub mod statistics;
 pub mod subscriptions;

@@ -130,3 +130,57 @@ impl App {
         Ok(n)
     }
 }
+
+/// How far ahead the review list looks.
+pub const REVIEW_WINDOW_DAYS: u64 = 30;
+
+/// A publisher's notices needing attention.
+#[derive(Debug, Clone)]
+pub struct NoticesDue {
+    /// Active notices due for review within [`REVIEW_WINDOW_DAYS`] (or overdue), soonest first.
+    pub due: Vec<vpr_store::notices::NoticeHead>,
+    /// Notices that expired unreviewed, most recent first.
+    pub expired: Vec<vpr_store::notices::NoticeHead>,
+    /// The last day the review list covers.
+    pub due_by: chrono::NaiveDate,
+}
+
+impl App {
+    /// The VPR lead's organisation's notices due for review in the next 30 days, and its
+    /// expired ones (at most `limit` each), audited as `notices-due`. Only a VPR lead, which
+    /// this caller may act as, is shown them; a refusal is audited.
+    pub async fn notices_due(
+        &self,
+        caller: &Caller,
+        who: crate::caller::Reviewer,
+        limit: i64,
+    ) -> AppResult<NoticesDue> {
+        let caller = caller.clone();
+        self.blocking(move |app| {
+            let lead = who.role == crate::services::statistics::VPR_LEAD
+                && crate::access::may_act_as(app, &caller.principal, &who.role).is_ok();
+            if !lead || who.user.trim().is_empty() {
+                let refusal = AppError::Forbidden("the notices due for review are shown to VPR leads".into());
+                crate::audit::record_refused_for(app, &caller, Some(&who), AuditAction::NoticesDue, refusal.status())?;
+                return Err(refusal);
+            }
+            let today = app.clock.now().date_naive();
+            let due_by = today.checked_add_days(chrono::Days::new(REVIEW_WINDOW_DAYS)).unwrap_or(today);
+            let active = vpr_domain::vocab::NoticeStatus::Active;
+            let due = app.store.publisher_notices(caller.org(), active, Some(due_by), limit)?;
+            let expired =
+                app.store.publisher_notices(caller.org(), vpr_domain::vocab::NoticeStatus::Expired, None, limit)?;
+            let audit = vpr_store::audit::AuditEntry {
+                actor_user: Some(who.user.clone()),
+                actor_role: Some(who.role.clone()),
+                purpose: Some(crate::audit::MANAGEMENT_PURPOSE.into()),
+                context_ref: Some(format!("due_by={due_by};due={};expired={}", due.len(), expired.len())),
+                decision: "permit".into(),
+                ..crate::audit::caller_entry(app, &caller, AuditAction::NoticesDue, 200)
+            };
+            app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
+            Ok(NoticesDue { due, expired, due_by })
+        })
+        .await
+    }
+}

@@ -6,6 +6,10 @@
 mod approvals;
 mod assets;
 mod break_glass;
+mod consents;
+mod figures;
+mod integrity;
+mod notices;
 mod oidc;
 mod pages;
 mod session;
@@ -69,10 +73,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/signed-out", web::get().to(signed_out))
             .route("/audit", web::get().to(pages::audit))
             .route("/audit/export", web::get().to(pages::audit_export))
+            .route("/audit/entries/{id}", web::get().to(integrity::entry))
+            .route("/integrity", web::get().to(integrity::integrity))
             .route("/subject-access", web::get().to(subject_access::form))
             .route("/subject-access", web::post().to(subject_access::make))
             .route("/subscriptions", web::get().to(approvals::list))
             .route("/subscriptions/{id}", web::post().to(approvals::decide))
+            .route("/figures", web::get().to(figures::figures))
+            .route("/notices", web::get().to(notices::list))
+            .route("/notices/{id}/access-log", web::get().to(notices::access_log))
+            .route("/consents", web::get().to(consents::list))
+            .route("/consents/new", web::get().to(consents::form))
+            .route("/consents/new", web::post().to(consents::record))
+            .route("/consents/find", web::get().to(consents::form))
+            .route("/consents/find", web::post().to(consents::find))
             .route("/break-glass", web::get().to(break_glass::queue))
             .route("/break-glass/{id}", web::post().to(break_glass::record))
             .route("/assets/{name}", web::get().to(assets::asset))

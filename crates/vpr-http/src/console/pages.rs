@@ -20,14 +20,11 @@ pub(super) async fn home(app: web::Data<App>, console: web::Data<Console>, req: 
         Err(r) => return *r,
     };
     let p = &s.person;
-    let mut cards = Vec::new();
-    if p.is_ig() {
-        cards.push(Card {
-            href: "/console/audit".into(),
-            text: "Audit search".into(),
-            description: "Who saw what, about whom, why and under which law: search and download the audit log.".into(),
-        });
-    }
+    let cards = super::view::menu(&s, "/console")
+        .into_iter()
+        .filter(|l| l.href != "/console")
+        .map(|l| Card { description: card_text(&l.href).into(), href: l.href, text: l.text })
+        .collect();
     let role_title = app.agreement.roles.get(&p.role).map(|r| r.title.clone()).unwrap_or_else(|| p.role.clone());
     let page = HomePage {
         chrome: c.chrome(Some(c.who(&s, "/console"))),
@@ -37,6 +34,21 @@ pub(super) async fn home(app: web::Data<App>, console: web::Data<Console>, req: 
         cards,
     };
     html(StatusCode::OK, &page, &c.form_origin())
+}
+
+/// What each page is for, as its home page card says.
+fn card_text(href: &str) -> &'static str {
+    match href {
+        "/console/audit" => "Who saw what, about whom, why and under which law: search and download the audit log, and prove any entry is in it.",
+        "/console/break-glass" => "Emergency accesses waiting for review: the justification, what was seen, and your outcome.",
+        "/console/subject-access" => "A person's Article 15 report: the notices about them and every disclosure, on screen or as a download.",
+        "/console/subscriptions" => "Standing subscriptions the agreement does not approve by itself: approve or refuse each with a reason.",
+        "/console/consents" => "Record a person's consent or objection for a purpose, with its evidence, and see those recorded.",
+        "/console/integrity" => "The latest signed checkpoint of the audit log, and whether it extends the one before.",
+        "/console/notices" => "Your organisation's notices due for review in the next 30 days, expired ones, and who saw each.",
+        "/console/figures" => "Notices and disclosures per partner, category, purpose and month, small numbers suppressed.",
+        _ => "",
+    }
 }
 
 /// The filters of the review API, as form fields.
@@ -142,6 +154,7 @@ fn row(e: &StoredAuditEntry) -> Row {
         .join(", ");
     Row {
         seq: e.seq,
+        id: a.id.to_string(),
         at: a.at.format("%Y-%m-%d %H:%M:%S").to_string(),
         action: a.action.clone(),
         who,

@@ -17,7 +17,7 @@ use super::{csrf_ok, csrf_refused, ctx, signed_in, Console, Ctx};
 const HERE: &str = "/console/subject-access";
 
 /// The form: `(name, label, hint, input type)`.
-const FIELDS: [(&str, &str, Option<&str>, &str); 12] = [
+pub(super) const FIELDS: [(&str, &str, Option<&str>, &str); 12] = [
     ("reference", "Your reference", Some("The subject access request's reference (required)"), "text"),
     ("nhs_number", "NHS number", Some("10 digits"), "text"),
     ("family_name", "Family name", None, "text"),
@@ -47,9 +47,9 @@ fn fields(given: &[(String, String)], problems: &[FieldProblem]) -> Vec<Field> {
         .collect()
 }
 
-/// The review API's body for the form: the subject from whichever identifiers were given (a
-/// date that is not one is a problem in `problems`).
-fn body_of(given: &[(String, String)], problems: &mut Vec<FieldProblem>) -> Value {
+/// The subject the form's identifiers name, as the API's `subject` object (`None` if none
+/// were given).
+pub(super) fn subject_of(given: &[(String, String)]) -> Option<Value> {
     let get =
         |name: &str| given.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_owned()).filter(|v| !v.is_empty());
     let mut person = Map::new();
@@ -74,9 +74,17 @@ fn body_of(given: &[(String, String)], problems: &mut Vec<FieldProblem>) -> Valu
     if let Some(t) = get("telephone") {
         subject.insert("telephone".into(), json!(t));
     }
+    (!subject.is_empty()).then_some(Value::Object(subject))
+}
+
+/// The review API's body for the form: the subject from whichever identifiers were given (a
+/// date that is not one is a problem in `problems`).
+fn body_of(given: &[(String, String)], problems: &mut Vec<FieldProblem>) -> Value {
+    let get =
+        |name: &str| given.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_owned()).filter(|v| !v.is_empty());
     let mut body = Map::new();
-    if !subject.is_empty() {
-        body.insert("subject".into(), Value::Object(subject));
+    if let Some(subject) = subject_of(given) {
+        body.insert("subject".into(), subject);
     }
     if let Some(r) = get("reference") {
         body.insert("reference".into(), json!(r));
@@ -94,7 +102,7 @@ fn body_of(given: &[(String, String)], problems: &mut Vec<FieldProblem>) -> Valu
 }
 
 /// Which form field a validation error's pointer is about.
-fn field_of(pointer: &str) -> String {
+pub(super) fn field_of(pointer: &str) -> String {
     match pointer {
         "/subject/address/postcode" => "address_postcode".into(),
         "/subject" | "" => "nhs_number".into(),

@@ -59,7 +59,13 @@ pub fn menu(session: &Session, here: &str) -> Vec<Link> {
         links.push(Link::to("/console/break-glass", "Break-glass review"));
         links.push(Link::to("/console/subject-access", "Subject access"));
         links.push(Link::to("/console/subscriptions", "Approvals"));
+        links.push(Link::to("/console/consents", "Consents and objections"));
+        links.push(Link::to("/console/integrity", "Log integrity"));
     }
+    if session.person.role == "vpr-lead" {
+        links.push(Link::to("/console/notices", "Your notices"));
+    }
+    links.push(Link::to("/console/figures", "Figures"));
     for l in &mut links {
         l.current = l.href == here;
     }
@@ -140,6 +146,8 @@ pub struct FieldProblem {
 pub struct Row {
     /// Position in the log.
     pub seq: i64,
+    /// The entry's id.
+    pub id: String,
     /// When.
     pub at: String,
     /// Action.

@@ -37,7 +37,7 @@ pub async fn access_log(
     let id = path_id(&id, "notice")?;
     let q = Query::of(&req)?;
     let (before, limit) = (q.int("before", i64::MIN, i64::MAX)?, q.int("limit", 1, 200)?.unwrap_or(50));
-    let entries = app.notice_access_log(&caller, id, before, limit).await?;
+    let entries = app.notice_access_log(&caller, None, id, before, limit).await?;
     let registry = app.tokens.registry();
     let items: Vec<Value> = entries.iter().map(|s| who_and_why(registry, s).on_notice(s, id)).collect();
     let next_before = (items.len() as i64 == limit).then(|| entries.last().map(|s| s.seq)).flatten();

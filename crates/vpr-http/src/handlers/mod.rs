@@ -10,4 +10,5 @@ pub mod notices;
 pub mod oauth;
 pub mod ops;
 pub mod review;
+pub mod statistics;
 pub mod subscriptions;

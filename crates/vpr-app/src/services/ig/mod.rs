@@ -256,6 +256,7 @@ impl App {
     pub async fn notice_access_log(
         &self,
         caller: &Caller,
+        who: Option<Reviewer>,
         id: Uuid,
         before: Option<i64>,
         limit: i64,
@@ -265,11 +266,14 @@ impl App {
             let notice = app.store.get(id)?.ok_or_else(|| AppError::NotFound("no notice has this id".into()))?;
             if notice.publisher_ods != caller.org() {
                 let refusal = AppError::Forbidden("only the publishing organisation sees a notice's access log".into());
-                return Err(record_refusal(app, &caller, AuditAction::AccessLog, refusal));
+                record_refused_for(app, &caller, who.as_ref(), AuditAction::AccessLog, refusal.status())?;
+                return Err(refusal);
             }
             let entries = app.store.notice_access_log(id, before, limit)?;
-            // Reading who saw personal data is itself recorded.
+            // Reading who saw personal data is itself recorded, naming the person when one asked.
             let audit = AuditEntry {
+                actor_user: who.as_ref().map(|w| w.user.clone()),
+                actor_role: who.as_ref().map(|w| w.role.clone()),
                 purpose: Some(MANAGEMENT_PURPOSE.into()),
                 context_ref: Some(id.to_string()),
                 decision: "permit".into(),

@@ -1,0 +1,2 @@
+DROP INDEX audit_entries_action_at;
+ALTER TABLE audit_notice_refs DROP COLUMN disclosed;
