@@ -809,3 +809,38 @@ both_backends!(a_vpr_lead_sees_notices_due_who_saw_them_and_figures_with_small_n
         assert_eq!(page(&b, &vpr, p).status(), 403, "{p}");
     }
 });
+
+both_backends!(a_trusts_caldicott_guardian_reviews_only_its_own_part_of_the_log, |backend| {
+    let Some((b, op)) = console_broker(backend) else { return };
+    // The ambulance trust's notice, looked up by the police and by the hospital; the
+    // hospital's notice, looked up by the ambulance trust.
+    let (amb, ed, police) = (b.token("amb-cad"), b.token("acute-ed"), b.token("police"));
+    assert_eq!(b.publish(&amb, &person_notice(&nhs(70))).status(), 201);
+    assert_eq!(b.publish(&ed, &person_notice(&nhs(71))).status(), 201);
+    let look = |token: &str, n: u32, purpose: &str, user: &str, role: &str| {
+        let body = serde_json::json!({"purpose": purpose, "requester": {"user_id": user, "role": role},
+            "subject": {"person": {"nhs_number": nhs(n)}}});
+        assert_eq!(b.post_json(token, "/v1/lookups", &body).status(), 200);
+    };
+    look(&police, 70, "crime-prevention", "pc-1", "police-officer");
+    look(&ed, 70, "direct-care", "ed-1", "ed-clinician");
+    look(&amb, 71, "staff-safety", "disp-1", "ambulance-dispatcher");
+    let lookups: Vec<Value> = entries(&b, "lookup");
+    let police_entry = lookups.iter().find(|e| e["organisation"]["ods_code"] == "XPF01").unwrap();
+    let police_id = police_entry["audit_id"].as_str().unwrap().to_owned();
+    // The hospital's Caldicott guardian: its own staff's look-up, and the ambulance trust's
+    // look-up of its notice; not the police's look-up of the ambulance trust's notice.
+    let cg = sign_in(&b, &op, "caldicott");
+    let r = page(&b, &cg, "/console/audit?reference=CG-1&action=lookup");
+    assert_eq!(r.status(), 200);
+    let text = r.text().unwrap();
+    assert!(text.contains("2 entries"), "{text}");
+    assert!(text.contains("ed-clinician") && text.contains("ambulance-dispatcher") && !text.contains("police-officer"));
+    let r = page(&b, &cg, &format!("/console/audit/entries/{police_id}"));
+    assert_eq!(r.status(), 404, "another organisation's entry is not there for it");
+    // The ICB's IG lead reviews the whole ICS.
+    let ig = sign_in(&b, &op, IG_LEAD.0);
+    let text = page(&b, &ig, "/console/audit?reference=IG-1&action=lookup").text().unwrap();
+    assert!(text.contains("3 entries") && text.contains("police-officer"), "{text}");
+    assert_eq!(page(&b, &ig, &format!("/console/audit/entries/{police_id}")).status(), 200);
+});

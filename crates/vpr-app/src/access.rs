@@ -60,6 +60,23 @@ pub fn ig_only(app: &App, principal: &Principal, role: &str, what: &str) -> AppR
     }
 }
 
+/// What of the audit log an IG role at `principal`'s organisation reviews: at the ICB, the
+/// whole ICS's (`None`); at any other organisation, what its own people and systems did and
+/// what was decided on its own notices (`Some(its ODS code)`) — it answers for its own data.
+pub fn audit_scope(principal: &Principal) -> Option<String> {
+    (principal.org_type != vpr_domain::vocab::OrgType::Icb).then(|| principal.org.to_string())
+}
+
+/// Whether an entry is within `scope` (see [`audit_scope`]).
+pub fn in_scope(app: &App, scope: Option<&str>, e: &vpr_store::audit::AuditEntry) -> AppResult<bool> {
+    let Some(org) = scope else { return Ok(true) };
+    if e.actor_org == org {
+        return Ok(true);
+    }
+    let ids: Vec<String> = e.notices.iter().map(|n| n.id.clone()).collect();
+    Ok(!app.store.published_by(org, &ids)?.is_empty())
+}
+
 /// Why a requester is refused before any notice is considered, if it is: the purpose is not
 /// the agreement's, the role is not this system's or not given to its organisation's type, or a
 /// break-glass justification is too short.

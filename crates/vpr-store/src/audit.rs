@@ -458,19 +458,6 @@ impl Store {
         self.decode(rows)
     }
 
-    /// Break-glass accesses with this IG review status (`pending`, or an outcome), newest
-    /// first, at most `limit`.
-    pub fn break_glass_entries(&self, status: &str, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
-        let mut conn = self.conn()?;
-        let rows: Vec<AuditRow> = ae::table
-            .filter(ae::break_glass.eq(true))
-            .filter(ae::ig_review.eq(status))
-            .order(ae::seq.desc())
-            .limit(limit)
-            .load(&mut conn)?;
-        self.decode(rows)
-    }
-
     pub(crate) fn decode(&self, rows: Vec<AuditRow>) -> Result<Vec<StoredAuditEntry>, StoreError> {
         rows.into_iter()
             .map(|r| {

@@ -55,10 +55,13 @@ pub struct AuditQuery {
     pub subject: Option<SubjectKeys>,
     /// Entries deciding on a notice of this publisher.
     pub publisher: Option<String>,
+    /// Only what this organisation may review: entries its own people and systems made, and
+    /// entries deciding on its notices (`None`: the whole ICS).
+    pub visible_to: Option<String>,
 }
 
 impl AuditQuery {
-    fn boxed(&self) -> ae::BoxedQuery<'_, Db> {
+    pub(crate) fn boxed(&self) -> ae::BoxedQuery<'_, Db> {
         // Pruned entries keep only their seal: there is nothing left to review.
         let mut q = ae::table.filter(ae::pruned_at.is_null()).into_boxed::<Db>();
         if let Some(from) = self.from {
@@ -102,6 +105,14 @@ impl AuditQuery {
                 )
                 .select(nrefs::audit_id);
             q = q.filter(ae::id.eq_any(searched).or(ae::id.eq_any(about)));
+        }
+        if let Some(org) = &self.visible_to {
+            let theirs = nrefs::table
+                .filter(
+                    nrefs::notice_id.eq_any(notices::table.filter(notices::publisher_ods.eq(org)).select(notices::id)),
+                )
+                .select(nrefs::audit_id);
+            q = q.filter(ae::actor_org.eq(org).or(ae::id.eq_any(theirs)));
         }
         if let Some(publisher) = &self.publisher {
             q =
@@ -188,6 +199,22 @@ impl Store {
             .order(ae::leaf_index.asc())
             .limit(limit)
             .load(&mut conn)?;
+        self.decode(rows)
+    }
+
+    /// Break-glass accesses with this IG review status (`pending`, or an outcome), newest
+    /// first, at most `limit`; with `visible_to`, only those that organisation may review.
+    pub fn break_glass_entries(
+        &self,
+        status: &str,
+        visible_to: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<StoredAuditEntry>, StoreError> {
+        let mut conn = self.conn()?;
+        let scope =
+            AuditQuery { break_glass: Some(true), visible_to: visible_to.map(str::to_owned), ..Default::default() };
+        let rows: Vec<AuditRow> =
+            scope.boxed().filter(ae::ig_review.eq(status)).order(ae::seq.desc()).limit(limit).load(&mut conn)?;
         self.decode(rows)
     }
 

@@ -854,10 +854,10 @@ fn a_break_glass_review_commits_with_its_entry_or_not_at_all() {
         };
         audit_unwritable(store, true);
         assert!(matches!(review(store, 2), Err(StoreError::AuditWrite(_))), "{name}");
-        assert_eq!(store.break_glass_entries("pending", 10).unwrap().len(), 1, "{name}: reviewed unaudited");
+        assert_eq!(store.break_glass_entries("pending", None, 10).unwrap().len(), 1, "{name}: reviewed unaudited");
         audit_unwritable(store, false);
         assert!(review(store, 3).unwrap(), "{name}");
-        assert_eq!(store.break_glass_entries("justified", 10).unwrap().len(), 1, "{name}");
+        assert_eq!(store.break_glass_entries("justified", None, 10).unwrap().len(), 1, "{name}");
         assert!(!review(store, 4).unwrap(), "{name}: reviewed once only");
     }
 }

@@ -157,8 +157,13 @@ impl App {
     pub async fn entry_proof(&self, caller: &Caller, who: Reviewer, id: Uuid) -> AppResult<EntryProof> {
         let caller = caller.clone();
         self.blocking(move |app| {
-            let sealed =
-                app.store.sealed_entry(id)?.ok_or_else(|| AppError::NotFound("no audit entry has this id".into()))?;
+            let missing = || AppError::NotFound("no audit entry has this id".into());
+            let sealed = app.store.sealed_entry(id)?.ok_or_else(missing)?;
+            // Outside the ICB, only the organisation's own part of the log.
+            let scope = crate::access::audit_scope(&caller.principal);
+            if !crate::access::in_scope(app, scope.as_deref(), &sealed.entry.entry)? {
+                return Err(missing());
+            }
             let latest = app.store.latest_checkpoint()?;
             let (path, included) = prove(app, &sealed, latest.as_ref())?;
             let in_checkpoint = latest.filter(|cp| sealed.entry.leaf_index.is_some_and(|i| i < cp.tree_size));

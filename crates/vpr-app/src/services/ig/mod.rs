@@ -15,7 +15,7 @@ use vpr_store::review::{AuditQuery as StoreQuery, SubjectKeys, SummaryRow};
 
 pub use report::{SubjectAccessReport, MAX_REPORT_ENTRIES};
 
-use crate::access::ig_only;
+use crate::access::{audit_scope, ig_only, in_scope};
 use crate::audit::{caller_entry, record_refusal, record_refused_for, MANAGEMENT_PURPOSE};
 use crate::caller::{Caller, Reviewer};
 use crate::disclose::subject_keys;
@@ -64,8 +64,9 @@ fn ig_audit(app: &App, caller: &Caller, who: &Reviewer, action: AuditAction, q: 
     }
 }
 
-/// The store's form of validated filters: the subject becomes its blind references.
-fn store_query(app: &App, q: &AuditQuery) -> StoreQuery {
+/// The store's form of validated filters: the subject becomes its blind references, and the
+/// caller's organisation bounds what it sees ([`audit_scope`]).
+fn store_query(app: &App, caller: &Caller, q: &AuditQuery) -> StoreQuery {
     let i = &q.input;
     StoreQuery {
         from: i.from,
@@ -83,6 +84,7 @@ fn store_query(app: &App, q: &AuditQuery) -> StoreQuery {
             SubjectKeys { refs, blind }
         }),
         publisher: None,
+        visible_to: audit_scope(&caller.principal),
     }
 }
 
@@ -151,7 +153,7 @@ impl App {
         self.blocking(move |app| {
             let audit = ig_audit(app, &caller, &who, AuditAction::AuditSearch, Some(&q));
             let (before, limit) = (q.input.before, q.input.limit.unwrap_or(100));
-            let entries = app.store.search_audit(&store_query(app, &q), before, limit)?;
+            let entries = app.store.search_audit(&store_query(app, &caller, &q), before, limit)?;
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
             Ok(entries)
         })
@@ -164,7 +166,7 @@ impl App {
         self.blocking(move |app| {
             let audit = ig_audit(app, &caller, &who, AuditAction::AuditExport, Some(&q));
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
-            Ok(AuditExport { query: store_query(app, &q), before: q.input.before })
+            Ok(AuditExport { query: store_query(app, &caller, &q), before: q.input.before })
         })
         .await
     }
@@ -192,7 +194,10 @@ impl App {
             .blocking(move |app| {
                 let mut audit = ig_audit(app, &caller, &who, AuditAction::AuditSummary, None);
                 audit.context_ref = Some(format!("from={from};to={to}"));
-                let rows = app.store.audit_summary(from, to)?;
+                let mut rows = app.store.audit_summary(from, to)?;
+                if let Some(org) = audit_scope(&caller.principal) {
+                    rows.retain(|r| r.actor_org == org);
+                }
                 app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
                 Ok(rows)
             })
@@ -214,7 +219,8 @@ impl App {
                 purpose: Some(MANAGEMENT_PURPOSE.into()),
                 ..ig_audit(app, &caller, &who, AuditAction::BreakGlassQueue, None)
             };
-            let entries = app.store.break_glass_entries(&status, 500)?;
+            let scope = audit_scope(&caller.principal);
+            let entries = app.store.break_glass_entries(&status, scope.as_deref(), 500)?;
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
             Ok(entries)
         })
@@ -240,6 +246,17 @@ impl App {
                 justification: Some(input.note.clone()),
                 ..caller_entry(app, &caller, AuditAction::BreakGlassReview, 200)
             };
+            // Another organisation's emergency access is not this one's to review.
+            let theirs = app.store.audit_entries_by_id(&[id])?;
+            let scope = audit_scope(&caller.principal);
+            if !theirs
+                .iter()
+                .map(|s| in_scope(app, scope.as_deref(), &s.entry))
+                .collect::<AppResult<Vec<_>>>()?
+                .contains(&true)
+            {
+                return Err(AppError::Conflict("no pending break-glass access has this id".into()));
+            }
             // The outcome and its entry commit together.
             app.store.audited(|tx| {
                 if !tx.review_break_glass(id, &input.outcome)? {

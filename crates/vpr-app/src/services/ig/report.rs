@@ -114,17 +114,23 @@ impl App {
         let caller = caller.clone();
         self.blocking(move |app| {
             let (blind, refs) = subject_keys(app, &subject);
+            // Outside the ICB, an organisation reports on its own notices and its own disclosures.
+            let scope = crate::access::audit_scope(&caller.principal);
             let store_q = StoreQuery {
                 from: q.input.from,
                 to: q.input.to,
                 subject: Some(SubjectKeys { refs, blind: blind.clone() }),
+                visible_to: scope.clone(),
                 ..Default::default()
             };
             let audit = AuditEntry {
                 purpose: Some("subject-access".into()),
                 ..ig_audit(app, &caller, &who, AuditAction::SubjectAccessReport, Some(&q))
             };
-            let (notices, entries) = gather(app, &blind, &store_q)?;
+            let (mut notices, entries) = gather(app, &blind, &store_q)?;
+            if let Some(org) = &scope {
+                notices.retain(|n| &n.publisher_ods == org);
+            }
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
             let about: BTreeSet<String> = notices.iter().map(|n| n.id.to_string()).collect();
             let (disclosures, searches) = disclosure_rows(app, &entries, &about);
