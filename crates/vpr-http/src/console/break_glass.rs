@@ -11,7 +11,7 @@ use vpr_store::audit::StoredAuditEntry;
 
 use super::session::Session;
 use super::view::{html, Access, BreakGlassPage, FieldProblem, Link};
-use super::{ctx, form_for, redirect, signed_in, Console, Ctx};
+use super::{ctx, form_for, redirect, Console, Ctx};
 
 const HERE: &str = "/console/break-glass";
 
@@ -105,13 +105,10 @@ fn capitalised(s: &str) -> String {
 /// `GET /console/break-glass?status=`.
 pub(super) async fn queue(app: web::Data<App>, console: web::Data<Console>, req: HttpRequest) -> HttpResponse {
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who) = match super::reading(&c, HERE) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    if let Some(ask) = super::from_elsewhere(&c, &s, HERE) {
-        return ask;
-    }
     let q = web::Query::<QueueQuery>::from_query(req.query_string()).ok();
     let status = q.as_ref().and_then(|q| q.status.clone()).filter(|st| STATUSES.iter().any(|(code, _)| code == st));
     let recorded = q.and_then(|q| q.recorded.clone()).filter(|r| uuid::Uuid::parse_str(r).is_ok());

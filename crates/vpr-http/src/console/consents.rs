@@ -14,7 +14,7 @@ use vpr_store::directives::{DirectiveKind, DirectiveRecord};
 use super::session::Session;
 use super::subject_access::{field_of, subject_of, FIELDS as SUBJECT_FIELDS};
 use super::view::{html, Chrome, Field, FieldProblem};
-use super::{csrf_ok, csrf_refused, ctx, redirect, signed_in, Console, Ctx};
+use super::{ctx, redirect, signed_in, Console, Ctx};
 
 const HERE: &str = "/console/consents";
 
@@ -135,13 +135,10 @@ async fn list_page(
 /// `GET /console/consents`: the newest records.
 pub(super) async fn list(app: web::Data<App>, console: web::Data<Console>, req: HttpRequest) -> HttpResponse {
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who) = match super::reading(&c, HERE) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    if let Some(ask) = super::from_elsewhere(&c, &s, HERE) {
-        return ask;
-    }
     let who = match app.check_reviewer(&caller, who.user, who.role, AuditAction::DirectivesList).await {
         Ok(w) => w,
         Err(e) => return c.failure(&s, HERE, &e),
@@ -323,16 +320,10 @@ pub(super) async fn record(
     form: web::Form<Vec<(String, String)>>,
 ) -> HttpResponse {
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who, given) = match super::posted(&c, HERE, form.into_inner()) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let all = form.into_inner();
-    let csrf = all.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str());
-    if !csrf_ok(&c, &s, csrf) {
-        return csrf_refused(&c, Some(c.who(&s, HERE)));
-    }
-    let given: Vec<(String, String)> = all.iter().filter(|(k, _)| k != "csrf").cloned().collect();
     let (kind, body) = match record_body(&given, &who) {
         Ok(x) => x,
         Err(problems) => return form_page(&c, &s, true, record_fields(&app, &given, &problems), problems),
@@ -354,16 +345,10 @@ pub(super) async fn find(
     form: web::Form<Vec<(String, String)>>,
 ) -> HttpResponse {
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who, given) = match super::posted(&c, HERE, form.into_inner()) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let all = form.into_inner();
-    let csrf = all.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str());
-    if !csrf_ok(&c, &s, csrf) {
-        return csrf_refused(&c, Some(c.who(&s, HERE)));
-    }
-    let given: Vec<(String, String)> = all.iter().filter(|(k, _)| k != "csrf").cloned().collect();
     let who = match app.check_reviewer(&caller, who.user, who.role, AuditAction::DirectivesList).await {
         Ok(w) => w,
         Err(e) => return c.failure(&s, HERE, &e),

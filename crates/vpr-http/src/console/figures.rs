@@ -10,7 +10,7 @@ use vpr_app::App;
 use vpr_domain::figures::{span, FigureTable, Shown, RULE};
 
 use super::view::{html, Chrome, FieldProblem};
-use super::{ctx, signed_in, Console};
+use super::{ctx, Console};
 
 const HERE: &str = "/console/figures";
 
@@ -192,13 +192,10 @@ impl FiguresPage {
 /// as `statistics` before they render.
 pub(super) async fn figures(app: web::Data<App>, console: web::Data<Console>, req: HttpRequest) -> HttpResponse {
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who) = match super::reading(&c, HERE) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    if let Some(ask) = super::from_elsewhere(&c, &s, HERE) {
-        return ask;
-    }
     let given: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
     let value =
         |k: &str| given.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).filter(|v| !v.is_empty());

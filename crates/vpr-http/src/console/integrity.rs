@@ -10,7 +10,7 @@ use vpr_app::App;
 use vpr_domain::audit::AuditAction;
 
 use super::view::{actor, html, Chrome};
-use super::{ctx, signed_in, Console};
+use super::{ctx, Console};
 
 /// A checkpoint as the pages show it.
 #[derive(Debug, Clone)]
@@ -65,13 +65,10 @@ pub struct IntegrityPage {
 pub(super) async fn integrity(app: web::Data<App>, console: web::Data<Console>, req: HttpRequest) -> HttpResponse {
     const HERE: &str = "/console/integrity";
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who) = match super::reading(&c, HERE) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    if let Some(ask) = super::from_elsewhere(&c, &s, HERE) {
-        return ask;
-    }
     let result = match app.check_reviewer(&caller, who.user, who.role, AuditAction::LogIntegrity).await {
         Ok(who) => app.log_integrity(&caller, who).await,
         Err(e) => Err(e),
@@ -150,13 +147,10 @@ pub(super) async fn entry(
 ) -> HttpResponse {
     const HERE: &str = "/console/audit";
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who) = match super::reading(&c, HERE) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    if let Some(ask) = super::from_elsewhere(&c, &s, HERE) {
-        return ask;
-    }
     let Ok(id) = uuid::Uuid::parse_str(&id) else {
         return c.failure(&s, HERE, &vpr_app::AppError::NotFound("no audit entry has this id".into()));
     };

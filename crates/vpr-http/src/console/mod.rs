@@ -232,6 +232,31 @@ pub(crate) fn signed_in(c: &Ctx<'_>, here: &str) -> Result<(Session, Caller, Rev
     }
 }
 
+/// The session a page that reads and audits data on opening needs, or the response to send
+/// instead: [`signed_in`], then [`from_elsewhere`].
+pub(crate) fn reading(c: &Ctx<'_>, here: &str) -> Result<(Session, Caller, Reviewer), Box<HttpResponse>> {
+    let (s, caller, who) = signed_in(c, here)?;
+    match from_elsewhere(c, &s, here) {
+        Some(ask) => Err(Box::new(ask)),
+        None => Ok((s, caller, who)),
+    }
+}
+
+/// A posted form: the session, its caller and person, and the form's fields but the token.
+pub(crate) type Posted = (Session, Caller, Reviewer, Vec<(String, String)>);
+
+/// A form posted to `here`: the session (else sign-in), the CSRF token checked (else a refusal,
+/// nothing changed), and the form's other fields.
+pub(crate) fn posted(c: &Ctx<'_>, here: &str, form: Vec<(String, String)>) -> Result<Posted, Box<HttpResponse>> {
+    let (s, caller, who) = signed_in(c, here)?;
+    let csrf = form.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str());
+    if !csrf_ok(c, &s, csrf) {
+        return Err(Box::new(csrf_refused(c, Some(c.who(&s, here)))));
+    }
+    let given = form.into_iter().filter(|(k, _)| k != "csrf").collect();
+    Ok((s, caller, who, given))
+}
+
 /// For a page whose opening reads and audits data: when another site sent the browser here
 /// (`Sec-Fetch-Site: cross-site`), a page asking the person to go on, so that no other site can
 /// make someone's browser run an audited read in their name.

@@ -10,7 +10,7 @@ use vpr_app::App;
 use vpr_store::notices::NoticeHead;
 
 use super::view::{actor, html, Chrome};
-use super::{ctx, signed_in, Console};
+use super::{ctx, Console};
 
 const HERE: &str = "/console/notices";
 
@@ -72,13 +72,10 @@ fn listed(n: &NoticeHead, today: chrono::NaiveDate) -> Listed {
 /// `GET /console/notices`.
 pub(super) async fn list(app: web::Data<App>, console: web::Data<Console>, req: HttpRequest) -> HttpResponse {
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who) = match super::reading(&c, HERE) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    if let Some(ask) = super::from_elsewhere(&c, &s, HERE) {
-        return ask;
-    }
     let due = match app.notices_due(&caller, who, LISTED).await {
         Ok(d) => d,
         Err(e) => return c.failure(&s, HERE, &e),
@@ -135,13 +132,10 @@ pub(super) async fn access_log(
     id: web::Path<String>,
 ) -> HttpResponse {
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who) = match super::reading(&c, HERE) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    if let Some(ask) = super::from_elsewhere(&c, &s, HERE) {
-        return ask;
-    }
     let Ok(id) = uuid::Uuid::parse_str(&id) else {
         return c.failure(&s, HERE, &vpr_app::AppError::NotFound("no notice has this id".into()));
     };

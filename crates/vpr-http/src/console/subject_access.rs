@@ -12,7 +12,7 @@ use vpr_domain::validate::audit_query;
 
 use super::pages::day_bound;
 use super::view::{html, Field, FieldProblem, Report, SubjectAccessPage};
-use super::{csrf_ok, csrf_refused, ctx, signed_in, Console, Ctx};
+use super::{ctx, signed_in, Console, Ctx};
 
 const HERE: &str = "/console/subject-access";
 
@@ -196,17 +196,12 @@ pub(super) async fn make(
     form: web::Form<Vec<(String, String)>>,
 ) -> HttpResponse {
     let c = ctx(&app, &console, &req);
-    let (s, caller, who) = match signed_in(&c, HERE) {
+    let (s, caller, who, mut given) = match super::posted(&c, HERE, form.into_inner()) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let all = form.into_inner();
-    let value = |name: &str| all.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let (csrf, show) = (value("csrf"), value("show").unwrap_or_default());
-    let given: Vec<(String, String)> = all.iter().filter(|(k, _)| k != "csrf" && k != "show").cloned().collect();
-    if !csrf_ok(&c, &s, csrf.as_deref()) {
-        return csrf_refused(&c, Some(c.who(&s, HERE)));
-    }
+    let show = given.iter().find(|(k, _)| k == "show").map(|(_, v)| v.clone()).unwrap_or_default();
+    given.retain(|(k, _)| k != "show");
     let who = match app.check_reviewer(&caller, who.user, who.role, AuditAction::SubjectAccessReport).await {
         Ok(w) => w,
         Err(e) => return c.failure(&s, HERE, &e),
