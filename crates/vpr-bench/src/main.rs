@@ -1,7 +1,7 @@
 //! vpr-bench: benchmarks run against real broker processes, printing figures measured side by
 //! side in one run. Not a test: it asserts nothing, it measures.
 //!
-//! `webhooks`: see [`webhooks`]. `federation`: see [`federation`].
+//! `webhooks`: see [`webhooks`]. `federation`: see [`federation`]. `console`: see [`console`].
 //!
 //! `lookups`: governed look-ups (token check, policy decision, database, durable audit write)
 //! against the same look-ups with decision and audit switched off, on SQLite and PostgreSQL:
@@ -32,8 +32,12 @@ enum Bench {
     Webhooks(webhooks::WebhookArgs),
     /// Federated look-ups with 1, 2 and 4 peer brokers against local-only look-ups.
     Federation(federation::FederationArgs),
+    /// The IG and VPR console's pages (signed in at a real OpenID Provider): response times
+    /// with an almost empty audit log and with 100,000 entries, side by side.
+    Console(console::ConsoleArgs),
 }
 
+mod console;
 mod federation;
 mod webhooks;
 
@@ -179,29 +183,43 @@ fn start_signed_broker(broker: &Path, agreement: &Path, backend: &str, spec: &Sp
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", broker.display()))?;
-    let broker = Broker { child, base, key: key.jwk, _dir: dir, _pg: pg };
+    let mut broker = Broker { child, base, key: key.jwk, _dir: dir, _pg: pg };
+    wait_ready(&mut broker)?;
+    Ok(broker)
+}
+
+/// Waits until `b` answers `/readyz` (at most a minute), or fails if it exited.
+fn wait_ready(b: &mut Broker) -> Result<()> {
     let http = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while http.get(format!("{}/readyz", broker.base)).send().map(|r| r.status() != 200).unwrap_or(true) {
+    while http.get(format!("{}/readyz", b.base)).send().map(|r| r.status() != 200).unwrap_or(true) {
+        if let Some(status) = b.child.try_wait()? {
+            bail!("the broker exited with {status} during start-up");
+        }
         if Instant::now() > deadline {
             bail!("broker not ready");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(broker)
+    Ok(())
 }
 
 fn token(b: &Broker) -> Result<String> {
+    token_as(&b.base, "bench-cad", &b.key)
+}
+
+/// An access token for partner system `client_id` of the broker at `base`, signed with `key`.
+fn token_as(base: &str, client_id: &str, key: &josekit::jwk::Jwk) -> Result<String> {
     let now = SystemTime::now();
     let mut p = JwtPayload::new();
-    p.set_issuer("bench-cad");
-    p.set_subject("bench-cad");
-    p.set_audience(vec![format!("{}/oauth2/token", b.base)]);
+    p.set_issuer(client_id);
+    p.set_subject(client_id);
+    p.set_audience(vec![format!("{base}/oauth2/token")]);
     p.set_expires_at(&(now + Duration::from_secs(60)));
     p.set_jwt_id(uuid::Uuid::new_v4().to_string());
-    let assertion = jwt::encode_with_signer(&p, &JwsHeader::new(), &ES256.signer_from_jwk(&b.key)?)?;
+    let assertion = jwt::encode_with_signer(&p, &JwsHeader::new(), &ES256.signer_from_jwk(key)?)?;
     let r: Value = reqwest::blocking::Client::new()
-        .post(format!("{}/oauth2/token", b.base))
+        .post(format!("{base}/oauth2/token"))
         .form(&[
             ("grant_type", "client_credentials"),
             ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
@@ -209,7 +227,8 @@ fn token(b: &Broker) -> Result<String> {
         ])
         .send()?
         .json()?;
-    Ok(r.get("access_token").and_then(Value::as_str).context("no token")?.to_owned())
+    let token = r.get("access_token").and_then(Value::as_str);
+    Ok(token.with_context(|| format!("no token for `{client_id}`: {r}"))?.to_owned())
 }
 
 fn nhs(seq: u32) -> String {
@@ -363,6 +382,7 @@ fn main() -> Result<()> {
         Bench::Audit(args) => audit(args),
         Bench::Webhooks(args) => webhooks::run(args),
         Bench::Federation(args) => federation::run(args),
+        Bench::Console(args) => console::run(args),
     }
 }
 
