@@ -772,6 +772,8 @@ both_backends!(a_vpr_lead_sees_notices_due_who_saw_them_and_figures_with_small_n
     assert_eq!(r.status(), 403);
     // The figures: the ambulance trust's 13 notices (shown rounded, 15), 13 assaults (12 and the
     // ED's one: 15); the ED's one notice, one verbal abuse and one disclosure (each 1 to 7: "<8").
+    // The figures count what was shown as it is sealed (within about a second).
+    b.wait_sealed();
     let r = page(&b, &vpr, "/console/figures");
     assert_eq!(r.status(), 200);
     let text = r.text().unwrap();

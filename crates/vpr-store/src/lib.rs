@@ -117,6 +117,8 @@ pub struct Store {
     ack_writer: subscriptions::AckWriter,
     jti_writer: tokens::JtiWriter,
     recent: std::sync::Arc<notices::RecentNotices>,
+    /// The sealed leaf hashes read so far, in tree order (they never change once sealed).
+    leaves: std::sync::Arc<std::sync::Mutex<Vec<vpr_audit::merkle::Hash>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -136,7 +138,16 @@ impl Store {
         let audit_writer = audit::audit_writer(pool.clone(), vault.clone(), writers);
         let ack_writer = subscriptions::ack_writer(pool.clone(), writers.min(2));
         let jti_writer = tokens::jti_writer(pool.clone(), writers.min(2));
-        Ok(Self { pool, backend, vault, audit_writer, ack_writer, jti_writer, recent: Default::default() })
+        Ok(Self {
+            pool,
+            backend,
+            vault,
+            audit_writer,
+            ack_writer,
+            jti_writer,
+            recent: Default::default(),
+            leaves: Default::default(),
+        })
     }
 
     /// The backend in use.

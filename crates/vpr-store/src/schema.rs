@@ -257,3 +257,13 @@ diesel::table! {
         after_leaf -> BigInt,
     }
 }
+
+diesel::table! {
+    figure_counts (month, org, category, purpose) {
+        month -> Text,
+        org -> Text,
+        category -> Text,
+        purpose -> Text,
+        n -> BigInt,
+    }
+}

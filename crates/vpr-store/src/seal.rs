@@ -136,6 +136,7 @@ impl Store {
             sealed.push((row.seq, index, hex(&hash)));
             index += 1;
         }
+        let shown = crate::statistics::disclosure_increments(&mut conn, &pending)?;
         drop(pending);
         write_tx(&mut conn, |conn| {
             lock_sealer(conn)?;
@@ -156,6 +157,8 @@ impl Store {
                 ))
                 .execute(conn)?;
             }
+            // The figures count what these entries showed, once: with their seal.
+            crate::statistics::add_counts(conn, &shown)?;
             let root = frontier.root();
             let signed_at = now;
             let jws = sign(index, &root, signed_at).map_err(StoreError::Corrupt)?;
@@ -177,21 +180,39 @@ impl Store {
         })
     }
 
-    /// The stored leaf hashes of the first `size` sealed entries, in tree order.
+    /// The stored leaf hashes of the first `size` sealed entries, in tree order. Sealed leaves
+    /// never change, so each is read from the database once per process and kept (32 bytes an
+    /// entry); `vpr-broker audit verify` re-reads and re-hashes everything.
     pub fn leaf_hashes(&self, size: i64) -> Result<Vec<Hash>, StoreError> {
-        let mut conn = self.conn()?;
-        let rows: Vec<Option<String>> = ae::table
-            .filter(ae::leaf_index.is_not_null())
-            .filter(ae::leaf_index.lt(size))
-            .order(ae::leaf_index.asc())
-            .select(ae::leaf_hash)
-            .load(&mut conn)?;
-        if i64::try_from(rows.len()).ok() != Some(size) {
+        let want = usize::try_from(size).map_err(|_| StoreError::NotFound(crate::Missing::SealedLeaves))?;
+        let have = self.leaves.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
+        if have < want {
+            let mut conn = self.conn()?;
+            let rows: Vec<Option<String>> = ae::table
+                .filter(ae::leaf_index.is_not_null())
+                .filter(ae::leaf_index.ge(i64::try_from(have).unwrap_or(i64::MAX)))
+                .filter(ae::leaf_index.lt(size))
+                .order(ae::leaf_index.asc())
+                .select(ae::leaf_hash)
+                .load(&mut conn)?;
+            if rows.len() != want - have {
+                return Err(StoreError::NotFound(crate::Missing::SealedLeaves));
+            }
+            let read = rows
+                .iter()
+                .map(|h| h.as_deref().and_then(parse_hash).ok_or_else(|| StoreError::Corrupt("bad leaf hash".into())))
+                .collect::<Result<Vec<Hash>, StoreError>>()?;
+            let mut kept = self.leaves.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Another request may have read them meanwhile.
+            if kept.len() == have {
+                kept.extend(read);
+            }
+        }
+        let kept = self.leaves.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() < want {
             return Err(StoreError::NotFound(crate::Missing::SealedLeaves));
         }
-        rows.iter()
-            .map(|h| h.as_deref().and_then(parse_hash).ok_or_else(|| StoreError::Corrupt("bad leaf hash".into())))
-            .collect()
+        Ok(kept.iter().take(want).copied().collect())
     }
 
     /// The newest checkpoint.

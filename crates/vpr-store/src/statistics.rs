@@ -1,10 +1,16 @@
 //! Raw counts for the figures: notices published, and notices disclosed, per month and
-//! organisation, category and purpose. The application protects them before anyone sees them.
+//! organisation, category and purpose (the latter kept by the sealer as it seals, in
+//! `figure_counts`). The application protects them before anyone sees them.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::NaiveDate;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
+use crate::audit::{AuditRow, AuditedNotice};
+use crate::db::DbConnection;
+use crate::schema::{figure_counts as fc, notices};
 use crate::{Store, StoreError};
 
 /// The actions whose entries record a notice shown to someone (their per-notice `permit`).
@@ -54,19 +60,88 @@ impl Store {
     }
 
     /// Notices disclosed per month, recipient organisation, category and purpose, in months
-    /// `from..=to`: one for each notice an entry of a [`DISCLOSING_ACTIONS`] action showed.
+    /// `from..=to`: one for each notice an entry of a [`DISCLOSING_ACTIONS`] action showed, as
+    /// of the latest seal (the sealer counts them, [`disclosure_increments`]).
     pub fn disclosures(&self, from: NaiveDate, to: NaiveDate) -> Result<Vec<CountRow>, StoreError> {
-        let (start, end) = bounds(from, to);
-        let actions = DISCLOSING_ACTIONS.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT substr(CAST(a.at AS TEXT), 1, 7) AS month, a.actor_org AS org, n.category AS category, \
-             a.purpose AS purpose, COUNT(*) AS n \
-             FROM audit_entries a \
-             JOIN audit_notice_refs r ON r.audit_id = a.id AND r.disclosed \
-             JOIN notices n ON n.id = r.notice_id \
-             WHERE a.action IN ({actions}) AND a.at >= '{start}' AND a.at < '{end}' \
-             GROUP BY substr(CAST(a.at AS TEXT), 1, 7), a.actor_org, n.category, a.purpose"
-        );
-        Ok(diesel::sql_query(sql).load(&mut self.conn()?)?)
+        let (first, last) = (from.format("%Y-%m").to_string(), to.format("%Y-%m").to_string());
+        let rows: Vec<(String, String, String, String, i64)> = fc::table
+            .filter(fc::month.ge(first))
+            .filter(fc::month.le(last))
+            .select((fc::month, fc::org, fc::category, fc::purpose, fc::n))
+            .load(&mut self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .map(|(month, org, category, purpose, n)| CountRow {
+                month,
+                org,
+                category,
+                purpose: Some(purpose).filter(|p| !p.is_empty()),
+                n,
+            })
+            .collect())
     }
+}
+
+/// Notices shown, per (month, organisation, category, purpose or `""`).
+pub(crate) type Increments = BTreeMap<(String, String, String, String), i64>;
+
+/// What entries about to be sealed add to the figures: per (month, organisation, category,
+/// purpose or `""`), the notices they showed. Read before the sealer's write lock.
+pub(crate) fn disclosure_increments(conn: &mut DbConnection, rows: &[AuditRow]) -> Result<Increments, StoreError> {
+    let mut shown: Vec<(&AuditRow, String)> = Vec::new();
+    for row in rows.iter().filter(|r| DISCLOSING_ACTIONS.contains(&r.action.as_str())) {
+        let notices: Vec<AuditedNotice> =
+            serde_json::from_str(&row.notices).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut seen = BTreeSet::new();
+        for n in notices.into_iter().filter(|n| n.decision == "permit") {
+            if seen.insert(n.id.clone()) {
+                shown.push((row, n.id));
+            }
+        }
+    }
+    let ids: BTreeSet<&str> = shown.iter().map(|(_, id)| id.as_str()).collect();
+    let ids: Vec<&str> = ids.into_iter().collect();
+    let mut category = BTreeMap::new();
+    for chunk in ids.chunks(1000) {
+        let found: Vec<(String, String)> =
+            notices::table.filter(notices::id.eq_any(chunk)).select((notices::id, notices::category)).load(conn)?;
+        category.extend(found);
+    }
+    let mut out = BTreeMap::new();
+    for (row, id) in shown {
+        // A peer's notice shown here is counted by the peer, whose notice it is.
+        if let Some(c) = category.get(&id) {
+            let month = row.at.format("%Y-%m").to_string();
+            let key = (month, row.actor_org.clone(), c.clone(), row.purpose.clone().unwrap_or_default());
+            *out.entry(key).or_insert(0) += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `increments` to the figures, in the caller's (the sealer's) transaction.
+pub(crate) fn add_counts(conn: &mut DbConnection, increments: &Increments) -> Result<(), StoreError> {
+    use diesel::upsert::excluded;
+    let rows: Vec<_> = increments
+        .iter()
+        .map(|((m, o, c, p), n)| (fc::month.eq(m), fc::org.eq(o), fc::category.eq(c), fc::purpose.eq(p), fc::n.eq(*n)))
+        .collect();
+    for chunk in rows.chunks(500) {
+        let key = (fc::month, fc::org, fc::category, fc::purpose);
+        match &mut *conn {
+            DbConnection::Pg(c) => diesel::insert_into(fc::table)
+                .values(chunk)
+                .on_conflict(key)
+                .do_update()
+                .set(fc::n.eq(fc::n + excluded(fc::n)))
+                .execute(c)?,
+            DbConnection::Sqlite(c) => diesel::insert_into(fc::table)
+                .values(chunk)
+                .on_conflict(key)
+                .do_update()
+                .set(fc::n.eq(fc::n + excluded(fc::n)))
+                .execute(c)?,
+        };
+    }
+    Ok(())
 }

@@ -894,3 +894,50 @@ fn a_replay_guard_is_claimed_with_its_entry_and_a_replay_writes_nothing() {
         );
     }
 }
+
+#[test]
+fn the_figures_count_each_shown_notice_once_as_it_is_sealed() {
+    let b = backends();
+    for (name, s) in &b.stores {
+        let now = Utc::now();
+        let shown = created(s.publish(&new_notice("9990000018", None), now).unwrap());
+        let refused = created(s.publish(&new_notice("9990000026", None), now).unwrap());
+        let notice = |id: uuid::Uuid, decision: &str| audit::AuditedNotice {
+            id: id.to_string(),
+            version: 1,
+            decision: decision.into(),
+            view: (decision == "permit").then(|| "summary".to_owned()),
+            restricted: false,
+            lawful_basis: vec![],
+            clauses: vec![],
+        };
+        for n in 0..5 {
+            let e = audit::AuditEntry {
+                decision: "partial".into(),
+                notices: vec![notice(shown.id, "permit"), notice(refused.id, "deny")],
+                ..audit_entry(n, now)
+            };
+            s.append_audit(&e).unwrap();
+        }
+        // Not a disclosure of the notice: an IG search that names it.
+        let search = audit::AuditEntry {
+            action: "audit-search".into(),
+            notices: vec![notice(shown.id, "permit")],
+            ..audit_entry(9, now)
+        };
+        s.append_audit(&search).unwrap();
+        let month = now.date_naive();
+        assert!(s.disclosures(month, month).unwrap().is_empty(), "{name}: nothing before the seal");
+        while s.seal_pending(2, now, &sign_plain).unwrap().is_some() {}
+        let rows = s.disclosures(month, month).unwrap();
+        assert_eq!(rows.len(), 1, "{name}: {rows:?}");
+        let r = &rows[0];
+        assert_eq!(
+            (r.org.as_str(), r.category.as_str(), r.purpose.as_deref(), r.n),
+            ("XGP01", "physical-assault", Some("staff-safety"), 5),
+            "{name}"
+        );
+        assert!(s.seal_pending(2, now, &sign_plain).unwrap().is_none());
+        assert_eq!(s.disclosures(month, month).unwrap()[0].n, 5, "{name}: counted once");
+    }
+}
