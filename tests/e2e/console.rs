@@ -840,9 +840,20 @@ both_backends!(a_trusts_caldicott_guardian_reviews_only_its_own_part_of_the_log,
     assert!(text.contains("ed-clinician") && text.contains("ambulance-dispatcher") && !text.contains("police-officer"));
     let r = page(&b, &cg, &format!("/console/audit/entries/{police_id}"));
     assert_eq!(r.status(), 404, "another organisation's entry is not there for it");
+    assert!(
+        entries(&b, "audit-entry").iter().any(|e| e["decision"] == "refused" && e["role"] == "caldicott-guardian"),
+        "and the refusal is audited"
+    );
+    // Both trusts hold a notice about one person, and the police look them up: the hospital
+    // sees the decision on its own notice, not that the ambulance trust holds one too.
+    let theirs = json_of(b.publish(&amb, &person_notice(&nhs(72))))["id"].as_str().unwrap().to_owned();
+    let ours = json_of(b.publish(&ed, &person_notice(&nhs(72))))["id"].as_str().unwrap().to_owned();
+    look(&police, 72, "crime-prevention", "pc-2", "police-officer");
+    let text = page(&b, &cg, "/console/audit?reference=CG-2&user=pc-2").text().unwrap();
+    assert!(text.contains("1 entry") && text.contains(&ours) && !text.contains(&theirs), "{text}");
     // The ICB's IG lead reviews the whole ICS.
     let ig = sign_in(&b, &op, IG_LEAD.0);
     let text = page(&b, &ig, "/console/audit?reference=IG-1&action=lookup").text().unwrap();
-    assert!(text.contains("3 entries") && text.contains("police-officer"), "{text}");
+    assert!(text.contains("4 entries") && text.contains("police-officer") && text.contains(&theirs), "{text}");
     assert_eq!(page(&b, &ig, &format!("/console/audit/entries/{police_id}")).status(), 200);
 });

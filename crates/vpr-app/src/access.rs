@@ -77,6 +77,30 @@ pub fn in_scope(app: &App, scope: Option<&str>, e: &vpr_store::audit::AuditEntry
     Ok(!app.store.published_by(org, &ids)?.is_empty())
 }
 
+/// Entries as a reviewer of `scope` is shown them: in another organisation's entry, only the
+/// decisions on its own notices (not what other publishers hold about the same person).
+pub fn scoped_entries(
+    app: &App,
+    scope: Option<&str>,
+    entries: &mut [vpr_store::audit::StoredAuditEntry],
+) -> AppResult<()> {
+    let Some(org) = scope else { return Ok(()) };
+    let ids: std::collections::BTreeSet<String> = entries
+        .iter()
+        .filter(|e| e.entry.actor_org != org)
+        .flat_map(|e| e.entry.notices.iter().map(|n| n.id.clone()))
+        .collect();
+    let ids: Vec<String> = ids.into_iter().collect();
+    let mut own = std::collections::BTreeSet::new();
+    for chunk in ids.chunks(1000) {
+        own.extend(app.store.published_by(org, chunk)?);
+    }
+    for e in entries.iter_mut().filter(|e| e.entry.actor_org != org) {
+        e.entry.notices.retain(|n| own.contains(&n.id));
+    }
+    Ok(())
+}
+
 /// Why a requester is refused before any notice is considered, if it is: the purpose is not
 /// the agreement's, the role is not this system's or not given to its organisation's type, or a
 /// break-glass justification is too short.

@@ -183,8 +183,14 @@ type RecordColumns = (
 
 impl Store {
     /// The newest `limit` consents and objections recorded, newest first; with `blind`, only
-    /// those recorded for a subject with one of these blind indexes.
-    pub fn recent_directives(&self, blind: Option<&[String]>, limit: i64) -> Result<Vec<DirectiveRecord>, StoreError> {
+    /// those recorded for a subject with one of these blind indexes; with `recorded_by`, only
+    /// those that organisation recorded.
+    pub fn recent_directives(
+        &self,
+        blind: Option<&[String]>,
+        recorded_by: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DirectiveRecord>, StoreError> {
         let mut conn = self.conn()?;
         let mut q = sd::table
             .select((
@@ -206,6 +212,9 @@ impl Store {
             .into_boxed();
         if let Some(blind) = blind {
             q = q.filter(sd::blind_index.eq_any(blind.to_vec()));
+        }
+        if let Some(org) = recorded_by {
+            q = q.filter(sd::recorded_by_org.eq(org.to_owned()));
         }
         let rows: Vec<RecordColumns> = q.load(&mut conn)?;
         rows.into_iter()

@@ -136,7 +136,11 @@ impl Store {
             sealed.push((row.seq, index, hex(&hash)));
             index += 1;
         }
-        let shown = crate::statistics::disclosure_increments(&mut conn, &pending)?;
+        // The figures never stop the seal: entries whose counts cannot be read are left out.
+        let shown = crate::statistics::disclosure_increments(&mut conn, &pending).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the figures could not count a batch of sealed entries");
+            Default::default()
+        });
         drop(pending);
         write_tx(&mut conn, |conn| {
             lock_sealer(conn)?;
@@ -203,9 +207,10 @@ impl Store {
                 .map(|h| h.as_deref().and_then(parse_hash).ok_or_else(|| StoreError::Corrupt("bad leaf hash".into())))
                 .collect::<Result<Vec<Hash>, StoreError>>()?;
             let mut kept = self.leaves.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Another request may have read them meanwhile.
-            if kept.len() == have {
-                kept.extend(read);
+            // Another request may have read some or all of them meanwhile: keep what is new.
+            if kept.len() >= have {
+                let already = kept.len() - have;
+                kept.extend(read.into_iter().skip(already));
             }
         }
         let kept = self.leaves.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

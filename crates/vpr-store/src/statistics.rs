@@ -90,8 +90,8 @@ pub(crate) type Increments = BTreeMap<(String, String, String, String), i64>;
 pub(crate) fn disclosure_increments(conn: &mut DbConnection, rows: &[AuditRow]) -> Result<Increments, StoreError> {
     let mut shown: Vec<(&AuditRow, String)> = Vec::new();
     for row in rows.iter().filter(|r| DISCLOSING_ACTIONS.contains(&r.action.as_str())) {
-        let notices: Vec<AuditedNotice> =
-            serde_json::from_str(&row.notices).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // An entry whose notices cannot be read is left out of the figures, never the seal.
+        let Ok(notices) = serde_json::from_str::<Vec<AuditedNotice>>(&row.notices) else { continue };
         let mut seen = BTreeSet::new();
         for n in notices.into_iter().filter(|n| n.decision == "permit") {
             if seen.insert(n.id.clone()) {

@@ -120,7 +120,10 @@ impl App {
         let caller = caller.clone();
         self.blocking(move |app| {
             let keys = subject.as_ref().map(|s| subject_keys(app, s));
-            let records = app.store.recent_directives(keys.as_ref().map(|(blind, _)| blind.as_slice()), limit)?;
+            // Outside the ICB, an organisation sees the consents and objections it recorded.
+            let scope = crate::access::audit_scope(&caller.principal);
+            let blind = keys.as_ref().map(|(blind, _)| blind.as_slice());
+            let records = app.store.recent_directives(blind, scope.as_deref(), limit)?;
             let audit = AuditEntry {
                 actor_user: Some(who.user.clone()),
                 actor_role: Some(who.role.clone()),

@@ -162,8 +162,12 @@ impl App {
             // Outside the ICB, only the organisation's own part of the log.
             let scope = crate::access::audit_scope(&caller.principal);
             if !crate::access::in_scope(app, scope.as_deref(), &sealed.entry.entry)? {
+                // Refused (and audited), answered as for an unknown id.
+                crate::audit::record_refused_for(app, &caller, Some(&who), AuditAction::AuditEntryRead, 403)?;
                 return Err(missing());
             }
+            let mut sealed = sealed;
+            crate::access::scoped_entries(app, scope.as_deref(), std::slice::from_mut(&mut sealed.entry))?;
             let latest = app.store.latest_checkpoint()?;
             let (path, included) = prove(app, &sealed, latest.as_ref())?;
             let in_checkpoint = latest.filter(|cp| sealed.entry.leaf_index.is_some_and(|i| i < cp.tree_size));

@@ -29,10 +29,12 @@ pub struct ShownCheckpoint {
 
 fn shown(c: &CheckedCheckpoint, now: chrono::DateTime<chrono::Utc>) -> ShownCheckpoint {
     let secs = (now - c.signed_at).num_seconds().max(0);
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" });
     let age = match secs {
-        0..=59 => format!("{secs} seconds ago"),
-        60..=3599 => format!("{} minutes ago", secs / 60),
-        _ => format!("{} hours ago", secs / 3600),
+        0..=59 => plural(secs, "second"),
+        60..=3599 => plural(secs / 60, "minute"),
+        3600..=172_799 => plural(secs / 3600, "hour"),
+        _ => plural(secs / 86_400, "day"),
     };
     ShownCheckpoint {
         size: c.tree_size,

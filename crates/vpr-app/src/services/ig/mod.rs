@@ -15,7 +15,7 @@ use vpr_store::review::{AuditQuery as StoreQuery, SubjectKeys, SummaryRow};
 
 pub use report::{SubjectAccessReport, MAX_REPORT_ENTRIES};
 
-use crate::access::{audit_scope, ig_only, in_scope};
+use crate::access::{audit_scope, ig_only, scoped_entries};
 use crate::audit::{caller_entry, record_refusal, record_refused_for, MANAGEMENT_PURPOSE};
 use crate::caller::{Caller, Reviewer};
 use crate::disclose::subject_keys;
@@ -95,6 +95,8 @@ pub struct AuditExport {
     pub query: StoreQuery,
     /// Start before this `seq`.
     pub before: Option<i64>,
+    /// The organisation the reviewer sees for ([`audit_scope`]).
+    pub scope: Option<String>,
 }
 
 /// Daily counts for one organisation and purpose.
@@ -153,7 +155,8 @@ impl App {
         self.blocking(move |app| {
             let audit = ig_audit(app, &caller, &who, AuditAction::AuditSearch, Some(&q));
             let (before, limit) = (q.input.before, q.input.limit.unwrap_or(100));
-            let entries = app.store.search_audit(&store_query(app, &caller, &q), before, limit)?;
+            let mut entries = app.store.search_audit(&store_query(app, &caller, &q), before, limit)?;
+            scoped_entries(app, audit_scope(&caller.principal).as_deref(), &mut entries)?;
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
             Ok(entries)
         })
@@ -166,7 +169,8 @@ impl App {
         self.blocking(move |app| {
             let audit = ig_audit(app, &caller, &who, AuditAction::AuditExport, Some(&q));
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
-            Ok(AuditExport { query: store_query(app, &caller, &q), before: q.input.before })
+            let query = store_query(app, &caller, &q);
+            Ok(AuditExport { scope: query.visible_to.clone(), query, before: q.input.before })
         })
         .await
     }
@@ -178,7 +182,9 @@ impl App {
         before: Option<i64>,
         limit: i64,
     ) -> AppResult<Vec<StoredAuditEntry>> {
-        Ok(self.store.search_audit(&export.query, before, limit)?)
+        let mut entries = self.store.search_audit(&export.query, before, limit)?;
+        scoped_entries(self, export.scope.as_deref(), &mut entries)?;
+        Ok(entries)
     }
 
     /// Decisions per day, organisation and purpose over `from..=to`, audited as `audit-summary`.
@@ -220,7 +226,8 @@ impl App {
                 ..ig_audit(app, &caller, &who, AuditAction::BreakGlassQueue, None)
             };
             let scope = audit_scope(&caller.principal);
-            let entries = app.store.break_glass_entries(&status, scope.as_deref(), 500)?;
+            let mut entries = app.store.break_glass_entries(&status, scope.as_deref(), 500)?;
+            scoped_entries(app, scope.as_deref(), &mut entries)?;
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
             Ok(entries)
         })
@@ -246,16 +253,14 @@ impl App {
                 justification: Some(input.note.clone()),
                 ..caller_entry(app, &caller, AuditAction::BreakGlassReview, 200)
             };
-            // Another organisation's emergency access is not this one's to review.
-            let theirs = app.store.audit_entries_by_id(&[id])?;
-            let scope = audit_scope(&caller.principal);
-            if !theirs
-                .iter()
-                .map(|s| in_scope(app, scope.as_deref(), &s.entry))
-                .collect::<AppResult<Vec<_>>>()?
-                .contains(&true)
-            {
-                return Err(AppError::Conflict("no pending break-glass access has this id".into()));
+            // Outside the ICB, an organisation reviews its own staff's emergency accesses only
+            // (the refusal audited, the answer as for an unknown id).
+            if let Some(org) = audit_scope(&caller.principal) {
+                let theirs = app.store.audit_entries_by_id(&[id])?;
+                if !theirs.iter().any(|s| s.entry.actor_org == org) {
+                    record_refused_for(app, &caller, None, AuditAction::BreakGlassReview, 403)?;
+                    return Err(AppError::Conflict("no pending break-glass access has this id".into()));
+                }
             }
             // The outcome and its entry commit together.
             app.store.audited(|tx| {
