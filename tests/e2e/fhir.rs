@@ -264,7 +264,7 @@ both!(address_and_telephone_notices_read_as_flags_about_a_location_or_a_caller, 
         assert_eq!(summary["status"], "active");
         let text = summary.to_string();
         assert!(
-            !text.contains("Marrowbone") && !text.contains("987654321098") && !text.contains("7700"),
+            !text.contains("Marrowbone") && !text.contains("987654321098") && !text.contains("7700900123"),
             "{summary:#}"
         );
         assert!(text.contains("weapons-reported"), "{summary:#}");
