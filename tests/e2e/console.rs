@@ -661,7 +661,9 @@ both_backends!(an_ig_lead_signs_in_searches_the_audit_and_signs_out_in_a_browser
     browser.screenshot("consents");
     browser.axe("consents");
     assert!(entries(&b, "consent").iter().any(|e| e["user"] == IG_LEAD.1 && e["system"] == "vpr-console"));
-    // The figures, small numbers suppressed: one notice and one disclosure are each "<8".
+    // The figures, small numbers suppressed: one notice and one disclosure are each "<8" (in
+    // last month: the figures publish months that have ended).
+    b.move_to_last_month();
     browser.goto(&b.url("/console/figures"));
     assert!(browser.text("#notices-by-partner").contains("<8"), "{}", browser.text("#notices-by-partner"));
     assert!(browser.text("#disclosures-by-partner").contains("<8"));
@@ -726,7 +728,7 @@ fn statistics(b: &TestBroker, client: &str, role: &str, query: &str) -> Response
         .unwrap()
 }
 
-/// The figure for `key` this month in the table of `measure` by `by`.
+/// The figure for `key` last month (the latest published) in the table of `measure` by `by`.
 fn figure(stats: &Value, measure: &str, by: &str, key: &str) -> Value {
     let t = stats["tables"].as_array().unwrap().iter().find(|t| t["measure"] == measure && t["by"] == by).unwrap();
     let row = t["rows"].as_array().unwrap().iter().find(|r| r["key"] == key).unwrap_or_else(|| panic!("{key}: {t}"));
@@ -772,8 +774,9 @@ both_backends!(a_vpr_lead_sees_notices_due_who_saw_them_and_figures_with_small_n
     assert_eq!(r.status(), 403);
     // The figures: the ambulance trust's 13 notices (shown rounded, 15), 13 assaults (12 and the
     // ED's one: 15); the ED's one notice, one verbal abuse and one disclosure (each 1 to 7: "<8").
-    // The figures count what was shown as it is sealed (within about a second).
-    b.wait_sealed();
+    // The figures count what was shown as it is sealed (within about a second), and publish
+    // months that have ended: this month's work is moved into last month.
+    let month = b.move_to_last_month();
     let r = page(&b, &vpr, "/console/figures");
     assert_eq!(r.status(), 200);
     let text = r.text().unwrap();
@@ -806,6 +809,35 @@ both_backends!(a_vpr_lead_sees_notices_due_who_saw_them_and_figures_with_small_n
     assert_eq!(json_of(r)["errors"][0]["pointer"], "/from");
     let r = statistics(&b, "amb-cad", "vpr-lead", "?from=2020-01&to=2026-01");
     assert_eq!(json_of(r)["errors"][0]["rule"], "month-range");
+    // This month is still being counted: not published, so no figure shown ever changes.
+    let this_month = chrono::Utc::now().format("%Y-%m").to_string();
+    let r = statistics(&b, "amb-cad", "vpr-lead", &format!("?from={month}&to={this_month}"));
+    assert_eq!(r.status(), 422);
+    let problem = json_of(r);
+    assert_eq!(
+        (problem["errors"][0]["pointer"].as_str(), problem["errors"][0]["rule"].as_str()),
+        (Some("/to"), Some("month-complete"))
+    );
+    let r = page(&b, &vpr, &format!("/console/figures?from={this_month}"));
+    assert_eq!(r.status(), 422);
+    assert!(r.text().unwrap().contains("a month that has ended"));
+    // A notice amended into another category stays where it was counted: a month once
+    // published never changes.
+    let before = json_of(statistics(&b, "amb-cad", "vpr-lead", ""));
+    let mut amended = person_notice(&nhs(40));
+    amended["category"] = serde_json::json!("physical-assault");
+    let r = b
+        .http
+        .put(b.url(&format!("/v1/notices/{}", verbal[0])))
+        .bearer_auth(b.token("amb-cad"))
+        .header("If-Match", "\"1\"")
+        .json(&amended)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let after = json_of(statistics(&b, "amb-cad", "vpr-lead", ""));
+    assert_eq!(before["tables"], after["tables"]);
+    assert_eq!(figure(&after, "notices", "category", "directed-verbal-abuse"), "<8");
     // The IG pages stay closed to a VPR lead.
     for p in ["/console/consents", "/console/integrity", "/console/consents/new"] {
         assert_eq!(page(&b, &vpr, p).status(), 403, "{p}");
@@ -844,6 +876,22 @@ both_backends!(a_trusts_caldicott_guardian_reviews_only_its_own_part_of_the_log,
         entries(&b, "audit-entry").iter().any(|e| e["decision"] == "refused" && e["role"] == "caldicott-guardian"),
         "and the refusal is audited"
     );
+    // Its subject access report on the ambulance trust's patient: what its own clinician was
+    // shown of the ambulance trust's notice (its own processing), not the police's look-up.
+    let csrf = csrf_of(&page(&b, &cg, "/console/subject-access").text().unwrap());
+    let r = b
+        .http
+        .post(b.url("/console/subject-access"))
+        .header("cookie", format!("{SESSION}={cg}"))
+        .form(&[("csrf", csrf.as_str()), ("reference", "CG-SAR"), ("nhs_number", &nhs(70)), ("show", "json")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().unwrap();
+    let shown: Vec<&Value> = report["disclosures"].as_array().unwrap().iter().collect();
+    assert_eq!(shown.len(), 1, "{report}");
+    assert_eq!((shown[0]["role"].as_str(), shown[0]["purpose"].as_str()), (Some("ed-clinician"), Some("direct-care")));
+    assert!(report["notices"].as_array().unwrap().is_empty(), "the notice itself is the ambulance trust's to report");
     // Both trusts hold a notice about one person, and the police look them up: the hospital
     // sees the decision on its own notice, not that the ambulance trust holds one too.
     let theirs = json_of(b.publish(&amb, &person_notice(&nhs(72))))["id"].as_str().unwrap().to_owned();

@@ -569,6 +569,13 @@ pub fn day(offset: i64) -> String {
     (chrono::Utc::now().date_naive() + chrono::Duration::days(offset)).to_string()
 }
 
+/// Last month, `YYYY-MM` (UTC): the latest month the figures publish.
+pub fn last_month() -> String {
+    use chrono::Datelike;
+    let first = chrono::Utc::now().date_naive().with_day(1).expect("the first of the month");
+    (first - chrono::Duration::days(1)).format("%Y-%m").to_string()
+}
+
 /// A valid notice about a person by NHS number (test-range numbers, fictional).
 pub fn person_notice(nhs: &str) -> Value {
     json!({
@@ -744,6 +751,17 @@ impl TestBroker {
     }
 
     /// Waits until every committed audit entry is sealed into a checkpoint; returns its size.
+    /// Moves every notice published and every disclosure counted so far into last month (see
+    /// [`last_month`]), once the log is sealed, so that the figures, which publish complete
+    /// months only, show them. Returns the month.
+    pub fn move_to_last_month(&self) -> String {
+        self.wait_sealed();
+        let month = last_month();
+        self.exec(&format!("UPDATE notices SET created_at = '{month}-15 12:00:00'"));
+        self.exec(&format!("UPDATE figure_counts SET month = '{month}'"));
+        month
+    }
+
     pub fn wait_sealed(&self) -> i64 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -194,9 +194,18 @@ impl FigureTable {
     }
 }
 
+/// The last month the figures publish on `today`: the month before `today`'s. A month is
+/// published only once it has ended, so a figure once shown never changes: re-reading a month
+/// still being counted would reveal the exact numbers the rule hides (a cell moving from "<8"
+/// to 10 means exactly 8).
+pub fn last_complete_month(today: NaiveDate) -> NaiveDate {
+    let first = today.with_day(1).unwrap_or(today);
+    first.checked_sub_months(Months::new(1)).unwrap_or(first)
+}
+
 /// The months the figures cover: `from` and `to` as `YYYY-MM` (both optional), by default the
-/// twelve months up to and including `today`'s; at most `max` months. Returns the first day of
-/// each bound's month.
+/// twelve complete months before `today`'s; at most `max` months, and none that has not ended
+/// ([`last_complete_month`]). Returns the first day of each bound's month.
 pub fn span(
     from: Option<&str>,
     to: Option<&str>,
@@ -211,9 +220,26 @@ pub fn span(
         (Ok(f), Ok(t)) => (f, t),
         (f, t) => return Err([f.err(), t.err()].into_iter().flatten().collect()),
     };
-    let to = to.unwrap_or_else(|| today.with_day(1).unwrap_or(today));
+    let latest = last_complete_month(today);
+    let to = to.unwrap_or(latest);
     let from = from.unwrap_or_else(|| to.checked_sub_months(Months::new(11)).unwrap_or(to));
     let last = from.checked_add_months(Months::new(max - 1)).unwrap_or(from);
+    let ended = |m: NaiveDate, name: &str| {
+        (m > latest).then(|| {
+            FieldError::new(
+                format!("/{name}"),
+                "month-complete",
+                format!(
+                    "`{name}` must be a month that has ended ({} or earlier): the figures publish complete months only",
+                    latest.format("%Y-%m")
+                ),
+            )
+        })
+    };
+    let unended: Vec<FieldError> = [ended(from, "from"), ended(to, "to")].into_iter().flatten().collect();
+    if !unended.is_empty() {
+        return Err(unended);
+    }
     if to < from || to > last {
         return Err(vec![FieldError::new(
             "/to",
@@ -257,10 +283,18 @@ mod tests {
     }
 
     #[test]
-    fn the_span_defaults_to_twelve_months_and_names_a_bad_bound() {
+    fn the_span_defaults_to_the_twelve_complete_months_and_names_a_bad_bound() {
         let today = NaiveDate::from_ymd_opt(2026, 12, 7).unwrap_or_default();
         let (from, to) = span(None, None, today, 24).unwrap_or_default();
-        assert_eq!((from.to_string(), to.to_string()), ("2026-01-01".into(), "2026-12-01".into()));
+        assert_eq!((from.to_string(), to.to_string()), ("2025-12-01".into(), "2026-11-01".into()));
+        let jan = NaiveDate::from_ymd_opt(2027, 1, 1).unwrap_or_default();
+        assert_eq!(last_complete_month(jan).to_string(), "2026-12-01");
+        // This month is still being counted: it is not published, nor is a later one.
+        let open = span(Some("2026-12"), None, today, 24).err().unwrap_or_default();
+        assert_eq!((open[0].pointer.as_str(), open[0].rule.as_str()), ("/from", "month-complete"));
+        let open = span(Some("2026-06"), Some("2027-01"), today, 24).err().unwrap_or_default();
+        assert_eq!((open[0].pointer.as_str(), open[0].rule.as_str()), ("/to", "month-complete"));
+        assert!(span(Some("2026-11"), Some("2026-11"), today, 24).is_ok());
         let bad = span(Some("2026-13"), Some("2026-01"), today, 24).err().unwrap_or_default();
         assert_eq!(bad[0].pointer, "/from");
         let long = span(Some("2020-01"), Some("2026-01"), today, 24).err().unwrap_or_default();

@@ -87,6 +87,8 @@ struct NoticeRow {
     review_date: NaiveDate,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
+    /// The category it was published with, never amended (the figures count by it).
+    published_category: String,
 }
 
 #[derive(Queryable, Selectable, Insertable, Debug, Clone)]
@@ -246,6 +248,7 @@ impl Store {
                 review_date: c.review_date,
                 created_at: at,
                 updated_at: at,
+                published_category: c.category.code().to_owned(),
             };
             diesel::insert_into(notices::table).values(&head).execute(conn)?;
             let step = Step {

@@ -12,6 +12,7 @@ diesel::table! {
         review_date -> Date,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        published_category -> Text,
     }
 }
 

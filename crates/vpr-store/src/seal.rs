@@ -252,6 +252,19 @@ impl Store {
         let mut conn = self.conn()?;
         Ok(ae::table.filter(ae::leaf_index.is_null()).count().get_result(&mut conn)?)
     }
+
+    /// Whether an entry written before `at` is still waiting to be sealed (the figures of the
+    /// months before `at` are final only once none is).
+    pub fn unsealed_before(&self, at: NaiveDateTime) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let first: Option<i64> = ae::table
+            .filter(ae::leaf_index.is_null())
+            .filter(ae::at.lt(at))
+            .select(ae::seq)
+            .first(&mut conn)
+            .optional()?;
+        Ok(first.is_some())
+    }
 }
 
 #[cfg(test)]

@@ -46,15 +46,21 @@ fn bounds(from: NaiveDate, to: NaiveDate) -> (String, String) {
 }
 
 impl Store {
-    /// Notices published per month, publisher and category, in months `from..=to` (any day of
-    /// each).
+    /// Notices published per month, publisher and the category they were published with, in
+    /// months `from..=to` (any day of each). A notice amended later stays where it was counted.
     pub fn notices_published(&self, from: NaiveDate, to: NaiveDate) -> Result<Vec<CountRow>, StoreError> {
         let (start, end) = bounds(from, to);
+        // The month as `YYYY-MM` whatever the server's date style (PostgreSQL's text form of a
+        // timestamp follows its `DateStyle`).
+        let month = match self.backend() {
+            crate::Backend::Postgres => "to_char(created_at, 'YYYY-MM')",
+            crate::Backend::Sqlite => "strftime('%Y-%m', created_at)",
+        };
         let sql = format!(
-            "SELECT substr(CAST(created_at AS TEXT), 1, 7) AS month, publisher_ods AS org, category, \
+            "SELECT {month} AS month, publisher_ods AS org, published_category AS category, \
              CAST(NULL AS TEXT) AS purpose, COUNT(*) AS n FROM notices \
              WHERE created_at >= '{start}' AND created_at < '{end}' \
-             GROUP BY substr(CAST(created_at AS TEXT), 1, 7), publisher_ods, category"
+             GROUP BY {month}, publisher_ods, published_category"
         );
         Ok(diesel::sql_query(sql).load(&mut self.conn()?)?)
     }

@@ -928,7 +928,12 @@ fn the_figures_count_each_shown_notice_once_as_it_is_sealed() {
         s.append_audit(&search).unwrap();
         let month = now.date_naive();
         assert!(s.disclosures(month, month).unwrap().is_empty(), "{name}: nothing before the seal");
+        let later = (now + chrono::Duration::seconds(1)).naive_utc();
+        let earlier = (now - chrono::Duration::seconds(1)).naive_utc();
+        assert!(s.unsealed_before(later).unwrap(), "{name}: the month is not final yet");
+        assert!(!s.unsealed_before(earlier).unwrap(), "{name}");
         while s.seal_pending(2, now, &sign_plain).unwrap().is_some() {}
+        assert!(!s.unsealed_before(later).unwrap(), "{name}: final once sealed");
         let rows = s.disclosures(month, month).unwrap();
         assert_eq!(rows.len(), 1, "{name}: {rows:?}");
         let r = &rows[0];

@@ -4,7 +4,7 @@
 
 use chrono::{Datelike, Months, NaiveDate};
 use vpr_domain::audit::AuditAction;
-use vpr_domain::figures::{FigureTable, RawCount};
+use vpr_domain::figures::{last_complete_month, FigureTable, RawCount};
 use vpr_store::audit::AuditEntry;
 use vpr_store::statistics::CountRow;
 
@@ -77,12 +77,31 @@ impl App {
         .await
     }
 
-    /// The figures for months `from..=to` (at most [`MAX_MONTHS`]), protected, for `who` (from
-    /// [`App::figures_reader`]); audited as `statistics` before they are returned.
+    /// The figures for months `from..=to` (at most [`MAX_MONTHS`], all ended: see
+    /// `vpr_domain::figures::span`), protected, for `who` (from [`App::figures_reader`]);
+    /// audited as `statistics` before they are returned. Unavailable while entries of those
+    /// months still wait to be sealed, so that a month's figures never change once shown.
     pub async fn figures(&self, caller: &Caller, who: Reviewer, from: NaiveDate, to: NaiveDate) -> AppResult<Figures> {
         let caller = caller.clone();
         self.blocking(move |app| {
+            let latest = last_complete_month(app.clock.now().date_naive());
+            if to > latest {
+                return Err(AppError::Validation(vec![vpr_domain::FieldError::new(
+                    "/to",
+                    "month-complete",
+                    format!("`to` must be a month that has ended ({} or earlier)", latest.format("%Y-%m")),
+                )]));
+            }
             let months = months_between(from, to);
+            // The last month is final once every entry written in it is sealed (seconds after
+            // it ends, unless the sealer is behind): until then its figures could still move.
+            let after = to.checked_add_months(Months::new(1)).unwrap_or(to);
+            if app.store.unsealed_before(after.and_time(chrono::NaiveTime::MIN))? {
+                return Err(AppError::Unavailable(format!(
+                    "the figures for {} are not final yet: the audit log is still being sealed",
+                    to.format("%Y-%m")
+                )));
+            }
             let notices = app.store.notices_published(from, to)?;
             let disclosures = app.store.disclosures(from, to)?;
             let audit = AuditEntry {

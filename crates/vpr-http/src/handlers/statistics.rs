@@ -18,7 +18,7 @@ use crate::extract::{authenticate, header_or_empty, Query};
 #[utoipa::path(tag = "audit",
     params(
         ("from" = Option<String>, Query, description = "First month, `YYYY-MM` (default 11 months before `to`)"),
-        ("to" = Option<String>, Query, description = "Last month, `YYYY-MM` (default this month, UTC); at most 24 months from `from`"),
+        ("to" = Option<String>, Query, description = "Last month, `YYYY-MM` (default last month, UTC): a month that has ended, as the figures publish complete months only, so a figure once shown never changes; at most 24 months from `from`"),
         ("format" = Option<String>, Query, description = "json (default) or csv; or use `Accept`"),
         ("VPR-User-Id" = String, Header, description = "The person asking"),
         ("VPR-User-Role" = String, Header, description = "`vpr-lead` or an IG role"),
@@ -26,7 +26,7 @@ use crate::extract::{authenticate, header_or_empty, Query};
     responses(
         (status = 200, description = "Tables of counts by month (notices by publisher and by category; notices shown by organisation, purpose and category), each count 0, `\"<8\"` (1 to 7, suppressed) or rounded to the nearest 5; totals summed before rounding", body = Object),
         (status = 403, description = "Not a VPR lead or an IG role (audited)", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "Bad months", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Bad months: not `YYYY-MM` (`month`), a month not yet ended (`month-complete`), or a span over 24 months (`month-range`)", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit:read"]), ("bearer" = ["notices:write"])))]
 #[get("/v1/statistics")]

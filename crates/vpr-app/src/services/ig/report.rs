@@ -70,7 +70,24 @@ fn gather(app: &App, blind: &[String], q: &StoreQuery) -> AppResult<(Vec<StoredN
     Ok((notices, entries))
 }
 
-fn disclosure_rows(app: &App, entries: &[StoredAuditEntry], about: &BTreeSet<String>) -> (Vec<Value>, Vec<Value>) {
+/// Whose disclosures a report lists: for the ICB, those of every notice about the subject; for
+/// another organisation, those of its own notices, and what its own staff were shown of any
+/// publisher's (its own processing, which its Article 15 answer covers too).
+struct About {
+    /// The notices whose every disclosure is listed.
+    notices: BTreeSet<String>,
+    /// The organisation in scope and every notice about the subject.
+    own_staff: Option<(String, BTreeSet<String>)>,
+}
+
+impl About {
+    fn covers(&self, actor_org: &str, notice_id: &str) -> bool {
+        self.notices.contains(notice_id)
+            || self.own_staff.as_ref().is_some_and(|(org, all)| org == actor_org && all.contains(notice_id))
+    }
+}
+
+fn disclosure_rows(app: &App, entries: &[StoredAuditEntry], about: &About) -> (Vec<Value>, Vec<Value>) {
     let registry = app.tokens.registry();
     let purpose_title =
         |p: &Option<String>| p.as_ref().and_then(|p| app.agreement.purposes.get(p)).map(|p| p.title.clone());
@@ -80,7 +97,8 @@ fn disclosure_rows(app: &App, entries: &[StoredAuditEntry], about: &BTreeSet<Str
     for s in entries.iter().rev() {
         let e = &s.entry;
         let org = OrgRef::of(registry, &e.actor_org, &e.actor_org_type);
-        let shown: Vec<_> = e.notices.iter().filter(|n| n.view.is_some() && about.contains(&n.id)).collect();
+        let shown: Vec<_> =
+            e.notices.iter().filter(|n| n.view.is_some() && about.covers(&e.actor_org, &n.id)).collect();
         for n in &shown {
             disclosures.push(json!({
                 "at": e.at, "audit_id": e.id, "notice_id": n.id, "notice_version": n.version,
@@ -128,16 +146,20 @@ impl App {
                 ..ig_audit(app, &caller, &who, AuditAction::SubjectAccessReport, Some(&q))
             };
             let (mut notices, entries) = gather(app, &blind, &store_q)?;
+            let all: BTreeSet<String> = notices.iter().map(|n| n.id.to_string()).collect();
             if let Some(org) = &scope {
                 notices.retain(|n| &n.publisher_ods == org);
             }
             app.store.append_audit(&audit).map_err(AppError::audit_write_failed)?;
-            let about: BTreeSet<String> = notices.iter().map(|n| n.id.to_string()).collect();
+            let about = About {
+                notices: notices.iter().map(|n| n.id.to_string()).collect(),
+                own_staff: scope.clone().map(|org| (org, all)),
+            };
             let (disclosures, searches) = disclosure_rows(app, &entries, &about);
             let registry = app.tokens.registry();
             let recipients: BTreeSet<String> = entries
                 .iter()
-                .filter(|s| s.entry.notices.iter().any(|n| n.view.is_some() && about.contains(&n.id)))
+                .filter(|s| s.entry.notices.iter().any(|n| n.view.is_some() && about.covers(&s.entry.actor_org, &n.id)))
                 .map(|s| s.entry.actor_org.clone())
                 .collect();
             let name = |ods: &str| registry.partner(ods).map(|p| p.name.clone());
