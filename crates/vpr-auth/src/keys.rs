@@ -143,6 +143,11 @@ impl BrokerKeys {
 /// Verifies a checkpoint against a JWKS (the broker's published keys, or a copy held offline)
 /// and returns its tree size and hex root hash.
 pub fn open_checkpoint(jwks: &Value, jws: &str) -> Result<(i64, String), String> {
+    open_checkpoint_signed(jwks, jws).map(|(size, root, _)| (size, root))
+}
+
+/// As [`open_checkpoint`], also giving the time the checkpoint says it was signed (RFC 3339).
+pub fn open_checkpoint_signed(jwks: &Value, jws: &str) -> Result<(i64, String, String), String> {
     let keys = jwks.get("keys").and_then(Value::as_array).ok_or("the JWKS has no keys")?;
     let mut verifiers = Vec::new();
     for k in keys {
@@ -163,5 +168,6 @@ pub fn open_checkpoint(jwks: &Value, jws: &str) -> Result<(i64, String), String>
     let body: Value = serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
     let size = body.get("tree_size").and_then(Value::as_i64).ok_or("no tree_size")?;
     let root = body.get("root_hash").and_then(Value::as_str).ok_or("no root_hash")?;
-    Ok((size, root.to_owned()))
+    let signed_at = body.get("signed_at").and_then(Value::as_str).ok_or("no signed_at")?;
+    Ok((size, root.to_owned(), signed_at.to_owned()))
 }

@@ -118,10 +118,21 @@ pub struct Integrity {
     pub unsealed: i64,
 }
 
+/// A checkpoint as its signature vouches for it: the size, root and signing time inside the
+/// JWS must be those stored beside it (the time shown is the signed one).
 fn checked(app: &App, c: &Checkpoint) -> CheckedCheckpoint {
-    let opened = vpr_auth::keys::open_checkpoint(&app.tokens.keys().jwks(), &c.jws);
-    let signature_ok = matches!(opened, Ok((size, ref root)) if size == c.tree_size && *root == c.root_hash);
-    CheckedCheckpoint { tree_size: c.tree_size, root_hash: c.root_hash.clone(), signed_at: c.signed_at, signature_ok }
+    let opened = vpr_auth::keys::open_checkpoint_signed(&app.tokens.keys().jwks(), &c.jws);
+    let signed = opened.as_ref().ok().and_then(|(_, _, at)| DateTime::parse_from_rfc3339(at).ok()).map(|t| t.to_utc());
+    // The database keeps microseconds; the signature the full time.
+    let same_time = signed.is_some_and(|t| (t - c.signed_at).num_milliseconds().abs() < 1);
+    let signature_ok =
+        matches!(opened, Ok((size, ref root, _)) if size == c.tree_size && *root == c.root_hash) && same_time;
+    CheckedCheckpoint {
+        tree_size: c.tree_size,
+        root_hash: c.root_hash.clone(),
+        signed_at: signed.unwrap_or(c.signed_at),
+        signature_ok,
+    }
 }
 
 fn reviewed(app: &App, caller: &Caller, who: &Reviewer, action: AuditAction, context: String) -> AuditEntry {
