@@ -32,6 +32,8 @@ pub struct Config {
     #[serde(default)]
     pub tokens: TokensConfig,
     #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
     pub delivery: DeliveryConfig,
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
@@ -167,6 +169,34 @@ pub struct TokensConfig {
     pub access_token_seconds: u64,
     #[serde(default = "default_assertion")]
     pub max_assertion_seconds: u64,
+}
+
+/// Back-pressure: the default token buckets (`vpr_http::limits`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_api_rate")]
+    pub api: vpr_auth::Rate,
+    #[serde(default = "default_ig_rate")]
+    pub ig: vpr_auth::Rate,
+    #[serde(default = "default_token_rate")]
+    pub token: vpr_auth::Rate,
+}
+
+fn default_api_rate() -> vpr_auth::Rate {
+    vpr_auth::Rate { per_second: 100.0, burst: 200 }
+}
+fn default_ig_rate() -> vpr_auth::Rate {
+    vpr_auth::Rate { per_second: 10.0, burst: 30 }
+}
+fn default_token_rate() -> vpr_auth::Rate {
+    vpr_auth::Rate { per_second: 10.0, burst: 50 }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { api: default_api_rate(), ig: default_ig_rate(), token: default_token_rate() }
+    }
 }
 
 impl Default for TokensConfig {

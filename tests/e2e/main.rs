@@ -16,6 +16,7 @@ mod durability;
 mod federated_subscriptions;
 mod federation;
 mod fhir;
+mod limits;
 mod lookups;
 mod notices;
 mod ops;

@@ -227,6 +227,12 @@ impl TestBroker {
             data_keys = "data-keys.json"
             [notices]
             expiry_check_seconds = 1
+            # Tests send requests as fast as they go from one address: limits out of their way
+            # (tests/e2e/limits.rs sets its own).
+            [limits]
+            api = {{ per_second = 100000, burst = 100000 }}
+            ig = {{ per_second = 100000, burst = 100000 }}
+            token = {{ per_second = 100000, burst = 100000 }}
             "#,
             agreement = agreement_for(ics, dir.path()).display()
         ))

@@ -218,7 +218,7 @@ both!(malformed_bodies_are_refused, |b: &TestBroker| {
     assert_eq!(r.status(), 415);
     let big = format!("{{\"advice_text\": \"{}\"}}", "x".repeat(70_000));
     let r = send("application/json", &big);
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 413);
     assert_eq!(json_of(r)["errors"][0]["rule"], "max-body-size");
     // Amendments are validated the same way and change nothing.
     let n = json_of(b.publish(&t, &person_notice("9990000018")));

@@ -11,7 +11,7 @@ pub mod tokens;
 pub use jose::EncryptionKey;
 pub use keys::{BrokerKeys, SigningKeyFile};
 pub use peers::{Peer, Peers, RelayRefused, RelayedRequester, VerifiedRelay};
-pub use registry::{Partner, PartnerSystem, Registry, Scope};
+pub use registry::{Partner, PartnerSystem, Rate, Registry, Scope};
 pub use tokens::{AccessClaims, Principal, TokenService, TokenSettings};
 
 /// Errors from identity and tokens, shaped for OAuth2 error responses (RFC 6749 §5.2).

@@ -121,7 +121,20 @@ struct SystemFile {
     scopes: Vec<Scope>,
     #[serde(default)]
     roles: Vec<String>,
+    #[serde(default)]
+    rate_limit: Option<Rate>,
     jwks: JwksFile,
+}
+
+/// A token bucket's size: requests a second sustained, and a burst above it (the bucket's
+/// capacity). A partner system's own (in the registry) replaces the broker's default.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Requests a second, sustained.
+    pub per_second: f64,
+    /// Requests allowed at once above it.
+    pub burst: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +167,8 @@ pub struct PartnerSystem {
     pub scopes: BTreeSet<Scope>,
     /// Roles its users may act in.
     pub roles: BTreeSet<String>,
+    /// Its own request rate, if the registry sets one (else the broker's default).
+    pub rate_limit: Option<Rate>,
     verifiers: BTreeMap<String, Box<dyn JwsVerifier>>,
 }
 
@@ -247,6 +262,7 @@ impl Registry {
                         ods_code: ods.clone(),
                         scopes: s.scopes.into_iter().collect(),
                         roles: s.roles.into_iter().collect(),
+                        rate_limit: s.rate_limit,
                         verifiers,
                     },
                 );

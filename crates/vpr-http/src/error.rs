@@ -82,6 +82,25 @@ pub enum ApiError {
     /// OAuth token endpoint errors (RFC 6749 §5.2), also rendered as problem details.
     #[error("{0}")]
     OAuth(AuthError),
+    /// Over the caller's rate limit (`crate::limits`): retry after the seconds it says.
+    #[error("{}", .0.detail)]
+    TooManyRequests(crate::limits::Limited),
+    /// The request body is larger than the operation accepts.
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The most accepted.
+        limit: usize,
+    },
+    /// The path is served, but not with this method.
+    #[error("`{path}` does not answer {method}: it answers {allow}")]
+    MethodNotAllowed {
+        /// The method asked.
+        method: String,
+        /// The path.
+        path: String,
+        /// The methods it answers, for `Allow`.
+        allow: String,
+    },
     /// A dependency (database) is unavailable: retry later.
     #[error("the service is temporarily unavailable")]
     Unavailable(String),
@@ -137,6 +156,9 @@ impl ApiError {
             ApiError::Gone(_) => ("gone", "Gone"),
             ApiError::BadGateway(_) => ("bad-gateway", "The other end failed"),
             ApiError::OAuth(_) => ("oauth", "Token request refused"),
+            ApiError::TooManyRequests(_) => ("rate-limited", "Too many requests"),
+            ApiError::PayloadTooLarge { .. } => ("payload-too-large", "Request body too large"),
+            ApiError::MethodNotAllowed { .. } => ("method-not-allowed", "Method not allowed"),
             ApiError::Unavailable(_) => ("unavailable", "Service unavailable"),
             ApiError::Internal(_) => ("internal", "Internal error"),
         }
@@ -160,6 +182,9 @@ impl ApiError {
             ApiError::Validation(e)
             | ApiError::BadRequest { errors: e, .. }
             | ApiError::RelayRefused { errors: e, .. } => e.clone(),
+            ApiError::PayloadTooLarge { limit } => {
+                vec![FieldError::new("", "max-body-size", format!("at most {limit} bytes"))]
+            }
             _ => Vec::new(),
         };
         let (error, error_description) = match self {
@@ -201,6 +226,12 @@ impl From<AppError> for ApiError {
     }
 }
 
+impl From<crate::limits::Limited> for ApiError {
+    fn from(l: crate::limits::Limited) -> Self {
+        ApiError::TooManyRequests(l)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         AppError::from(e).into()
@@ -236,6 +267,16 @@ impl ApiError {
             ApiError::Unavailable(_) => {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
+            ApiError::TooManyRequests(limited) => {
+                resp.insert_header((header::RETRY_AFTER, HeaderValue::from(limited.retry_after)));
+                resp.insert_header((crate::limits::POLICY_HEADER, limited.headers.policy.clone()));
+                resp.insert_header((crate::limits::STATE_HEADER, limited.headers.state.clone()));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    resp.insert_header((header::ALLOW, v));
+                }
+            }
             _ => {}
         }
     }
@@ -266,6 +307,9 @@ impl ResponseError for ApiError {
                 AuthError::ReplayStore(_) => StatusCode::SERVICE_UNAVAILABLE,
                 AuthError::Config(_) | AuthError::Registry(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -280,6 +324,8 @@ impl ResponseError for ApiError {
             ApiError::OAuth(e) if status.is_server_error() => {
                 tracing::error!(%status, cause = %e, "token request failed")
             }
+            // A flood's refusals would drown the log: each is still counted in the metrics.
+            ApiError::TooManyRequests(_) => tracing::debug!(%status, problem = %self, "request refused"),
             other => tracing::info!(%status, problem = %other, "request refused"),
         }
         let mut resp = HttpResponse::build(status);

@@ -13,6 +13,7 @@ use vpr_domain::audit::AuditAction;
 use vpr_domain::FieldError;
 
 use crate::error::ApiError;
+use crate::limits::{Class, Limits};
 
 /// The request id the middleware gave this request, in its extensions.
 #[derive(Debug, Clone)]
@@ -39,10 +40,25 @@ pub fn authenticate(app: &App, req: &HttpRequest, scopes: &[Scope]) -> Result<Ca
         .ok_or_else(|| ApiError::Unauthorized("the `Authorization` header must be `Bearer <token>`".into()))?;
     let principal: Principal =
         app.tokens.verify_access_token(token, app.clock.now()).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    match scopes.iter().find(|s| principal.has(**s)) {
-        Some(_) => Ok(Caller::new(principal, request_id(req))),
-        None => Err(ApiError::InsufficientScope(scopes.last().map_or("", |s| s.code()))),
+    admit(app, req, &principal, scopes)?;
+    if !scopes.iter().any(|s| principal.has(*s)) {
+        return Err(ApiError::InsufficientScope(scopes.last().map_or("", |s| s.code())));
     }
+    Ok(Caller::new(principal, request_id(req)))
+}
+
+/// Counts the request against its system's limit (`crate::limits`), before any work: the IG
+/// endpoints (those needing `audit:read` or `ig:write` only) against the system's IG bucket,
+/// everything else against its API bucket. The headers for the answer are kept on the request.
+fn admit(app: &App, req: &HttpRequest, principal: &Principal, scopes: &[Scope]) -> Result<(), ApiError> {
+    let Some(limits) = req.app_data::<web::Data<Limits>>() else { return Ok(()) };
+    let ig = !scopes.is_empty() && scopes.iter().all(|s| matches!(s, Scope::AuditRead | Scope::IgWrite));
+    let class = if ig { Class::Ig } else { Class::Api };
+    let own = app.tokens.registry().system(&principal.client_id).and_then(|s| s.rate_limit);
+    if let Some(headers) = limits.admit(class, &principal.client_id, own)? {
+        req.extensions_mut().insert(headers);
+    }
+    Ok(())
 }
 
 /// Largest request body accepted.
@@ -60,10 +76,7 @@ pub async fn body(mut payload: web::Payload, max: usize) -> Result<web::Bytes, A
             errors: vec![],
         })?;
         if buf.len() + chunk.len() > max {
-            return Err(ApiError::BadRequest {
-                detail: format!("the request body is larger than {max} bytes"),
-                errors: vec![FieldError::new("", "max-body-size", format!("at most {max} bytes"))],
-            });
+            return Err(ApiError::PayloadTooLarge { limit: max });
         }
         buf.extend_from_slice(&chunk);
     }

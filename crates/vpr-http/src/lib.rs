@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod fhir;
 pub mod handlers;
+pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod server;

@@ -13,6 +13,7 @@ use vpr_app::App;
 
 use crate::error::REQUEST_ID;
 use crate::extract::RequestId;
+use crate::limits::RateHeaders;
 
 /// The request id header, echoed on every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -48,6 +49,11 @@ pub async fn request_context(
     tracing::info!(status, route, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "served");
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+    }
+    // A limited request's answer says how much of its limit is left (`crate::limits`).
+    let limited = resp.request().extensions().get::<RateHeaders>().cloned();
+    if let Some(h) = limited {
+        h.apply(resp.headers_mut());
     }
     Ok(resp)
 }

@@ -61,7 +61,35 @@ pub fn build(routes: fn(&mut ServiceConfig)) -> Value {
     );
     // Every placeholder utoipa registered is replaced by its contract document.
     root.insert("components".into(), json!({ "schemas": schemas(), "securitySchemes": security() }));
+    if let Some(Value::Object(paths)) = root.get_mut("paths") {
+        paths.values_mut().for_each(edge_responses);
+    }
     Value::Object(root)
+}
+
+/// The answers every operation of a kind can give, whatever its handler: `429` where a token
+/// is needed (the system's rate limit, `crate::limits`), `413` where a body is read.
+fn edge_responses(path: &mut Value) {
+    let content = json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}});
+    let problem = |description: &str| json!({"description": description, "content": content});
+    let Value::Object(ops) = path else { return };
+    for op in ops.values_mut() {
+        let Value::Object(op) = op else { continue };
+        let secured = op.get("security").and_then(Value::as_array).is_some_and(|s| !s.is_empty());
+        let has_body = op.contains_key("requestBody");
+        let Some(Value::Object(responses)) = op.get_mut("responses") else { continue };
+        if secured && !responses.contains_key("429") {
+            let limited = json!({
+                "description": "Over this system's rate limit (`limits`, or its own in the registry): `Retry-After` says when to try again; `RateLimit-Policy` and `RateLimit` are on every answer",
+                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                "content": content,
+            });
+            responses.insert("429".into(), limited);
+        }
+        if has_body && !responses.contains_key("413") {
+            responses.insert("413".into(), problem("The request body is larger than the operation accepts"));
+        }
+    }
 }
 
 /// A look-up's answer: this broker's notices and its peers', and the peers that did not answer.

@@ -72,8 +72,46 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(crate::fhir::audit_event::search);
 }
 
+/// The methods the API answers at `path`, from its OpenAPI document (a `{name}` template
+/// segment matches any one segment), in the document's order.
+fn allowed_methods(doc: &serde_json::Value, path: &str) -> Vec<String> {
+    let asked: Vec<&str> = path.split('/').collect();
+    let matches = |template: &str| {
+        let parts: Vec<&str> = template.split('/').collect();
+        parts.len() == asked.len()
+            && parts
+                .iter()
+                .zip(&asked)
+                .all(|(t, a)| (t.starts_with('{') && t.ends_with('}') && !a.is_empty()) || t == a)
+    };
+    let mut methods = Vec::new();
+    for (template, ops) in doc["paths"].as_object().into_iter().flatten() {
+        if !matches(template) {
+            continue;
+        }
+        for method in ops.as_object().into_iter().flat_map(|o| o.keys()) {
+            let m = method.to_ascii_uppercase();
+            if ["GET", "POST", "PUT", "DELETE", "PATCH"].contains(&m.as_str()) && !methods.contains(&m) {
+                methods.push(m);
+            }
+        }
+    }
+    methods
+}
+
+/// No route answered: `405` with `Allow` where the path is served with other methods,
+/// otherwise `404`.
 async fn not_found(req: HttpRequest) -> actix_web::HttpResponse {
-    let e = ApiError::NotFound(format!("no resource at `{} {}`", req.method(), req.path()));
+    let allow = req.app_data::<web::Data<OpenApiDoc>>().map(|d| allowed_methods(&d.0, req.path())).unwrap_or_default();
+    let e = if allow.is_empty() {
+        ApiError::NotFound(format!("no resource at `{} {}`", req.method(), req.path()))
+    } else {
+        ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+            allow: allow.join(", "),
+        }
+    };
     // FHIR clients get an OperationOutcome; everyone else a problem.
     if req.path().starts_with("/fhir/") {
         actix_web::ResponseError::error_response(&crate::fhir::FhirError(e))
@@ -92,12 +130,14 @@ pub fn openapi() -> OpenApiDoc {
 pub fn run(
     app: Application,
     console: crate::console::Console,
+    limits: crate::limits::Limits,
     listen: &str,
     workers: usize,
     grace: Duration,
 ) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(app);
     let console = web::Data::new(console);
+    let limits = web::Data::new(limits);
     let doc = web::Data::new(openapi());
     let server = HttpServer::new(move || {
         App::new()
@@ -107,6 +147,7 @@ pub fn run(
             .configure(crate::console::routes)
             .app_data(data.clone())
             .app_data(console.clone())
+            .app_data(limits.clone())
             .app_data(doc.clone())
             .app_data(crate::middleware::query_config())
             .app_data(crate::middleware::json_config())

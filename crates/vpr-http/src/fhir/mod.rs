@@ -55,6 +55,9 @@ fn issue_code(e: &ApiError) -> &'static str {
         ApiError::Conflict(_) | ApiError::PreconditionFailed { .. } | ApiError::PreconditionRequired => "conflict",
         ApiError::OAuth(_) => "security",
         ApiError::Unavailable(_) | ApiError::BadGateway(_) => "transient",
+        ApiError::TooManyRequests(_) => "throttled",
+        ApiError::PayloadTooLarge { .. } => "too-costly",
+        ApiError::MethodNotAllowed { .. } => "not-supported",
         ApiError::Internal(_) => "exception",
     }
 }

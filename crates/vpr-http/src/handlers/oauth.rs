@@ -1,7 +1,7 @@
 //! `POST /oauth2/token` (client credentials with `private_key_jwt`) and the discovery documents.
 
 use actix_web::http::header;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpMessage, HttpRequest, HttpResponse};
 use vpr_auth::registry::Scope;
 use vpr_auth::AuthError;
 
@@ -9,6 +9,7 @@ use crate::docs::{JwksDoc, ProblemDoc, TokenResponseDoc};
 use crate::error::ApiError;
 use crate::extract::blocking;
 use crate::extract::{body, MAX_BODY_BYTES};
+use crate::limits::{Class, Limits};
 use vpr_app::App;
 
 fn form(req: &HttpRequest, body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
@@ -39,6 +40,8 @@ fn single<'a>(params: &'a [(String, String)], name: &str) -> Result<Option<&'a s
         (status = 200, description = "Access token", body = TokenResponseDoc),
         (status = 400, description = "Malformed request or unknown scope", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Client authentication failed", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "The form is larger than 64 KiB", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many token requests from this address (`limits.token`): `Retry-After` says when to try again", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 #[post("/oauth2/token")]
@@ -62,6 +65,14 @@ async fn issue(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<vpr_auth::tokens::IssuedToken, ApiError> {
+    // Token requests are limited per client address: the client is not known until its
+    // assertion is verified, which is the work the limit protects.
+    if let Some(limits) = req.app_data::<web::Data<Limits>>() {
+        let address = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        if let Some(headers) = limits.admit(Class::Token, &address, None)? {
+            req.extensions_mut().insert(headers);
+        }
+    }
     let body = body(payload, MAX_BODY_BYTES).await?;
     let params = form(req, &body)?;
     match single(&params, "grant_type")? {
