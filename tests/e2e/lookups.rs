@@ -246,6 +246,26 @@ both!(refused_purposes_and_roles_are_audited, |b: &TestBroker| {
         .unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(json_of(r)["errors"][0]["pointer"], "/purpose");
+    // Bad input that named a purpose is audited with it, and with the user and role asserted;
+    // nothing about the subject.
+    let n = b.count("audit_entries");
+    let r = b
+        .http
+        .post(b.url("/v1/lookups"))
+        .bearer_auth(&t)
+        .json(&json!({"purpose": "staff-safety", "requester": {"user_id": "disp-9", "role": "ambulance-dispatcher"},
+                      "subject": {"person": {"nhs_number": "9990000019"}}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let a = one_audit(b, n);
+    assert_eq!((a["decision"].as_str(), a["outcome"].as_i64()), (Some("refused"), Some(422)));
+    assert_eq!(
+        (a["purpose"].as_str(), a["actor_role"].as_str()),
+        (Some("staff-safety"), Some("ambulance-dispatcher")),
+        "{a}"
+    );
+    assert!(a["subject_refs"].as_array().is_none_or(|r| r.is_empty()), "{a}");
 });
 
 both!(objections_consent_and_break_glass, |b: &TestBroker| {

@@ -98,6 +98,48 @@ pub fn record_refused_for(
     app.store.append_audit(&entry).map_err(AppError::audit_write_failed)
 }
 
+/// What a refused look-up's body named, kept when well-formed (a short code or id, no control
+/// characters): the purpose, and the requester's user and role, so an IG lead sees who tried
+/// what, for which purpose, even when the rest of the request was invalid. Nothing about the
+/// subject is kept.
+fn asserted_in(body: &serde_json::Value) -> (Option<String>, Option<String>, Option<String>) {
+    let field = |v: Option<&serde_json::Value>| {
+        v.and_then(serde_json::Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control))
+            .map(str::to_owned)
+    };
+    let requester = body.get("requester");
+    (
+        field(body.get("purpose")),
+        field(requester.and_then(|r| r.get("user_id"))),
+        field(requester.and_then(|r| r.get("role"))),
+    )
+}
+
+/// [`record_refusal`] for a request whose body was read: the entry names the purpose, user
+/// and role the body asserted, when it named them well-formed.
+pub fn record_refusal_of(
+    app: &App,
+    caller: &Caller,
+    action: AuditAction,
+    body: &serde_json::Value,
+    refusal: AppError,
+) -> AppError {
+    let (purpose, user, role) = asserted_in(body);
+    let entry = AuditEntry {
+        decision: "refused".to_owned(),
+        purpose,
+        actor_user: user,
+        actor_role: role,
+        ..caller_entry(app, caller, action, refusal.status())
+    };
+    match app.store.append_audit(&entry) {
+        Ok(()) => refusal,
+        Err(e) => AppError::audit_write_failed(e),
+    }
+}
+
 /// [`record_refusal`] from async code.
 pub async fn refuse(app: &App, caller: &Caller, action: AuditAction, refusal: AppError) -> AppError {
     let caller = caller.clone();

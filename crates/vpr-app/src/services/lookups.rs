@@ -17,7 +17,7 @@ use vpr_domain::validate::Lookup;
 use vpr_store::audit::{FederationRecord, PeerRecord};
 
 use crate::access::requester_refusal;
-use crate::audit::record_refusal;
+use crate::audit::record_refusal_of;
 use crate::caller::{Access, Caller};
 use crate::disclose::{govern, prepare, subject_keys, Candidate, DisclosedNotice, Disclosure, Read};
 use crate::error::{AppError, AppResult};
@@ -140,7 +140,7 @@ impl App {
     /// Validates a look-up body; an invalid one is refused and audited (naming no subject).
     fn valid_lookup(&self, caller: &Caller, body: &Value) -> AppResult<(Lookup, Access)> {
         let valid = vpr_domain::validate::lookup(body)
-            .map_err(|errs| record_refusal(self, caller, AuditAction::Lookup, AppError::Validation(errs)))?;
+            .map_err(|errs| record_refusal_of(self, caller, AuditAction::Lookup, body, AppError::Validation(errs)))?;
         let access = access_of(&valid.input);
         Ok((valid, access))
     }
@@ -236,7 +236,7 @@ impl App {
                 let caller = caller.clone();
                 return Err(self
                     .blocking(move |app| {
-                        Ok(record_refusal(app, &caller, AuditAction::Lookup, AppError::Validation(errs)))
+                        Ok(record_refusal_of(app, &caller, AuditAction::Lookup, &body, AppError::Validation(errs)))
                     })
                     .await?);
             }
