@@ -1,6 +1,7 @@
 //! vpr-broker: the binary. Reads configuration, hands each part its settings, and runs the
 //! server, the background tasks, migrations or key generation.
 
+mod backup;
 mod config;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,27 @@ enum Command {
         /// Configuration file.
         #[arg(long, env = "VPR_CONFIG", default_value = "vpr-broker.toml")]
         config: PathBuf,
+    },
+    /// Back up the database into a new folder while the broker serves (SQLite's online copy, or
+    /// pg_dump), check the copy (the audit log verifies, every notice opens) and write its
+    /// manifest.
+    Backup {
+        /// Configuration file (the database, and the keys the check needs).
+        #[arg(long, env = "VPR_CONFIG", default_value = "vpr-broker.toml")]
+        config: PathBuf,
+        /// The backup folder: new, or empty.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into the configured database, which must be new or empty, then check it
+    /// as the backup was checked and apply any newer migrations.
+    Restore {
+        /// Configuration file (the database to restore into, and the keys).
+        #[arg(long, env = "VPR_CONFIG", default_value = "vpr-broker.toml")]
+        config: PathBuf,
+        /// The backup folder.
+        #[arg(long)]
+        from: PathBuf,
     },
     /// Generate keys.
     #[command(subcommand)]
@@ -205,13 +227,27 @@ fn load_agreement(path: &Path) -> Result<Agreement> {
     Ok(agreement)
 }
 
-fn open_store(cfg: &Config) -> Result<Store> {
+fn data_vault(cfg: &Config) -> Result<Vault> {
     let keys = load_data_keys(&cfg.keys.data_keys)?;
     if keys.demo_only && !cfg.demo {
         bail!("the data keys are marked demo-only: refusing to run outside demo mode");
     }
-    let vault = Vault::new(&keys)?;
-    Ok(Store::open(&cfg.database_url, cfg.database_pool_size, vault)?)
+    Ok(Vault::new(&keys)?)
+}
+
+fn open_store(cfg: &Config) -> Result<Store> {
+    Ok(Store::open(&cfg.database_url, cfg.database_pool_size, data_vault(cfg)?)?)
+}
+
+/// The public keys of the broker's signing keys (current and previous): what checkpoints are
+/// verified with.
+fn broker_jwks(cfg: &Config) -> Result<serde_json::Value> {
+    let (_, key_files) = load_registry_and_keys(cfg)?;
+    let keys = BrokerKeys::new(&key_files)?;
+    if keys.any_demo_only() && !cfg.demo {
+        bail!("a signing key is marked demo-only: refusing to run outside demo mode");
+    }
+    Ok(keys.jwks())
 }
 
 /// The partner registry and the signing key files, refused if demo-only outside demo mode.
@@ -461,6 +497,16 @@ fn dispatch(cli: Cli) -> Result<()> {
                 println!("  {m}");
             }
             Ok(())
+        }
+        Command::Backup { config, out } => {
+            let cfg = Config::load(&config)?;
+            let jwks = broker_jwks(&cfg)?;
+            backup::backup(&cfg, &open_store(&cfg)?, &jwks, &out)
+        }
+        Command::Restore { config, from } => {
+            let cfg = Config::load(&config)?;
+            let jwks = broker_jwks(&cfg)?;
+            backup::restore(&cfg, data_vault(&cfg)?, &jwks, &from)
         }
         Command::Keys(KeysCommand::Signing { kid, out, public_out, demo_only }) => {
             let key = SigningKeyFile::generate(&kid, demo_only)?;

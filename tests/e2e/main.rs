@@ -11,6 +11,7 @@ mod access_log;
 mod audit;
 mod audited_writes;
 mod auth;
+mod backup;
 mod console;
 mod durability;
 mod federated_subscriptions;

@@ -4,6 +4,7 @@
 //! Calls here are synchronous; the HTTP layer moves them off the async runtime.
 
 pub mod audit;
+pub mod backup;
 pub mod db;
 pub mod directives;
 mod group;
