@@ -14,6 +14,7 @@ mod auth;
 mod backup;
 mod console;
 mod durability;
+mod faults;
 mod federated_subscriptions;
 mod federation;
 mod fhir;

@@ -186,6 +186,25 @@ impl TestBroker {
                 (db.url.clone(), Some(db))
             }
         };
+        Some(Self::prepared(ics, backend, dir, database_url, pg, adjust))
+    }
+
+    /// A broker configured, not started, on a database of the test's own (a PostgreSQL
+    /// server it runs itself, say).
+    pub fn unstarted_on(database_url: &str, adjust: impl FnOnce(&mut toml::Table)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = if database_url.starts_with("sqlite") { Backend::Sqlite } else { Backend::Postgres };
+        Self::prepared('X', backend, dir, database_url.to_owned(), None, adjust)
+    }
+
+    fn prepared(
+        ics: char,
+        backend: Backend,
+        dir: tempfile::TempDir,
+        database_url: String,
+        pg: Option<PgTestDb>,
+        adjust: impl FnOnce(&mut toml::Table),
+    ) -> Self {
         let mut clients = Vec::new();
         let mut partners = Vec::new();
         let ods_of = |ods: &str| format!("{ics}{}", &ods[1..]);
@@ -244,7 +263,7 @@ impl TestBroker {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("client");
-        Some(Self {
+        Self {
             backend,
             base,
             database_url,
@@ -254,7 +273,7 @@ impl TestBroker {
             child: std::sync::Mutex::new(None),
             log_seq: std::sync::atomic::AtomicU32::new(0),
             _pg: pg,
-        })
+        }
     }
 
     /// The broker's public signing keys (a JWKS), as a peer configures them.

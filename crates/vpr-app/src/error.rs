@@ -94,8 +94,9 @@ impl From<StoreError> for AppError {
             e @ StoreError::NotChangeable { .. } => AppError::Conflict(e.to_string()),
             StoreError::IdempotencyConflict => AppError::IdempotencyKeyReused,
             e @ StoreError::SubscriptionClosed(_) => AppError::Conflict(e.to_string()),
-            e @ StoreError::Unavailable(_) => AppError::Unavailable(e.to_string()),
             StoreError::AuditWrite(cause) => AppError::audit_write_failed(cause),
+            // The database gone, restarting or out of disk mid-request: 503, not a 500.
+            e if e.is_outage() => AppError::Unavailable(e.to_string()),
             StoreError::Replayed => {
                 AppError::RelayRefused { rule: "replay", detail: "this relay was used before".into() }
             }

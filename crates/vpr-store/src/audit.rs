@@ -224,12 +224,17 @@ const MAX_BATCH: usize = 512;
 
 /// The audit writer: `writers` threads (one for SQLite, several for PostgreSQL, so an entry
 /// arriving during a commit need not wait for it).
-pub(crate) fn audit_writer(pool: crate::db::DbPool, vault: crate::Vault, writers: usize) -> AuditWriter {
+pub(crate) fn audit_writer(
+    pool: crate::db::DbPool,
+    gate: crate::db::Gate,
+    vault: crate::Vault,
+    writers: usize,
+) -> AuditWriter {
     crate::group::GroupCommit::new(
         "audit-writer",
         writers,
         MAX_BATCH,
-        std::sync::Arc::new(move |entries: &[&AuditEntry]| write_batch(&pool, &vault, entries)),
+        std::sync::Arc::new(move |entries: &[&AuditEntry]| write_batch(&pool, &gate, &vault, entries)),
     )
 }
 
@@ -325,11 +330,12 @@ fn insert_encoded(conn: &mut DbConnection, encoded: &[Encoded<'_>]) -> Result<()
 /// replay guard's id was used before, so it is not).
 fn write_batch(
     pool: &crate::db::DbPool,
+    gate: &crate::db::Gate,
     vault: &crate::Vault,
     entries: &[&AuditEntry],
 ) -> Result<Vec<bool>, StoreError> {
     let encoded = entries.iter().map(|e| encode(vault, e)).collect::<Result<Vec<_>, _>>()?;
-    let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let mut conn = gate.get(pool)?;
     write_tx(&mut conn, |conn| {
         let mut written = vec![true; entries.len()];
         // Claimed in one order by every writer, so two batches never wait on each other's ids.

@@ -77,6 +77,52 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for Pragmas {
     }
 }
 
+/// While the database was out of reach this recently, a request waits only [`DOWN_WAIT`] for
+/// a connection (a database that is back answers well within it).
+const DOWN_RECENTLY: Duration = Duration::from_secs(2);
+const DOWN_WAIT: Duration = Duration::from_millis(250);
+
+/// Takes connections from the pool, remembering when one was last not to be had: while the
+/// database is down, requests are refused in a moment rather than each waiting out the
+/// pool's timeout.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// When a connection was last refused (ms since `opened`; 0: it was not).
+    down_at: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    opened: std::time::Instant,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self { down_at: Default::default(), opened: std::time::Instant::now() }
+    }
+}
+
+impl Gate {
+    /// A connection from `pool`.
+    pub fn get(&self, pool: &DbPool) -> Result<PooledDb, StoreError> {
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+        let down = self.down_at.load(Ordering::Relaxed);
+        let recently = down != 0 && u128::from(now.saturating_sub(down)) < DOWN_RECENTLY.as_millis();
+        let got = if recently { pool.get_timeout(DOWN_WAIT) } else { pool.get() };
+        match got {
+            Ok(c) => {
+                if down != 0 {
+                    self.down_at.store(0, Ordering::Relaxed);
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                // When it failed, not when it was asked for: the next request is "recent".
+                let failed_at = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+                self.down_at.store(failed_at, Ordering::Relaxed);
+                Err(StoreError::Unavailable(e.to_string()))
+            }
+        }
+    }
+}
+
 /// Opens a pool on the URL's backend.
 pub fn open_pool(url: &str, size: u32) -> Result<(Backend, DbPool), StoreError> {
     let (backend, conn_url) = Backend::from_url(url)?;
@@ -89,7 +135,9 @@ pub fn open_pool(url: &str, size: u32) -> Result<(Backend, DbPool), StoreError> 
     let pool = Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
-        .connection_timeout(Duration::from_secs(10))
+        // A request waits at most this for a connection: with the database down it is answered
+        // 503 promptly rather than held.
+        .connection_timeout(Duration::from_secs(5))
         .connection_customizer(Box::new(Pragmas))
         .build(ConnectionManager::<DbConnection>::new(conn_url))
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;

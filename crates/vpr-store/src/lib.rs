@@ -22,6 +22,8 @@ pub mod verify;
 
 pub use audit::AuditEntries;
 pub use db::Tx;
+use std::time::Duration;
+
 use db::{Backend, DbConnection, DbPool, PooledDb};
 pub use notices::{Change, NewNotice, Published, StoredNotice};
 pub use vault::{DataKeyFile, Vault, VaultError};
@@ -87,6 +89,40 @@ pub enum StoreError {
     AuditWrite(String),
 }
 
+/// What a database says when it is out of reach rather than the request wrong: gone or
+/// restarting (PostgreSQL), busy or out of disk (SQLite).
+const OUTAGE_MESSAGES: [&str; 11] = [
+    "terminating connection",
+    "server closed the connection",
+    "connection refused",
+    "could not connect",
+    "no connection to the server",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "database or disk is full",
+    "disk i/o error",
+    "database is locked",
+];
+
+impl StoreError {
+    /// Whether the database is out of reach (stopped, restarting, its disk full, its lock
+    /// held) rather than the request or the data wrong: answered 503, to be retried.
+    pub fn is_outage(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StoreError::Unavailable(_) | StoreError::AuditWrite(_) => true,
+            StoreError::Db(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _))
+            | StoreError::Db(Error::BrokenTransactionManager) => true,
+            StoreError::Db(Error::DatabaseError(_, info)) => {
+                let m = info.message().to_ascii_lowercase();
+                OUTAGE_MESSAGES.iter().any(|o| m.contains(o))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What a [`StoreError::NotFound`] did not find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Missing {
@@ -120,6 +156,8 @@ pub struct Store {
     recent: std::sync::Arc<notices::RecentNotices>,
     /// The sealed leaf hashes read so far, in tree order (they never change once sealed).
     leaves: std::sync::Arc<std::sync::Mutex<Vec<vpr_audit::merkle::Hash>>>,
+    /// Whether the database was just found out of reach (shared with the writers).
+    gate: db::Gate,
 }
 
 impl std::fmt::Debug for Store {
@@ -136,9 +174,10 @@ impl Store {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,
         };
-        let audit_writer = audit::audit_writer(pool.clone(), vault.clone(), writers);
+        let gate = db::Gate::default();
+        let audit_writer = audit::audit_writer(pool.clone(), gate.clone(), vault.clone(), writers);
         let ack_writer = subscriptions::ack_writer(pool.clone(), writers.min(2));
-        let jti_writer = tokens::jti_writer(pool.clone(), writers.min(2));
+        let jti_writer = tokens::jti_writer(pool.clone(), gate.clone(), writers.min(2));
         Ok(Self {
             pool,
             backend,
@@ -148,6 +187,7 @@ impl Store {
             jti_writer,
             recent: Default::default(),
             leaves: Default::default(),
+            gate,
         })
     }
 
@@ -161,9 +201,10 @@ impl Store {
         &self.vault
     }
 
-    /// A pooled connection.
+    /// A pooled connection: waiting up to the pool's timeout, or only a moment while the
+    /// database was just found out of reach ([`db::Gate`]).
     pub fn conn(&self) -> Result<PooledDb, StoreError> {
-        self.pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))
+        self.gate.get(&self.pool)
     }
 
     /// Applies pending migrations; returns their names.
@@ -171,9 +212,11 @@ impl Store {
         db::run_migrations(&mut *self.conn()?)
     }
 
-    /// Checks the database answers and every migration is applied (for `/readyz`).
+    /// Checks the database answers and every migration is applied (for `/readyz`, which must
+    /// answer promptly: it waits at most a second for a connection).
     pub fn ready(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
+        let mut conn =
+            self.pool.get_timeout(Duration::from_secs(1)).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let pending = db::pending_migrations(&mut conn)?;
         if pending > 0 {
             return Err(StoreError::Migration(format!("{pending} migrations pending")));

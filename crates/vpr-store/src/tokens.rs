@@ -40,13 +40,13 @@ pub(crate) fn claim_one(conn: &mut DbConnection, (client, jti, until, _): &JtiCl
 }
 
 /// The claim writer (`writers` threads).
-pub(crate) fn jti_writer(pool: crate::db::DbPool, writers: usize) -> JtiWriter {
+pub(crate) fn jti_writer(pool: crate::db::DbPool, gate: crate::db::Gate, writers: usize) -> JtiWriter {
     crate::group::GroupCommit::new(
         "jti-writer",
         writers,
         512,
         std::sync::Arc::new(move |claims: &[&JtiClaim]| {
-            let mut conn = pool.get().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let mut conn = gate.get(&pool)?;
             write_tx(&mut conn, |conn| {
                 if let Some(now) = claims.iter().map(|c| c.3).min() {
                     purge_expired(conn, now)?;

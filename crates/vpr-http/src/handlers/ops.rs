@@ -19,13 +19,26 @@ pub async fn healthz() -> HttpResponse {
 /// Readiness: the database answers and every migration is applied.
 #[utoipa::path(tag = "operations", responses(
     (status = 200, description = "Ready", body = Object),
-    (status = 503, description = "Not ready", body = crate::docs::ProblemDoc, content_type = "application/problem+json"),
+    (status = 503, description = "Not ready: `{\"status\": \"unavailable\", \"database\": ..., \"reason\": ...}` says why (the database cannot be reached, or migrations are pending), with `Retry-After`", body = Object),
 ))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<App>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let backend = store.backend().name();
-    blocking(move || store.ready().map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
+    let ready = blocking(move || Ok(store.ready())).await?;
+    if let Err(e) = ready {
+        // Why, in words an operator can act on; the cause itself goes to the log.
+        let reason = match &e {
+            vpr_store::StoreError::Migration(_) => "migrations are pending: run `vpr-broker migrate`",
+            e if e.is_outage() => "the database cannot be reached",
+            _ => "the database answered with an error",
+        };
+        tracing::warn!(cause = %e, reason, "not ready");
+        return Ok(HttpResponse::ServiceUnavailable()
+            .insert_header(("retry-after", "5"))
+            .insert_header(("cache-control", "no-store"))
+            .json(json!({"status": "unavailable", "database": backend, "reason": reason})));
+    }
     let mut body = serde_json::Map::new();
     body.insert("status".into(), json!("ready"));
     body.insert("database".into(), json!(backend));
