@@ -26,6 +26,9 @@ pub enum Mode {
     AckAndLose,
     /// Answers 307 to the receiver on this loopback port, without processing.
     Redirect(u16),
+    /// Processes the event and answers 200, then sends a body that never ends, a little at a
+    /// time (the broker must take the status and go, never wait for the body).
+    EndlessBody,
 }
 
 /// One request the receiver got.
@@ -56,7 +59,7 @@ pub struct Receiver {
 async fn handle(req: HttpRequest, body: web::Bytes, inner: web::Data<Arc<Mutex<Inner>>>) -> HttpResponse {
     let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let mode = inner.lock().unwrap().mode;
-    let processed = matches!(mode, Mode::Ack | Mode::AckLate(_));
+    let processed = matches!(mode, Mode::Ack | Mode::AckLate(_) | Mode::EndlessBody);
     inner.lock().unwrap().hits.push(Hit {
         event_id: header("vpr-event-id"),
         number: header("vpr-event-number").parse().unwrap_or(-1),
@@ -75,6 +78,13 @@ async fn handle(req: HttpRequest, body: web::Bytes, inner: web::Data<Arc<Mutex<I
         Mode::Hang(d) | Mode::AckLate(d) => {
             actix_web::rt::time::sleep(d).await;
             HttpResponse::Ok().finish()
+        }
+        Mode::EndlessBody => {
+            let chunks = futures_util::stream::unfold((), |()| async {
+                actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+                Some((Ok::<_, std::io::Error>(web::Bytes::from_static(&[b'x'; 4096])), ()))
+            });
+            HttpResponse::Ok().streaming(chunks)
         }
         Mode::Redirect(port) => HttpResponse::TemporaryRedirect()
             .insert_header(("Location", format!("http://127.0.0.1:{port}/vpr/events")))

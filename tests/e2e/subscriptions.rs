@@ -109,6 +109,30 @@ fn wait_all(receivers: &[(&str, &Receiver)], n: usize, b: &TestBroker) {
     }
 }
 
+both_backends!(
+    a_receiver_that_answers_200_with_an_endless_body_is_taken_at_its_word_and_not_waited_for,
+    |backend: Backend| {
+        let Some(b) = TestBroker::start_delivering(backend, |_| {}) else { return };
+        let amb = b.token("amb-cad");
+        let acute = b.token("acute-ed");
+        let endless = Receiver::start();
+        endless.set_mode(Mode::EndlessBody);
+        b.subscribe(&amb, &ambulance_subscription(Some(&endless.url), json!({})));
+        let started = std::time::Instant::now();
+        for (postcode, line) in
+            [("LS6 1AA", "1 Test Street"), ("LS6 1AB", "2 Test Street"), ("LS7 2AA", "3 Test Street")]
+        {
+            publish_address(&b, &acute, postcode, line);
+        }
+        assert!(endless.wait_for(3, Duration::from_secs(30)), "{:?}\n{}", endless.deduplicated(), b.log());
+        // Each acknowledged by its status: none sent twice, none waiting out the timeout.
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(endless.deduplicated(), vec![1, 2, 3]);
+        assert_eq!(endless.duplicates(), 0, "an event was sent again: the broker waited for the body");
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+);
+
 both_backends!(webhooks_deliver_every_event_once_in_order_through_outages_and_crashes, |backend: Backend| {
     let Some(b) = TestBroker::start_delivering(backend, |_| {}) else { return };
     let amb = b.token("amb-cad");

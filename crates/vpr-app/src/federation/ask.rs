@@ -306,7 +306,8 @@ pub(crate) async fn token_for(app: &App, peer: &vpr_auth::Peer) -> Result<String
         .await
         .map_err(|e| format!("cannot reach the peer's token endpoint: {}", short(&e)))?;
     let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
+    // Capped like every answer from a peer: an endless body is cut off, not buffered.
+    let body: Value = read_capped(response).await?;
     let token = body.get("access_token").and_then(Value::as_str).filter(|_| status == 200);
     let Some(token) = token else {
         let why = bounded(body.get("error_description").and_then(Value::as_str).unwrap_or("no token"));
