@@ -312,7 +312,8 @@ impl Store {
     }
 
     /// The current versions of several notices with the blind indexes of their subjects, from
-    /// one connection and one query for the heads; unknown ids are left out. Served from a small
+    /// one connection: one query for the heads, one for the versions not cached; unknown ids are
+    /// left out. Served from a small
     /// cache of recently read notices when the current version is unchanged (one fan-out
     /// delivers the same notice to many subscribers). The version is checked on every call, so
     /// a change is seen at once; entries live at most a minute.
@@ -325,13 +326,32 @@ impl Store {
         let keys: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let heads: Vec<NoticeRow> =
             notices::table.filter(notices::id.eq_any(&keys)).select(NoticeRow::as_select()).load(&mut conn)?;
+        let mut missed = Vec::new();
         for head in heads {
             let id = Uuid::parse_str(&head.id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if let Some(hit) = self.recent.get(id, head.current_version) {
-                out.insert(id, hit);
-                continue;
+            match self.recent.get(id, head.current_version) {
+                Some(hit) => {
+                    out.insert(id, hit);
+                }
+                None => missed.push((id, head)),
             }
-            let Some(n) = self.version_in(&mut conn, &head.id, head.current_version)? else { continue };
+        }
+        // The current versions of the rest in one query (each head's own version: a change
+        // committed since the heads were read is seen at the next call).
+        let wanted: Vec<&str> = missed.iter().map(|(_, h)| h.id.as_str()).collect();
+        let mut rows: HashMap<(String, i64), VersionRow> = HashMap::new();
+        for chunk in wanted.chunks(500) {
+            let found: Vec<VersionRow> = notice_versions::table
+                .inner_join(notices::table)
+                .filter(notices::id.eq_any(chunk))
+                .filter(notice_versions::version.eq(notices::current_version))
+                .select(VersionRow::as_select())
+                .load(&mut conn)?;
+            rows.extend(found.into_iter().map(|r| ((r.notice_id.clone(), r.version), r)));
+        }
+        for (id, head) in missed {
+            let Some(row) = rows.remove(&(head.id.clone(), head.current_version)) else { continue };
+            let n = self.open_version(row, &head)?;
             let mut blind: Vec<String> =
                 n.content.subject.match_keys().iter().map(|(k, v)| self.vault.blind_index(*k, v)).collect();
             blind.sort();

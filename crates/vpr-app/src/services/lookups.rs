@@ -148,10 +148,14 @@ impl App {
     /// The notices in force about a subject, with how each matched.
     fn lookup_candidates(&self, subject: &Subject) -> AppResult<(Vec<Candidate>, Vec<String>)> {
         let (blind, subject_refs) = subject_keys(self, subject);
+        let found = self.store.find_by_blind_indexes(&blind)?;
+        let ids: Vec<_> = found.iter().map(|(id, _)| *id).collect();
+        // Read together: one query for the heads, one for the versions not already opened.
+        let mut current = self.store.current_notices(&ids)?;
         let mut candidates = Vec::new();
-        for (id, matched) in self.store.find_by_blind_indexes(&blind)? {
+        for (id, matched) in found {
             // Only notices in force are disclosed by look-ups.
-            if let Some(n) = self.store.get(id)?.filter(|n| n.status == NoticeStatus::Active) {
+            if let Some((n, _)) = current.remove(&id).filter(|(n, _)| n.status == NoticeStatus::Active) {
                 candidates.push((n, matched));
             }
         }
