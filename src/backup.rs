@@ -76,12 +76,77 @@ fn latest_checkpoint(store: &Store) -> Result<Option<(i64, String)>> {
     Ok(store.latest_checkpoint()?.map(|c| (c.tree_size, c.root_hash)))
 }
 
-/// The URL of a scratch database beside `url`'s, and its name.
-fn scratch_url(url: &str) -> Result<(String, String)> {
-    let name = format!("vpr_backup_check_{}", std::process::id());
-    let (base, _) = url.rsplit_once('/').context("the PostgreSQL URL names no database")?;
-    let query = url.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
-    Ok((format!("{base}/{name}{query}"), name))
+/// A PostgreSQL URL in parts: `postgres://[user[:password]@]host[:port]/database[?query]`.
+struct PgUrl {
+    scheme: String,
+    user: String,
+    password: Option<String>,
+    host: String,
+    database: String,
+    query: String,
+}
+
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(b) = bytes.get(i) {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (b, hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            _ => {
+                out.push(*b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl PgUrl {
+    fn parse(url: &str) -> Result<Self> {
+        let (scheme, rest) = url.split_once("://").context("not a PostgreSQL URL")?;
+        let (rest, query) = rest.split_once('?').map_or((rest, String::new()), |(r, q)| (r, format!("?{q}")));
+        let (authority, database) = rest.split_once('/').context("the PostgreSQL URL names no database")?;
+        let (userinfo, host) = authority.rsplit_once('@').unwrap_or(("", authority));
+        let (user, password) = match userinfo.split_once(':') {
+            Some((u, p)) => (u.to_owned(), Some(percent_decoded(p))),
+            None => (userinfo.to_owned(), None),
+        };
+        Ok(Self { scheme: scheme.into(), user, password, host: host.into(), database: database.into(), query })
+    }
+
+    /// The URL of `database` on this server without the password, which goes to the tools as
+    /// `PGPASSWORD`, never on a command line another local user can read.
+    fn without_password(&self, database: &str) -> String {
+        let user = if self.user.is_empty() { String::new() } else { format!("{}@", self.user) };
+        format!("{}://{user}{}/{database}{}", self.scheme, self.host, self.query)
+    }
+
+    /// The URL of `database` on this server with the password (the broker's own connection).
+    fn with_password(&self, database: &str) -> String {
+        let user = match &self.password {
+            Some(p) => {
+                let p = p.replace('%', "%25").replace('@', "%40").replace(':', "%3A").replace('/', "%2F");
+                format!("{}:{p}@", self.user)
+            }
+            None if self.user.is_empty() => String::new(),
+            None => format!("{}@", self.user),
+        };
+        format!("{}://{user}{}/{database}{}", self.scheme, self.host, self.query)
+    }
+}
+
+/// `pg_dump` or `pg_restore`, given the password (if any) in its environment.
+fn pg_tool(tool: &str, url: &PgUrl) -> Command {
+    let mut c = Command::new(tool);
+    if let Some(p) = &url.password {
+        c.env("PGPASSWORD", p);
+    }
+    c
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
@@ -92,18 +157,21 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// What the check of a copy found, what the copy holds, and its latest signed checkpoint.
+type Described = (Checked, Contents, Option<(i64, String)>);
+
 /// Checks a PostgreSQL dump by restoring it into a scratch database on the same server.
-fn check_pg_dump(cfg: &Config, dump: &Path, vault: &vpr_store::Vault, jwks: &serde_json::Value) -> Result<Checked> {
-    let (scratch, name) = scratch_url(&cfg.database_url)?;
+fn check_pg_dump(cfg: &Config, dump: &Path, vault: &vpr_store::Vault, jwks: &serde_json::Value) -> Result<Described> {
+    let url = PgUrl::parse(&cfg.database_url)?;
+    let name = format!("vpr_backup_check_{}", std::process::id());
     vpr_store::backup::scratch_database(&cfg.database_url, &name, true)
         .context("cannot create a scratch database to check the dump (the role needs CREATEDB)")?;
     let checked = (|| {
-        run(
-            Command::new("pg_restore").args(["--no-owner", "--exit-on-error", "--dbname"]).arg(&scratch).arg(dump),
-            "pg_restore",
-        )?;
-        let store = Store::open(&scratch, 2, vault.clone())?;
-        check(&store, jwks)
+        let mut restore = pg_tool("pg_restore", &url);
+        restore.args(["--no-owner", "--exit-on-error", "--dbname"]).arg(url.without_password(&name)).arg(dump);
+        run(&mut restore, "pg_restore")?;
+        let store = Store::open(&url.with_password(&name), 2, vault.clone())?;
+        Ok((check(&store, jwks)?, store.contents()?, latest_checkpoint(&store)?))
     })();
     let _ = vpr_store::backup::scratch_database(&cfg.database_url, &name, false);
     checked
@@ -115,7 +183,10 @@ pub fn backup(cfg: &Config, store: &Store, jwks: &serde_json::Value, out: &Path)
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
         bail!("`{}` is not empty: a backup goes into a new folder", out.display());
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
+    // As sensitive as the database: readable by its owner only.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(out)
+        .with_context(|| format!("cannot create `{}`", out.display()))?;
     let backend = store.backend();
     let (file, checked, contents, checkpoint) = match backend {
         vpr_store::db::Backend::Sqlite => {
@@ -136,18 +207,13 @@ pub fn backup(cfg: &Config, store: &Store, jwks: &serde_json::Value, out: &Path)
         }
         vpr_store::db::Backend::Postgres => {
             let copy = out.join(PG_COPY);
-            // The contents before the dump: the dump holds at least these (the broker goes on
-            // writing); the check counts what it does hold.
-            let before = store.contents()?;
-            run(
-                Command::new("pg_dump")
-                    .args(["--format=custom", "--no-owner", "--file"])
-                    .arg(&copy)
-                    .arg(&cfg.database_url),
-                "pg_dump",
-            )?;
-            let checked = check_pg_dump(cfg, &copy, store.vault(), jwks)?;
-            (copy, checked, before, latest_checkpoint(store)?)
+            let url = PgUrl::parse(&cfg.database_url)?;
+            let mut dump = pg_tool("pg_dump", &url);
+            dump.args(["--format=custom", "--no-owner", "--file"]).arg(&copy).arg(url.without_password(&url.database));
+            run(&mut dump, "pg_dump")?;
+            // Described from the copy itself, restored into a scratch database.
+            let (checked, contents, checkpoint) = check_pg_dump(cfg, &copy, store.vault(), jwks)?;
+            (copy, checked, contents, checkpoint)
         }
     };
     let (bytes, sha256) = sha256_of(&file)?;
@@ -208,22 +274,43 @@ pub fn restore(cfg: &Config, vault: vpr_store::Vault, jwks: &serde_json::Value, 
             if !Store::open(&cfg.database_url, 2, vault.clone())?.is_blank()? {
                 bail!("the target database is not empty: a restore goes into a new database");
             }
-            run(
-                Command::new("pg_restore")
-                    .args(["--no-owner", "--exit-on-error", "--dbname"])
-                    .arg(&cfg.database_url)
-                    .arg(&file),
-                "pg_restore",
+            let url = PgUrl::parse(&cfg.database_url)?;
+            let mut restore = pg_tool("pg_restore", &url);
+            restore
+                .args(["--no-owner", "--exit-on-error", "--dbname"])
+                .arg(url.without_password(&url.database))
+                .arg(&file);
+            run(&mut restore, "pg_restore").context(
+                "the target database may now hold part of the backup: drop and create it again before retrying",
             )?;
         }
     }
-    let store = Store::open(&cfg.database_url, 2, vault)?;
-    let checked = check(&store, jwks)?;
-    let contents = store.contents()?;
-    if contents.notices < manifest.contents.notices || contents.audit_entries < manifest.contents.audit_entries {
-        bail!("the restored database holds less than the manifest says: {contents:?} against {:?}", manifest.contents);
-    }
-    let applied = store.migrate()?;
+    let restored = (|| {
+        let store = Store::open(&cfg.database_url, 2, vault)?;
+        // A backup of an older schema is brought up to this broker's before it is read.
+        let applied = store.migrate()?;
+        let checked = check(&store, jwks)?;
+        let contents = store.contents()?;
+        if contents.notices < manifest.contents.notices || contents.audit_entries < manifest.contents.audit_entries {
+            bail!(
+                "the restored database holds less than the manifest says: {contents:?} against {:?}",
+                manifest.contents
+            );
+        }
+        Ok((applied, checked, contents))
+    })();
+    let (applied, checked, contents) = match restored {
+        Ok(r) => r,
+        Err(e) => {
+            if backend == vpr_store::db::Backend::Sqlite {
+                // Not left half-restored: the file this restore made goes, so a retry can run.
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{target}{suffix}"));
+                }
+            }
+            return Err(e);
+        }
+    };
     println!(
         "restored {} notices ({} versions opened) and {} audit entries ({} verified against {} signed checkpoints) from {}{}",
         contents.notices,

@@ -181,6 +181,8 @@ pub struct LimitsConfig {
     pub ig: vpr_auth::Rate,
     #[serde(default = "default_token_rate")]
     pub token: vpr_auth::Rate,
+    #[serde(default = "default_public_rate")]
+    pub public: vpr_auth::Rate,
 }
 
 fn default_api_rate() -> vpr_auth::Rate {
@@ -190,12 +192,20 @@ fn default_ig_rate() -> vpr_auth::Rate {
     vpr_auth::Rate { per_second: 10.0, burst: 30 }
 }
 fn default_token_rate() -> vpr_auth::Rate {
-    vpr_auth::Rate { per_second: 10.0, burst: 50 }
+    vpr_auth::Rate { per_second: 20.0, burst: 100 }
+}
+fn default_public_rate() -> vpr_auth::Rate {
+    vpr_auth::Rate { per_second: 50.0, burst: 200 }
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { api: default_api_rate(), ig: default_ig_rate(), token: default_token_rate() }
+        Self {
+            api: default_api_rate(),
+            ig: default_ig_rate(),
+            token: default_token_rate(),
+            public: default_public_rate(),
+        }
     }
 }
 

@@ -380,7 +380,8 @@ async fn run_app(
     let http_workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
     let console = vpr_http::console::Console::new(console_settings(cfg)?, cfg.demo).map_err(anyhow::Error::msg)?;
-    let limits = vpr_http::limits::Limits::new(cfg.limits.api, cfg.limits.ig, cfg.limits.token);
+    let l = &cfg.limits;
+    let limits = vpr_http::limits::Limits::new(l.api, l.ig, l.token, l.public);
     let server = vpr_http::run(app, console, limits, &cfg.listen, http_workers, grace)?;
     let handle = server.handle();
     let mut failed = None;

@@ -211,7 +211,29 @@ fn postgresql_stopped_under_load_gives_prompt_503s_and_the_broker_recovers_losin
     }
     // And every look-up answered has its audit entry, in a log that verifies.
     let answered = outcomes.iter().filter(|o| o.status == 200).count() as i64;
-    assert!(b.wait_sealed() >= answered);
+    b.wait_sealed();
+    let audited: i64 = {
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let rows: Vec<N> = diesel::sql_query(
+            "SELECT COUNT(*) AS n FROM audit_entries WHERE action = 'lookup' AND decision <> 'refused'",
+        )
+        .load(&mut b.db())
+        .unwrap();
+        rows[0].n
+    };
+    assert!(audited >= answered, "{audited} look-ups audited, {answered} answered");
+    let jwks = b.dir.path().join("jwks.json");
+    std::fs::write(&jwks, b.jwks().to_string()).unwrap();
+    let verify = Command::new(binary())
+        .args(["audit", "verify", "--database", &pg.url(), "--jwks", jwks.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
     eprintln!(
         "outage {:?}: {} requests refused 503 (slowest {:?}); recovered {recovered:?} after the database returned; {} publishes acknowledged and kept",
         back_at - stopped_at,

@@ -122,7 +122,8 @@ both_backends!(a_partners_flood_is_refused_with_retry_after_while_another_partne
 fn token_requests_and_ig_calls_have_limits_of_their_own() {
     let Some(b) = TestBroker::start_with(Backend::Sqlite, |cfg| {
         let limits: toml::Table = toml::from_str(
-            "token = { per_second = 1, burst = 3 }\nig = { per_second = 1, burst = 2 }\napi = { per_second = 1000, burst = 1000 }",
+            // Refilled every 100 s: nothing comes back while the test runs.
+            "token = { per_second = 0.01, burst = 3 }\nig = { per_second = 0.01, burst = 2 }\napi = { per_second = 1000, burst = 1000 }",
         )
         .unwrap();
         cfg.insert("limits".into(), toml::Value::Table(limits));

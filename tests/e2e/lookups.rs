@@ -266,6 +266,20 @@ both!(refused_purposes_and_roles_are_audited, |b: &TestBroker| {
         "{a}"
     );
     assert!(a["subject_refs"].as_array().is_none_or(|r| r.is_empty()), "{a}");
+    // What a rule refused, or is not what it claims, is not kept: a name typed as the purpose,
+    // a role the system may not act in.
+    let n = b.count("audit_entries");
+    let r = b
+        .http
+        .post(b.url("/v1/lookups"))
+        .bearer_auth(&t)
+        .json(&json!({"purpose": "Jane Example 1 Test Street", "requester": {"user_id": "disp-9", "role": "police-officer"},
+                      "subject": {"person": {"nhs_number": "9990000019"}}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let a = one_audit(b, n);
+    assert_eq!((a["purpose"].as_str(), a["actor_role"].as_str()), (None, None), "{a}");
 });
 
 both!(objections_consent_and_break_glass, |b: &TestBroker| {

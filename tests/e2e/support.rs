@@ -252,6 +252,7 @@ impl TestBroker {
             api = {{ per_second = 100000, burst = 100000 }}
             ig = {{ per_second = 100000, burst = 100000 }}
             token = {{ per_second = 100000, burst = 100000 }}
+            public = {{ per_second = 100000, burst = 100000 }}
             "#,
             agreement = agreement_for(ics, dir.path()).display()
         ))

@@ -98,35 +98,42 @@ pub fn record_refused_for(
     app.store.append_audit(&entry).map_err(AppError::audit_write_failed)
 }
 
-/// What a refused look-up's body named, kept when well-formed (a short code or id, no control
-/// characters): the purpose, and the requester's user and role, so an IG lead sees who tried
-/// what, for which purpose, even when the rest of the request was invalid. Nothing about the
-/// subject is kept.
-fn asserted_in(body: &serde_json::Value) -> (Option<String>, Option<String>, Option<String>) {
-    let field = |v: Option<&serde_json::Value>| {
-        v.and_then(serde_json::Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control))
-            .map(str::to_owned)
-    };
+/// What a refused look-up's body named, kept only where it is no one's personal data and is
+/// what it claims to be: the purpose if it is one of the agreement's, the role if the system
+/// may act in it, the user id if it passed its own rule (as every accepted look-up's does). A
+/// field a rule refused is never kept (it could be anything: a name typed in the wrong box),
+/// and nothing about the subject is.
+fn asserted_in(
+    app: &App,
+    caller: &Caller,
+    body: &serde_json::Value,
+    errs: &[vpr_domain::FieldError],
+) -> (Option<String>, Option<String>, Option<String>) {
+    let refused = |pointer: &str| errs.iter().any(|e| e.pointer == pointer || e.pointer.is_empty());
+    let text = |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_str).map(str::trim).map(str::to_owned);
     let requester = body.get("requester");
-    (
-        field(body.get("purpose")),
-        field(requester.and_then(|r| r.get("user_id"))),
-        field(requester.and_then(|r| r.get("role"))),
-    )
+    let purpose =
+        text(body.get("purpose")).filter(|p| !refused("/purpose") && app.agreement.purposes.contains_key(p.as_str()));
+    let registry = app.tokens.registry();
+    let roles = registry.system(&caller.principal.client_id).map(|s| &s.roles);
+    let role = text(requester.and_then(|r| r.get("role")))
+        .filter(|r| !refused("/requester/role") && roles.is_some_and(|roles| roles.contains(r.as_str())));
+    let user = text(requester.and_then(|r| r.get("user_id")))
+        .filter(|u| !refused("/requester/user_id") && !refused("/requester") && !u.is_empty());
+    (purpose, user, role)
 }
 
-/// [`record_refusal`] for a request whose body was read: the entry names the purpose, user
-/// and role the body asserted, when it named them well-formed.
+/// [`record_refusal`] for a look-up refused as bad input (`errs`): the entry names the
+/// purpose, user and role the body asserted, where [`asserted_in`] keeps them.
 pub fn record_refusal_of(
     app: &App,
     caller: &Caller,
     action: AuditAction,
     body: &serde_json::Value,
-    refusal: AppError,
+    errs: Vec<vpr_domain::FieldError>,
 ) -> AppError {
-    let (purpose, user, role) = asserted_in(body);
+    let (purpose, user, role) = asserted_in(app, caller, body, &errs);
+    let refusal = AppError::Validation(errs);
     let entry = AuditEntry {
         decision: "refused".to_owned(),
         purpose,

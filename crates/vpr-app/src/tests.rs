@@ -246,3 +246,41 @@ async fn admission_checks_what_the_agreement_must_allow_before_anything_is_store
         assert!(app.store.subscriptions(None, None, 100).unwrap().is_empty(), "{db}: admission stores nothing");
     }
 }
+
+/// A clock stopped at one instant.
+#[derive(Debug)]
+struct StoppedClock(chrono::DateTime<chrono::Utc>);
+
+impl crate::Clock for StoppedClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn a_month_s_figures_are_published_once_it_has_ended_and_settled() {
+    let apps = apps();
+    for (name, app) in &apps.apps {
+        let at = |text: &str| {
+            let mut app = app.clone();
+            app.clock = Arc::new(StoppedClock(chrono::DateTime::parse_from_rfc3339(text).unwrap().to_utc()));
+            app
+        };
+        let who = || Reviewer { user: "lead-1".into(), role: crate::services::statistics::VPR_LEAD.into() };
+        let month = |m: u32| chrono::NaiveDate::from_ymd_opt(2026, m, 1).unwrap();
+        let lead = caller(app, "northmoor-cad", "figures-1");
+        // November, read in its own last minute: not ended, refused as a month not complete.
+        match at("2026-11-30T23:59:00Z").figures(&lead, who(), month(10), month(11)).await {
+            Err(AppError::Validation(errs)) => assert_eq!(errs[0].rule, "month-complete", "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        // Five minutes after it ended: entries stamped in it may still be committing.
+        match at("2026-12-01T00:05:00Z").figures(&lead, who(), month(10), month(11)).await {
+            Err(AppError::Unavailable(why)) => assert!(why.contains("not final yet"), "{name}: {why}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        // Settled, and sealed: published.
+        let f = at("2026-12-01T00:15:00Z").figures(&lead, who(), month(10), month(11)).await.unwrap();
+        assert_eq!(f.months, ["2026-10", "2026-11"], "{name}");
+    }
+}

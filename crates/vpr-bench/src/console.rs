@@ -161,7 +161,7 @@ fn start_broker(args: &ConsoleArgs, binary: &Path, port: u16, issuer: &str) -> R
         "config_version = 1\ndemo = true\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
          database_url = \"{database_url}\"\ndatabase_pool_size = 16\nregistry = \"{ics}/registry.json\"\nagreement = \"{agreement}\"\n\
          [keys]\nsigning_keys = [\"{ics}/keys/broker-signing.DEMO-ONLY.jwk\"]\ndata_keys = \"{ics}/keys/data-keys.DEMO-ONLY.json\"\n\
-         [limits]\napi = {{ per_second = 100000, burst = 100000 }}\nig = {{ per_second = 100000, burst = 100000 }}\ntoken = {{ per_second = 100000, burst = 100000 }}\n[tokens]\naccess_token_seconds = 3600\n\
+         [limits]\napi = {{ per_second = 100000, burst = 100000 }}\nig = {{ per_second = 100000, burst = 100000 }}\ntoken = {{ per_second = 100000, burst = 100000 }}\npublic = {{ per_second = 100000, burst = 100000 }}\n[tokens]\naccess_token_seconds = 3600\n\
          [console]\nissuer = \"{issuer}\"\nclient_id = \"vpr-console\"\nclient_secret = \"demo-only-console-secret-not-for-production\"\n",
         ics = ics.display(),
         agreement = agreement.display(),

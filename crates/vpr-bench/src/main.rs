@@ -171,7 +171,7 @@ fn start_signed_broker(broker: &Path, agreement: &Path, backend: &str, spec: &Sp
         format!(
             "config_version = 1\ndemo = true\nbenchmark_ungoverned_reads = {ungoverned}\nbenchmark_unaudited_reads = {unaudited}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
              database_url = \"{database_url}\"\ndatabase_pool_size = 16\nregistry = \"registry.json\"\nagreement = \"{}\"\n\
-             [keys]\nsigning_keys = [\"signing.jwk\"]\ndata_keys = \"data.json\"\n[limits]\napi = {{ per_second = 100000, burst = 100000 }}\nig = {{ per_second = 100000, burst = 100000 }}\ntoken = {{ per_second = 100000, burst = 100000 }}\n[tokens]\naccess_token_seconds = 3600\n{extra}",
+             [keys]\nsigning_keys = [\"signing.jwk\"]\ndata_keys = \"data.json\"\n[limits]\napi = {{ per_second = 100000, burst = 100000 }}\nig = {{ per_second = 100000, burst = 100000 }}\ntoken = {{ per_second = 100000, burst = 100000 }}\npublic = {{ per_second = 100000, burst = 100000 }}\n[tokens]\naccess_token_seconds = 3600\n{extra}",
             agreement.display()
         ),
     )?;

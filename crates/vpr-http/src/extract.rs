@@ -47,6 +47,29 @@ pub fn authenticate(app: &App, req: &HttpRequest, scopes: &[Scope]) -> Result<Ca
     Ok(Caller::new(principal, request_id(req)))
 }
 
+/// Counts a request no token names against its client address's `public` bucket (token
+/// requests have their own, `token`), before any work.
+pub fn admit_address(req: &HttpRequest, class: Class) -> Result<(), ApiError> {
+    let Some(limits) = req.app_data::<web::Data<Limits>>() else { return Ok(()) };
+    if let Some(headers) = limits.admit(class, &client_address(req), None)? {
+        req.extensions_mut().insert(headers);
+    }
+    Ok(())
+}
+
+/// The client's address as a bucket key: the peer's IP (an IPv6 client by its /64, which it
+/// can change addresses within at will).
+pub fn client_address(req: &HttpRequest) -> String {
+    match req.peer_addr().map(|a| a.ip()) {
+        Some(std::net::IpAddr::V6(ip)) => {
+            let s = ip.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(ip) => ip.to_string(),
+        None => "unknown".into(),
+    }
+}
+
 /// Counts the request against its system's limit (`crate::limits`), before any work: the IG
 /// endpoints (those needing `audit:read` or `ig:write` only) against the system's IG bucket,
 /// everything else against its API bucket. The headers for the answer are kept on the request.
@@ -54,7 +77,11 @@ fn admit(app: &App, req: &HttpRequest, principal: &Principal, scopes: &[Scope]) 
     let Some(limits) = req.app_data::<web::Data<Limits>>() else { return Ok(()) };
     let ig = !scopes.is_empty() && scopes.iter().all(|s| matches!(s, Scope::AuditRead | Scope::IgWrite));
     let class = if ig { Class::Ig } else { Class::Api };
-    let own = app.tokens.registry().system(&principal.client_id).and_then(|s| s.rate_limit);
+    // A system's own rate in the registry replaces the API default only, never the IG one.
+    let own = match class {
+        Class::Api => app.tokens.registry().system(&principal.client_id).and_then(|s| s.rate_limit),
+        _ => None,
+    };
     if let Some(headers) = limits.admit(class, &principal.client_id, own)? {
         req.extensions_mut().insert(headers);
     }

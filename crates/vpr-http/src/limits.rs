@@ -44,6 +44,9 @@ pub enum Class {
     Ig,
     /// Token requests, per client address.
     Token,
+    /// Requests no token names (inclusion and consistency proofs, the latest checkpoint, a peer
+    /// broker's pushed events), per client address.
+    Public,
 }
 
 impl Class {
@@ -53,6 +56,7 @@ impl Class {
             Class::Api => "api",
             Class::Ig => "ig",
             Class::Token => "token",
+            Class::Public => "public",
         }
     }
 }
@@ -63,6 +67,7 @@ pub struct Limits {
     api: Rate,
     ig: Rate,
     token: Rate,
+    public: Rate,
     buckets: Mutex<Buckets>,
     clock: DefaultClock,
 }
@@ -118,8 +123,8 @@ fn header(text: String) -> HeaderValue {
 impl Limits {
     /// Limits with these default rates. A rate that makes no bucket (`per_second` 0) is
     /// refused when the configuration is read, not here.
-    pub fn new(api: Rate, ig: Rate, token: Rate) -> Self {
-        Self { api, ig, token, buckets: Mutex::new(HashMap::new()), clock: DefaultClock::default() }
+    pub fn new(api: Rate, ig: Rate, token: Rate, public: Rate) -> Self {
+        Self { api, ig, token, public, buckets: Mutex::new(HashMap::new()), clock: DefaultClock::default() }
     }
 
     fn default_rate(&self, class: Class) -> Rate {
@@ -127,6 +132,7 @@ impl Limits {
             Class::Api => self.api,
             Class::Ig => self.ig,
             Class::Token => self.token,
+            Class::Public => self.public,
         }
     }
 
@@ -138,8 +144,14 @@ impl Limits {
                 return Some(b.clone());
             }
         }
+        // Only a class keyed by address can grow so far: the largest starts afresh alone, never
+        // resetting the partners' own buckets.
         if buckets.len() >= MAX_BUCKETS {
-            buckets.retain(|(c, _), _| *c != class);
+            let size = |class: Class| buckets.keys().filter(|(c, _)| *c == class).count();
+            let largest = [Class::Token, Class::Public, Class::Api, Class::Ig].into_iter().max_by_key(|c| size(*c));
+            if let Some(largest) = largest {
+                buckets.retain(|(c, _), _| *c != largest);
+            }
         }
         let bucket = Arc::new(RateLimiter::direct_with_clock(quota(rate)?, self.clock.clone()).with_middleware());
         buckets.insert((class, key.to_owned()), (rate, bucket.clone()));
@@ -186,6 +198,7 @@ mod tests {
     fn a_burst_then_refusals_with_how_long_to_wait() {
         let limits = Limits::new(
             Rate { per_second: 2.0, burst: 3 },
+            Rate { per_second: 1.0, burst: 1 },
             Rate { per_second: 1.0, burst: 1 },
             Rate { per_second: 1.0, burst: 1 },
         );

@@ -114,13 +114,25 @@ impl Gate {
                 Ok(c)
             }
             Err(e) => {
-                // When it failed, not when it was asked for: the next request is "recent".
-                let failed_at = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
-                self.down_at.store(failed_at, Ordering::Relaxed);
+                // Only an outage arms the gate, not a pool busy under load (every connection
+                // in use, none refused): that would turn a spike into a storm of refusals.
+                if unreachable(pool, &e) {
+                    // When it failed, not when it was asked for: the next request is "recent".
+                    let failed_at = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+                    self.down_at.store(failed_at, Ordering::Relaxed);
+                }
                 Err(StoreError::Unavailable(e.to_string()))
             }
         }
     }
+}
+
+/// Whether a failure to get a connection means the database cannot be reached (the pool has
+/// no connection left, or the last attempt to make one failed), not that every connection is
+/// in use.
+pub fn unreachable(pool: &DbPool, e: &diesel::r2d2::PoolError) -> bool {
+    // r2d2 names the last connection error after "timed out waiting for connection: ".
+    pool.state().connections == 0 || e.to_string().contains("connection: ")
 }
 
 /// Opens a pool on the URL's backend.

@@ -215,8 +215,12 @@ impl Store {
     /// Checks the database answers and every migration is applied (for `/readyz`, which must
     /// answer promptly: it waits at most a second for a connection).
     pub fn ready(&self) -> Result<(), StoreError> {
-        let mut conn =
-            self.pool.get_timeout(Duration::from_secs(1)).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut conn = match self.pool.get_timeout(Duration::from_secs(1)) {
+            Ok(c) => c,
+            // Every connection in use is a busy database, not a missing one: still ready.
+            Err(e) if !db::unreachable(&self.pool, &e) => return Ok(()),
+            Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+        };
         let pending = db::pending_migrations(&mut conn)?;
         if pending > 0 {
             return Err(StoreError::Migration(format!("{pending} migrations pending")));

@@ -34,11 +34,12 @@ def main():
             r = conn.getresponse()
             data = r.read()
             seen[r.status] = seen.get(r.status, 0) + 1
-            if r.status == 429 and not problem:
+            if r.status == 429:
                 with lock:
                     retry_after.append(int(r.getheader("Retry-After", "0")))
-                    problem.append({"body": json.loads(data), "ratelimit": r.getheader("RateLimit"),
-                                    "content_type": r.getheader("Content-Type")})
+                    if not problem:
+                        problem.append({"body": json.loads(data), "ratelimit": r.getheader("RateLimit"),
+                                        "content_type": r.getheader("Content-Type")})
         with lock:
             for k, v in seen.items():
                 statuses[k] = statuses.get(k, 0) + v

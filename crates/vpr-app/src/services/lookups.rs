@@ -140,7 +140,7 @@ impl App {
     /// Validates a look-up body; an invalid one is refused and audited (naming no subject).
     fn valid_lookup(&self, caller: &Caller, body: &Value) -> AppResult<(Lookup, Access)> {
         let valid = vpr_domain::validate::lookup(body)
-            .map_err(|errs| record_refusal_of(self, caller, AuditAction::Lookup, body, AppError::Validation(errs)))?;
+            .map_err(|errs| record_refusal_of(self, caller, AuditAction::Lookup, body, errs))?;
         let access = access_of(&valid.input);
         Ok((valid, access))
     }
@@ -239,9 +239,7 @@ impl App {
             Err(errs) => {
                 let caller = caller.clone();
                 return Err(self
-                    .blocking(move |app| {
-                        Ok(record_refusal_of(app, &caller, AuditAction::Lookup, &body, AppError::Validation(errs)))
-                    })
+                    .blocking(move |app| Ok(record_refusal_of(app, &caller, AuditAction::Lookup, &body, errs)))
                     .await?);
             }
         };

@@ -17,6 +17,10 @@ use crate::App;
 /// The longest span of months the figures cover at once.
 pub const MAX_MONTHS: u32 = 24;
 
+/// Minutes after a month ends before its figures are published: longer than any request
+/// (stamped at its start) can take to commit its audit entry.
+pub const SETTLE_MINUTES: i64 = 10;
+
 /// The role besides the IG roles that sees the figures.
 pub const VPR_LEAD: &str = "vpr-lead";
 
@@ -95,8 +99,11 @@ impl App {
             let months = months_between(from, to);
             // The last month is final once every entry written in it is sealed (seconds after
             // it ends, unless the sealer is behind): until then its figures could still move.
-            let after = to.checked_add_months(Months::new(1)).unwrap_or(to);
-            if app.store.unsealed_before(after.and_time(chrono::NaiveTime::MIN))? {
+            let after = to.checked_add_months(Months::new(1)).unwrap_or(to).and_time(chrono::NaiveTime::MIN);
+            // An entry is stamped before it commits (a request may wait seconds for the
+            // database): a month is final only a while after it ends, and once sealed.
+            let settled = app.clock.now().naive_utc() >= after + chrono::Duration::minutes(SETTLE_MINUTES);
+            if !settled || app.store.unsealed_before(after)? {
                 return Err(AppError::Unavailable(format!(
                     "the figures for {} are not final yet: the audit log is still being sealed",
                     to.format("%Y-%m")

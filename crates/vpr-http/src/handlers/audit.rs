@@ -21,6 +21,7 @@ use crate::extract::{authenticate, header_or_empty, json, Query, MAX_BODY_BYTES}
     ))]
 #[get("/v1/audit/proofs/inclusion")]
 pub async fn inclusion(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    crate::extract::admit_address(&req, crate::limits::Class::Public)?;
     let q = Query::of(&req)?;
     let index = q.int("leaf_index", 0, i64::MAX)?.ok_or_else(|| required("leaf_index"))?;
     let size = q.int("tree_size", 1, i64::MAX)?.ok_or_else(|| required("tree_size"))?;
@@ -48,6 +49,7 @@ fn required(name: &str) -> ApiError {
     ))]
 #[get("/v1/audit/proofs/consistency")]
 pub async fn consistency(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    crate::extract::admit_address(&req, crate::limits::Class::Public)?;
     let q = Query::of(&req)?;
     let first = q.int("first", 1, i64::MAX)?.ok_or_else(|| required("first"))?;
     let second = q.int("second", 1, i64::MAX)?.ok_or_else(|| required("second"))?;

@@ -128,6 +128,8 @@ pub async fn peer_event(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    // Signed by the peer (checked below), not authenticated by a token: limited by address.
+    crate::extract::admit_address(&req, crate::limits::Class::Public)?;
     let id = path_id(&id, "subscription")?;
     let bytes = body(payload, MAX_SUBSCRIPTION_BODY).await?;
     let jws = String::from_utf8(bytes.to_vec())

@@ -1,7 +1,7 @@
 //! `POST /oauth2/token` (client credentials with `private_key_jwt`) and the discovery documents.
 
 use actix_web::http::header;
-use actix_web::{get, post, web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use vpr_auth::registry::Scope;
 use vpr_auth::AuthError;
 
@@ -9,7 +9,7 @@ use crate::docs::{JwksDoc, ProblemDoc, TokenResponseDoc};
 use crate::error::ApiError;
 use crate::extract::blocking;
 use crate::extract::{body, MAX_BODY_BYTES};
-use crate::limits::{Class, Limits};
+use crate::limits::Class;
 use vpr_app::App;
 
 fn form(req: &HttpRequest, body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
@@ -67,12 +67,7 @@ async fn issue(
 ) -> Result<vpr_auth::tokens::IssuedToken, ApiError> {
     // Token requests are limited per client address: the client is not known until its
     // assertion is verified, which is the work the limit protects.
-    if let Some(limits) = req.app_data::<web::Data<Limits>>() {
-        let address = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-        if let Some(headers) = limits.admit(Class::Token, &address, None)? {
-            req.extensions_mut().insert(headers);
-        }
-    }
+    crate::extract::admit_address(req, Class::Token)?;
     let body = body(payload, MAX_BODY_BYTES).await?;
     let params = form(req, &body)?;
     match single(&params, "grant_type")? {

@@ -71,7 +71,8 @@ pub async fn openapi(doc: web::Data<OpenApiDoc>) -> HttpResponse {
     (status = 404, description = "Nothing sealed yet", body = crate::docs::ProblemDoc, content_type = "application/problem+json"),
 ))]
 #[get("/v1/audit/checkpoints/latest")]
-pub async fn latest_checkpoint(state: web::Data<App>) -> Result<HttpResponse, ApiError> {
+pub async fn latest_checkpoint(state: web::Data<App>, req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    crate::extract::admit_address(&req, crate::limits::Class::Public)?;
     let store = state.store.clone();
     let cp = blocking(move || store.latest_checkpoint().map_err(ApiError::from)).await?;
     let cp = cp.ok_or_else(|| ApiError::NotFound("no audit entry has been sealed yet".into()))?;
