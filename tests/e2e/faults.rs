@@ -242,3 +242,110 @@ fn postgresql_stopped_under_load_gives_prompt_503s_and_the_broker_recovers_losin
         published.len()
     );
 }
+
+/// A small filesystem of the test's own (tmpfs), to fill.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let why = "this test fills a small tmpfs of its own: it needs to mount one (root)";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{why}");
+            }
+            eprintln!("SKIPPING: {why}");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(self.dir.path()).status();
+        assert!(ok.unwrap().success(), "remount");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_on_sqlite_gives_503s_and_no_corruption_and_the_broker_recovers_when_space_is_freed() {
+    let Some(disk) = SmallDisk::mount("3m") else { return };
+    let url = format!("sqlite://{}/broker.db", disk.dir.path().display());
+    let b = TestBroker::unstarted_on(&url, |_| {});
+    b.spawn();
+    let amb = b.token("amb-cad");
+    // Publish until the disk is full: each answer 201 or 503 problem+json, never a 500.
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    let mut i = 0u64;
+    while refused < 5 {
+        i += 1;
+        assert!(i < 20_000, "the disk never filled");
+        let mut body = person_notice("9990000018");
+        body["advice_text"] = serde_json::json!(format!("{i} {}", "padding to fill the disk ".repeat(10)));
+        let r = b.publish(&amb, &body);
+        match r.status().as_u16() {
+            201 => acknowledged.push(json_of(r)["id"].as_str().unwrap().to_owned()),
+            503 => {
+                assert_eq!(json_of(r)["type"], "urn:vpr-broker:problem:unavailable");
+                refused += 1;
+            }
+            other => panic!("publish {i} answered {other}: {}", r.text().unwrap_or_default()),
+        }
+    }
+    assert!(acknowledged.len() > 10, "{} published before the disk filled", acknowledged.len());
+    // Space is freed: the broker publishes again within 5 s, on its own.
+    disk.grow("256m");
+    let freed = Instant::now();
+    loop {
+        let r = b.publish(&amb, &person_notice("9990000026"));
+        if r.status() == 201 {
+            acknowledged.push(json_of(r)["id"].as_str().unwrap().to_owned());
+            break;
+        }
+        assert!(freed.elapsed() < Duration::from_secs(5), "not recovered: {}", r.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing acknowledged was lost, the database is intact, and the audit log verifies.
+    for id in &acknowledged {
+        assert_eq!(b.get(&amb, &format!("/v1/notices/{id}")).status(), 200, "{id} was acknowledged");
+    }
+    {
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Check {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            integrity_check: String,
+        }
+        let rows: Vec<Check> = diesel::sql_query("PRAGMA integrity_check").load(&mut b.db()).unwrap();
+        assert_eq!(rows[0].integrity_check, "ok");
+    }
+    // A look-up after the disk filled and was freed: decided, answered, audited, sealed.
+    let lookup = serde_json::json!({"purpose": "staff-safety", "requester": {"user_id": "disp-1", "role": "ambulance-dispatcher"},
+        "subject": {"person": {"nhs_number": "9990000026"}}});
+    let r = b.post_json(&amb, "/v1/lookups", &lookup);
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r)["results"].as_array().unwrap().len(), 1);
+    b.wait_sealed();
+    let jwks = b.dir.path().join("jwks.json");
+    std::fs::write(&jwks, b.jwks().to_string()).unwrap();
+    let verify = Command::new(binary())
+        .args(["audit", "verify", "--database", &url, "--jwks", jwks.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    eprintln!("{} publishes acknowledged before the disk filled, then {refused} refused 503; recovered {:?} after space was freed", acknowledged.len() - 1, freed.elapsed());
+    b.terminate();
+}
