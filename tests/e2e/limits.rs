@@ -193,4 +193,24 @@ fn a_method_a_path_does_not_answer_is_405_with_allow_and_a_large_body_413() {
     let doc: Value = b.http.get(b.url("/openapi.json")).send().unwrap().json().unwrap();
     let lookups = &doc["paths"]["/v1/lookups"]["post"]["responses"];
     assert!(lookups.get("429").is_some() && lookups.get("413").is_some(), "{lookups}");
+    // Every operation lists what its edge can answer: with a token 401, 403, 429, 503; with a
+    // JSON body also 400, 413, 415, 422.
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let listed = |s: &str| op["responses"].get(s).is_some();
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            if secured {
+                for s in ["401", "403", "429", "503"] {
+                    assert!(listed(s), "{method} {path} does not list {s}");
+                }
+            }
+            let json_body =
+                op["requestBody"]["content"].as_object().is_some_and(|c| c.keys().any(|k| k.contains("json")));
+            if json_body {
+                for s in ["400", "413", "415", "422"] {
+                    assert!(listed(s), "{method} {path} does not list {s}");
+                }
+            }
+        }
+    }
 }

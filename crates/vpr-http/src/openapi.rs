@@ -62,32 +62,66 @@ pub fn build(routes: fn(&mut ServiceConfig)) -> Value {
     // Every placeholder utoipa registered is replaced by its contract document.
     root.insert("components".into(), json!({ "schemas": schemas(), "securitySchemes": security() }));
     if let Some(Value::Object(paths)) = root.get_mut("paths") {
-        paths.values_mut().for_each(edge_responses);
+        paths.iter_mut().for_each(|(path, ops)| edge_responses(path, ops));
     }
     Value::Object(root)
 }
 
-/// The answers every operation of a kind can give, whatever its handler: `429` where a token
-/// is needed (the system's rate limit, `crate::limits`), `413` where a body is read.
-fn edge_responses(path: &mut Value) {
-    let content = json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}});
+/// The answers every operation of a kind can give, whatever its handler, where the handler's
+/// own description does not list them: where a token is needed 401 (none, or not valid), 403
+/// (a scope it lacks), 429 (the system's rate limit, `crate::limits`) and 503 (the database
+/// out of reach); where a body is read 400 (not parseable), 413 (too large), 415 (not JSON) and
+/// 422 (failed its rules). FHIR operations answer an `OperationOutcome`, the rest problem+json.
+fn edge_responses(path: &str, ops: &mut Value) {
+    let content = if path.starts_with("/fhir/") {
+        json!({"application/fhir+json": {"schema": {"type": "object", "description": "An OperationOutcome"}}})
+    } else {
+        json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}})
+    };
     let problem = |description: &str| json!({"description": description, "content": content});
-    let Value::Object(ops) = path else { return };
+    let Value::Object(ops) = ops else { return };
     for op in ops.values_mut() {
         let Value::Object(op) = op else { continue };
         let secured = op.get("security").and_then(Value::as_array).is_some_and(|s| !s.is_empty());
-        let has_body = op.contains_key("requestBody");
+        let json_body = op
+            .get("requestBody")
+            .and_then(|b| b.get("content"))
+            .and_then(Value::as_object)
+            .map(|c| c.keys().any(|k| k.contains("json")));
         let Some(Value::Object(responses)) = op.get_mut("responses") else { continue };
-        if secured && !responses.contains_key("429") {
-            let limited = json!({
-                "description": "Over this system's rate limit (`limits`, or its own in the registry): `Retry-After` says when to try again; `RateLimit-Policy` and `RateLimit` are on every answer",
-                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
-                "content": content,
-            });
-            responses.insert("429".into(), limited);
+        let mut add = |status: &str, answer: Value| {
+            responses.entry(status.to_owned()).or_insert(answer);
+        };
+        if secured {
+            add("401", problem("No access token, or one that is not valid (expired, revoked, not this broker's)"));
+            add("403", problem("The token lacks a scope this operation needs, or the agreement refuses (audited)"));
+            add(
+                "429",
+                json!({
+                    "description": "Over this system's rate limit (`limits`, or its own in the registry): `Retry-After` says when to try again; `RateLimit-Policy` and `RateLimit` are on every answer",
+                    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                    "content": content,
+                }),
+            );
+            add(
+                "503",
+                json!({
+                    "description": "The database (or the audit write a disclosure depends on) is out of reach: nothing was done; retry after `Retry-After`",
+                    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                    "content": content,
+                }),
+            );
         }
-        if has_body && !responses.contains_key("413") {
-            responses.insert("413".into(), problem("The request body is larger than the operation accepts"));
+        if let Some(is_json) = json_body {
+            add("400", problem("The body cannot be parsed"));
+            add("413", problem("The request body is larger than the operation accepts"));
+            if is_json {
+                add("415", problem("The body is not `application/json`"));
+                add(
+                    "422",
+                    problem("The body failed its schema or the domain rules: `errors` names each field and rule"),
+                );
+            }
         }
     }
 }
