@@ -196,8 +196,18 @@ impl FlagSearch {
     }
 }
 
-async fn search(app: &App, req: &HttpRequest, params: Vec<(String, String)>) -> Result<HttpResponse, FhirError> {
-    let caller = authenticate(app, req, &[Scope::NoticesWrite, Scope::NoticesRead])?;
+/// The token of a search, checked (and counted against the system's limit) before anything is
+/// read, a body included.
+fn searcher(app: &App, req: &HttpRequest) -> Result<vpr_app::Caller, FhirError> {
+    Ok(authenticate(app, req, &[Scope::NoticesWrite, Scope::NoticesRead])?)
+}
+
+async fn search(
+    app: &App,
+    req: &HttpRequest,
+    caller: vpr_app::Caller,
+    params: Vec<(String, String)>,
+) -> Result<HttpResponse, FhirError> {
     vpr_app::access::require_scope(&caller.principal, Scope::NoticesRead)?;
     let checked = FlagSearch::from_params(app, &caller, &params).and_then(|s| Ok((s, asserted(req)?)));
     let (query, access) = match checked {
@@ -271,8 +281,9 @@ fn searchset(app: &App, query: &FlagSearch, flags: Vec<Value>) -> Result<Value, 
 )]
 #[get("/fhir/R4/Flag")]
 pub async fn search_get(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, FhirError> {
+    let caller = searcher(&app, &req)?;
     let params = crate::extract::Query::of(&req)?.pairs().to_vec();
-    search(&app, &req, params).await
+    search(&app, &req, caller, params).await
 }
 
 /// Searches Flags with the parameters in a form body, so the NHS number is not in the URL.
@@ -292,12 +303,13 @@ pub async fn search_post(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, FhirError> {
+    let caller = searcher(&app, &req)?;
     let body = body(payload, MAX_BODY_BYTES).await?;
     let mut params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|_| ApiError::BadRequest { detail: "the form body is malformed".into(), errors: vec![] })?;
     let from_query: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
     params.extend(from_query);
-    search(&app, &req, params).await
+    search(&app, &req, caller, params).await
 }
 
 /// Reads one Flag: its publisher sees it in full; anyone else in the view the agreement decides
