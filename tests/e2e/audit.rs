@@ -1,25 +1,12 @@
 //! The sealed audit log: signed checkpoints, and offline verification that catches entries
 //! edited, deleted, inserted, reordered, or a truncated tail — on both databases.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::both;
 use crate::support::*;
-
-fn verify(b: &TestBroker, jwks: &std::path::Path) -> (bool, String) {
-    let out = Command::new(binary())
-        .args(["audit", "verify", "--database", &b.database_url, "--jwks"])
-        .arg(jwks)
-        .env_remove("VPR_DATABASE_URL")
-        .output()
-        .unwrap();
-    let text =
-        format!("{}{}\n[{}]", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), out.status);
-    (out.status.success(), text)
-}
 
 both!(audit_verify_catches_every_kind_of_tampering, |b: &TestBroker| {
     let t = b.token("amb-cad");
@@ -47,14 +34,14 @@ both!(audit_verify_catches_every_kind_of_tampering, |b: &TestBroker| {
     std::fs::write(&jwks, b.http.get(b.url("/.well-known/jwks.json")).send().unwrap().text().unwrap()).unwrap();
     // Verification works offline: the broker is stopped.
     b.kill_hard();
-    let (ok, text) = verify(b, &jwks);
+    let (ok, text) = audit_verify(b, &jwks);
     assert!(ok && text.contains("12 sealed entries") && text.contains("the audit log verifies"), "{text}");
 
     b.exec("CREATE TABLE audit_backup AS SELECT * FROM audit_entries");
     let restore = || {
         b.exec("DELETE FROM audit_entries");
         b.exec("INSERT INTO audit_entries SELECT * FROM audit_backup");
-        let (ok, text) = verify(b, &jwks);
+        let (ok, text) = audit_verify(b, &jwks);
         assert!(ok, "restored log should verify: {text}");
     };
     let cases: &[(&str, &[&str], &str)] = &[
@@ -83,7 +70,7 @@ both!(audit_verify_catches_every_kind_of_tampering, |b: &TestBroker| {
         for s in *sql {
             b.exec(s);
         }
-        let (ok, text) = verify(b, &jwks);
+        let (ok, text) = audit_verify(b, &jwks);
         assert!(!ok, "{case}: tampering not detected:\n{text}");
         assert!(text.contains(names), "{case}: expected `{names}` in:\n{text}");
         if *case == "checkpoint forged" {
@@ -281,6 +268,6 @@ both!(break_glass_accesses_wait_for_ig_review, |b: &TestBroker| {
     }
     let jwks = b.dir.path().join("jwks.json");
     std::fs::write(&jwks, b.http.get(b.url("/.well-known/jwks.json")).send().unwrap().text().unwrap()).unwrap();
-    let (ok, text) = verify(b, &jwks);
+    let (ok, text) = audit_verify(b, &jwks);
     assert!(ok, "{text}");
 });

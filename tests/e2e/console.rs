@@ -5,7 +5,6 @@
 //! in `$CARGO_TARGET_DIR/console-screenshots/`.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +20,6 @@ const IG_LEAD: (&str, &str, &str) = ("ig-lead", "nma-073498e39ae8fbbb", "Alex Th
 const VPR_LEAD: (&str, &str, &str) = ("vpr-lead", "nma-3b8e7bc6be25b51d", "Jordan Ashcombe");
 const OUTSIDER: (&str, &str, &str) = ("outsider", "nma-e2fe831900494096", "Riley Outram");
 const PASSWORD: &str = "demo-password";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -60,7 +60,7 @@ impl OwnPostgres {
             .output()
             .unwrap();
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        let port = TcpListenerPort::free();
+        let port = free_port();
         let pg = Self { dir, bin, port };
         pg.up();
         Some(pg)
@@ -95,13 +95,6 @@ impl OwnPostgres {
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
         self.down("immediate");
-    }
-}
-
-struct TcpListenerPort;
-impl TcpListenerPort {
-    fn free() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
     }
 }
 
@@ -212,28 +205,10 @@ fn postgresql_stopped_under_load_gives_prompt_503s_and_the_broker_recovers_losin
     // And every look-up answered has its audit entry, in a log that verifies.
     let answered = outcomes.iter().filter(|o| o.status == 200).count() as i64;
     b.wait_sealed();
-    let audited: i64 = {
-        use diesel::RunQueryDsl;
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let rows: Vec<N> = diesel::sql_query(
-            "SELECT COUNT(*) AS n FROM audit_entries WHERE action = 'lookup' AND decision <> 'refused'",
-        )
-        .load(&mut b.db())
-        .unwrap();
-        rows[0].n
-    };
+    let audited = b.count_where("audit_entries", "action = 'lookup' AND decision <> 'refused'");
     assert!(audited >= answered, "{audited} look-ups audited, {answered} answered");
-    let jwks = b.dir.path().join("jwks.json");
-    std::fs::write(&jwks, b.jwks().to_string()).unwrap();
-    let verify = Command::new(binary())
-        .args(["audit", "verify", "--database", &pg.url(), "--jwks", jwks.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let (verifies, printed) = b.audit_verifies();
+    assert!(verifies, "{printed}");
     eprintln!(
         "outage {:?}: {} requests refused 503 (slowest {:?}); recovered {recovered:?} after the database returned; {} publishes acknowledged and kept",
         back_at - stopped_at,
@@ -339,13 +314,8 @@ fn a_full_disk_on_sqlite_gives_503s_and_no_corruption_and_the_broker_recovers_wh
     assert_eq!(r.status(), 200);
     assert_eq!(json_of(r)["results"].as_array().unwrap().len(), 1);
     b.wait_sealed();
-    let jwks = b.dir.path().join("jwks.json");
-    std::fs::write(&jwks, b.jwks().to_string()).unwrap();
-    let verify = Command::new(binary())
-        .args(["audit", "verify", "--database", &url, "--jwks", jwks.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let (verifies, printed) = b.audit_verifies();
+    assert!(verifies, "{printed}");
     eprintln!("{} publishes acknowledged before the disk filled, then {refused} refused 503; recovered {:?} after space was freed", acknowledged.len() - 1, freed.elapsed());
     b.terminate();
 }

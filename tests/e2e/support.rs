@@ -129,7 +129,7 @@ pub struct TestBroker {
     _pg: Option<PgTestDb>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
@@ -474,14 +474,20 @@ impl TestBroker {
     }
 
     pub fn count(&self, table: &str) -> i64 {
+        self.count_where(table, "1 = 1")
+    }
+
+    /// Rows of `table` meeting `condition` (SQL written by the test).
+    pub fn count_where(&self, table: &str, condition: &str) -> i64 {
         use diesel::RunQueryDsl;
         #[derive(diesel::QueryableByName)]
         struct N {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let rows: Vec<N> =
-            diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")).load(&mut self.db()).expect("count");
+        let rows: Vec<N> = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table} WHERE {condition}"))
+            .load(&mut self.db())
+            .expect("count");
         rows.first().map(|r| r.n).unwrap_or_default()
     }
 
@@ -593,6 +599,29 @@ impl Drop for TestBroker {
 /// Today in the broker's terms, and helpers for dates relative to it.
 pub fn day(offset: i64) -> String {
     (chrono::Utc::now().date_naive() + chrono::Duration::days(offset)).to_string()
+}
+
+/// `vpr-broker audit verify` on the broker's database with the public keys in `jwks`: whether
+/// the log verifies, and what the command printed.
+pub fn audit_verify(b: &TestBroker, jwks: &Path) -> (bool, String) {
+    let out = Command::new(binary())
+        .args(["audit", "verify", "--database", &b.database_url, "--jwks"])
+        .arg(jwks)
+        .env_remove("VPR_DATABASE_URL")
+        .output()
+        .expect("vpr-broker audit verify");
+    let text =
+        format!("{}{}\n[{}]", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), out.status);
+    (out.status.success(), text)
+}
+
+impl TestBroker {
+    /// [`audit_verify`] with the broker's own public keys.
+    pub fn audit_verifies(&self) -> (bool, String) {
+        let jwks = self.dir.path().join("jwks-for-verify.json");
+        std::fs::write(&jwks, self.jwks().to_string()).expect("write jwks");
+        audit_verify(self, &jwks)
+    }
 }
 
 /// Last month, `YYYY-MM` (UTC): the latest month the figures publish.

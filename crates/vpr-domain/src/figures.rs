@@ -203,6 +203,22 @@ pub fn last_complete_month(today: NaiveDate) -> NaiveDate {
     first.checked_sub_months(Months::new(1)).unwrap_or(first)
 }
 
+/// The problem with the bound `name` of the figures if its month `m` has not ended by `today`
+/// (rule `month-complete`): the figures publish complete months only.
+pub fn not_ended(m: NaiveDate, today: NaiveDate, name: &str) -> Option<FieldError> {
+    let latest = last_complete_month(today);
+    (m > latest).then(|| {
+        FieldError::new(
+            format!("/{name}"),
+            "month-complete",
+            format!(
+                "`{name}` must be a month that has ended ({} or earlier): the figures publish complete months only",
+                latest.format("%Y-%m")
+            ),
+        )
+    })
+}
+
 /// The months the figures cover: `from` and `to` as `YYYY-MM` (both optional), by default the
 /// twelve complete months before `today`'s; at most `max` months, and none that has not ended
 /// ([`last_complete_month`]). Returns the first day of each bound's month.
@@ -224,19 +240,8 @@ pub fn span(
     let to = to.unwrap_or(latest);
     let from = from.unwrap_or_else(|| to.checked_sub_months(Months::new(11)).unwrap_or(to));
     let last = from.checked_add_months(Months::new(max - 1)).unwrap_or(from);
-    let ended = |m: NaiveDate, name: &str| {
-        (m > latest).then(|| {
-            FieldError::new(
-                format!("/{name}"),
-                "month-complete",
-                format!(
-                    "`{name}` must be a month that has ended ({} or earlier): the figures publish complete months only",
-                    latest.format("%Y-%m")
-                ),
-            )
-        })
-    };
-    let unended: Vec<FieldError> = [ended(from, "from"), ended(to, "to")].into_iter().flatten().collect();
+    let unended: Vec<FieldError> =
+        [not_ended(from, today, "from"), not_ended(to, today, "to")].into_iter().flatten().collect();
     if !unended.is_empty() {
         return Err(unended);
     }

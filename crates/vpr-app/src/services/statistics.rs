@@ -4,7 +4,7 @@
 
 use chrono::{Datelike, Months, NaiveDate};
 use vpr_domain::audit::AuditAction;
-use vpr_domain::figures::{last_complete_month, FigureTable, RawCount};
+use vpr_domain::figures::{not_ended, FigureTable, RawCount};
 use vpr_store::audit::AuditEntry;
 use vpr_store::statistics::CountRow;
 
@@ -88,13 +88,9 @@ impl App {
     pub async fn figures(&self, caller: &Caller, who: Reviewer, from: NaiveDate, to: NaiveDate) -> AppResult<Figures> {
         let caller = caller.clone();
         self.blocking(move |app| {
-            let latest = last_complete_month(app.clock.now().date_naive());
-            if to > latest {
-                return Err(AppError::Validation(vec![vpr_domain::FieldError::new(
-                    "/to",
-                    "month-complete",
-                    format!("`to` must be a month that has ended ({} or earlier)", latest.format("%Y-%m")),
-                )]));
+            // Checked here too, whichever edge asks: a month still being counted is never shown.
+            if let Some(problem) = not_ended(to, app.clock.now().date_naive(), "to") {
+                return Err(AppError::Validation(vec![problem]));
             }
             let months = months_between(from, to);
             // The last month is final once every entry written in it is sealed (seconds after
