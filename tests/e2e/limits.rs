@@ -76,9 +76,6 @@ both_backends!(a_partners_flood_is_refused_with_retry_after_while_another_partne
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["ratelimit-policy"], "\"api\";q=200;w=2");
     assert!(r.headers()["ratelimit"].to_str().unwrap().starts_with("\"api\";r="), "{:?}", r.headers());
-    let (unloaded, refused) = steady_lookups(&b, &amb, 100);
-    assert!(refused.is_empty(), "{refused:?}");
-
     // The police system floods from another process, over its own limit of 5 a second, run
     // at the lowest CPU priority as a flooder on another machine would be: the broker then
     // competes with its own work only.
@@ -90,22 +87,39 @@ both_backends!(a_partners_flood_is_refused_with_retry_after_while_another_partne
         .args(["-n", "19"])
         .arg(&python)
         .arg(&script)
-        .args([b.base.as_str(), "/v1/lookups", police.as_str(), body.as_str(), "6", "8"])
+        .args([b.base.as_str(), "/v1/lookups", police.as_str(), body.as_str(), "16", "8"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the flooder");
-    std::thread::sleep(Duration::from_millis(500));
-    let (loaded, refused) = steady_lookups(&b, &amb, 100);
+    // Measured in alternating windows, the flooder paused (SIGSTOP) then flooding again
+    // (SIGCONT), so whatever else the machine runs weighs on both sets alike.
+    let signal = |sig: &str| {
+        let sent = std::process::Command::new("kill").args([sig, &flooder.id().to_string()]).status();
+        assert!(sent.unwrap().success(), "kill {sig}");
+    };
+    let (mut unloaded, mut loaded, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        signal("-STOP");
+        std::thread::sleep(Duration::from_millis(100));
+        let (times, other) = steady_lookups(&b, &amb, 10);
+        unloaded.extend(times);
+        refused.extend(other);
+        signal("-CONT");
+        std::thread::sleep(Duration::from_millis(300));
+        let (times, other) = steady_lookups(&b, &amb, 10);
+        loaded.extend(times);
+        refused.extend(other);
+    }
     let out = flooder.wait_with_output().unwrap();
     assert!(out.status.success());
     let flood: Value = serde_json::from_slice(&out.stdout).unwrap();
-    // The flooder was held to its limit (5 a second over 6 s, and its burst of 5) and told
+    // The flooder was held to its limit (5 a second over 16 s, and its burst of 5) and told
     // when to come back; the ambulance trust was never refused and not slowed.
     let count = |status: &str| flood["statuses"][status].as_u64().unwrap_or(0);
     let (admitted, limited) = (count("200"), count("429"));
     assert_eq!(flood["statuses"].as_object().unwrap().len(), 2, "only 200 and 429: {flood}");
     assert!(limited > 500, "the flood was limited: {flood}");
-    assert!(admitted <= 5 + 5 * 7, "at most its rate: {flood}");
+    assert!(admitted <= 5 + 5 * 17, "at most its rate: {flood}");
     assert!(flood["min_retry_after"].as_u64().unwrap() >= 1, "{flood}");
     let problem = &flood["problem"];
     assert_eq!(problem["body"]["type"], "urn:vpr-broker:problem:rate-limited");
