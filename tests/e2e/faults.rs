@@ -205,7 +205,7 @@ fn postgresql_stopped_under_load_gives_prompt_503s_and_the_broker_recovers_losin
     // And every look-up answered has its audit entry, in a log that verifies.
     let answered = outcomes.iter().filter(|o| o.status == 200).count() as i64;
     b.wait_sealed();
-    let audited = b.count_where("audit_entries", "action = 'lookup' AND decision <> 'refused'");
+    let audited = b.count("audit_entries WHERE action = 'lookup' AND decision <> 'refused'");
     assert!(audited >= answered, "{audited} look-ups audited, {answered} answered");
     let (verifies, printed) = b.audit_verifies();
     assert!(verifies, "{printed}");

@@ -473,21 +473,16 @@ impl TestBroker {
         conn
     }
 
+    /// Rows of `table` (which may carry its own `WHERE`, written by the test).
     pub fn count(&self, table: &str) -> i64 {
-        self.count_where(table, "1 = 1")
-    }
-
-    /// Rows of `table` meeting `condition` (SQL written by the test).
-    pub fn count_where(&self, table: &str, condition: &str) -> i64 {
         use diesel::RunQueryDsl;
         #[derive(diesel::QueryableByName)]
         struct N {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let rows: Vec<N> = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table} WHERE {condition}"))
-            .load(&mut self.db())
-            .expect("count");
+        let rows: Vec<N> =
+            diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")).load(&mut self.db()).expect("count");
         rows.first().map(|r| r.n).unwrap_or_default()
     }
 
